@@ -1,0 +1,58 @@
+# nftpol — see README.md. Every version the build depends on is set here.
+KUBERNETES_VERSION ?= v1.37.2
+ETCD_VERSION       ?= v3.7.3
+ENVTEST_ASSETS     ?= $(CURDIR)/.cache/envtest/k8s-$(KUBERNETES_VERSION)-etcd-$(ETCD_VERSION)
+
+IMG     ?= nftpol:dev
+BIN     := $(CURDIR)/bin
+GO      ?= go
+# Tests that need the kernel run as root; packages run one at a time so the
+# e2e probes (short timeouts) never compete for the two cores with a build.
+TEST_FLAGS ?= -count=1 -p 1 -timeout 45m
+FUZZ_TIME  ?= 20s
+
+export KUBEBUILDER_ASSETS := $(ENVTEST_ASSETS)
+export NFTPOL_BIN := $(BIN)/nftpol
+
+.PHONY: all build test unit lint envtest-assets demo bench fuzz fuzz-long docker-build kind-up kind-deploy clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/nftpol .
+
+envtest-assets:
+	bash test/envtest/build-assets.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(ENVTEST_ASSETS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Everything: unit, envtest, kernel and e2e tests.
+test: lint envtest-assets build
+	$(GO) test $(TEST_FLAGS) ./...
+
+# Only the tests that need neither root nor the control plane.
+unit:
+	$(GO) test -count=1 ./selectors/...
+
+demo: envtest-assets build
+	$(GO) run ./test/demo
+
+bench: envtest-assets build
+	$(GO) test -run '^$$' -bench . -benchmem ./selectors/... ./nft/...
+
+fuzz:
+	@echo "fuzz targets land with the reliability work"
+
+docker-build:
+	docker build -t $(IMG) .
+
+kind-up:
+	@echo "kind flow lands with the cluster issue"
+
+kind-deploy:
+	@echo "kind flow lands with the cluster issue"
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,159 @@
+package selectors
+
+import (
+	"net/netip"
+	"strconv"
+)
+
+// Model is everything one node enforces, resolved to addresses and ports.
+// It holds no Kubernetes types, so nft/ can compile it without knowing the
+// API. Every slice is sorted (pods and policies by Key, sets by ID, set
+// contents ascending) so two builds from the same cluster state are equal
+// and a compiled ruleset is deterministic.
+type Model struct {
+	// Pods are the local pods isolated in at least one direction. Local
+	// pods that no policy isolates are absent: they are open.
+	Pods []PodRules
+	// Policies are the policies that isolate at least one local pod, with
+	// their rules for the directions they isolate.
+	Policies []PolicyRules
+	// AddrSets are the peer address sets the rules refer to by ID.
+	AddrSets []AddrSet
+	// PortSets are the resolved named-port sets the rules refer to by ID.
+	PortSets []PortSet
+}
+
+// PodRules says which policies decide the traffic of one local pod.
+type PodRules struct {
+	// Key is "namespace/name".
+	Key string
+	// IPs are the pod's addresses (IPv4 and/or IPv6), ascending.
+	IPs []netip.Addr
+	// Ingress lists the keys of the policies that isolate the pod for
+	// ingress, ascending. Nil means ingress is not isolated.
+	Ingress []string
+	// Egress lists the keys of the policies that isolate the pod for
+	// egress, ascending. Nil means egress is not isolated.
+	Egress []string
+}
+
+// IngressIsolated reports whether any policy isolates the pod for ingress.
+func (p *PodRules) IngressIsolated() bool { return len(p.Ingress) > 0 }
+
+// EgressIsolated reports whether any policy isolates the pod for egress.
+func (p *PodRules) EgressIsolated() bool { return len(p.Egress) > 0 }
+
+// PolicyRules are the allow rules of one NetworkPolicy, per direction.
+// Traffic of an isolated pod passes a direction when any rule of any of
+// its policies for that direction matches.
+type PolicyRules struct {
+	// Key is "namespace/name".
+	Key string
+	// HasIngress and HasEgress are the policy's effective policyTypes.
+	HasIngress, HasEgress bool
+	// Ingress rules match on the source address and destination port.
+	Ingress []Rule
+	// Egress rules match on the destination address and destination port.
+	Egress []Rule
+}
+
+// Rule matches a packet when its peer matches Peers and its destination
+// port matches Ports.
+type Rule struct {
+	Peers PeerMatch
+	Ports PortMatch
+}
+
+// PeerMatch selects the remote address: the source for ingress, the
+// destination for egress.
+type PeerMatch struct {
+	// All matches every address (a rule with no from/to, or an empty peer
+	// list). When All is false the peer matches when it is in any of Sets.
+	All bool
+	// Sets are IDs of AddrSets, ascending. Empty with All false matches
+	// nothing.
+	Sets []string
+}
+
+// PortMatch selects the destination protocol and port.
+type PortMatch struct {
+	// All matches every protocol and port (a rule with no ports).
+	All bool
+	// Ranges are numeric ports and endPort ranges, sorted by protocol then
+	// port.
+	Ranges []PortRange
+	// Named is the ID of a PortSet of resolved named ports, or "". A packet
+	// matches it when (destination address, protocol, destination port) is
+	// one of the set's entries.
+	Named string
+}
+
+// Protocol is an IP protocol number as NetworkPolicy uses them.
+type Protocol uint8
+
+// The protocols NetworkPolicy ports can name.
+const (
+	ProtocolTCP  Protocol = 6
+	ProtocolUDP  Protocol = 17
+	ProtocolSCTP Protocol = 132
+)
+
+// String returns the protocol's Kubernetes name.
+func (p Protocol) String() string {
+	switch p {
+	case ProtocolTCP:
+		return "TCP"
+	case ProtocolUDP:
+		return "UDP"
+	case ProtocolSCTP:
+		return "SCTP"
+	}
+	return "proto-" + strconv.Itoa(int(p))
+}
+
+// PortRange is a protocol with an inclusive port range; First == Last for a
+// single port.
+type PortRange struct {
+	Protocol    Protocol
+	First, Last uint16
+}
+
+// AddrSet is a set of peer addresses. Its ID is derived from what defines
+// membership (the selectors, or the ipBlock), never from the members, so a
+// pod joining or leaving changes the elements of a set whose ID stays.
+type AddrSet struct {
+	// ID is stable and unique within a Model.
+	ID string
+	// Description says in words where the set comes from, for people
+	// reading the ruleset.
+	Description string
+	// Addrs are single addresses (pod IPs), ascending, both families mixed.
+	Addrs []netip.Addr
+	// Ranges are inclusive address ranges (ipBlocks minus their excepts),
+	// ascending, non-overlapping, both families mixed.
+	Ranges []AddrRange
+}
+
+// AddrRange is an inclusive range of addresses of one family.
+type AddrRange struct {
+	First, Last netip.Addr
+}
+
+// PortSet holds named ports resolved to numbers, per address: ingress named
+// ports are resolved on the local destination pod, egress ones on each peer
+// pod, so the number can differ from pod to pod.
+type PortSet struct {
+	// ID is stable and unique within a Model.
+	ID string
+	// Description says in words where the set comes from.
+	Description string
+	// Entries are sorted by address, protocol, port.
+	Entries []PortEntry
+}
+
+// PortEntry is one destination address with one resolved port.
+type PortEntry struct {
+	Addr     netip.Addr
+	Protocol Protocol
+	Port     uint16
+}
