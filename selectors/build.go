@@ -1,0 +1,320 @@
+package selectors
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	networkingv1 "k8s.io/api/networking/v1"
+)
+
+// BuildModel returns what node enforces: its endpoint pods that some policy
+// isolates, the rules of those policies with peers and named ports resolved,
+// and the problems found in those policies (once per policy and reason).
+// Policies that select no pod of the node are not compiled at all, so the
+// cost follows what the node needs, not the size of the cluster. Equal
+// input gives an equal Model.
+func BuildModel(node string, s *State) (*Model, []Problem) {
+	ix := newIndex(s)
+	localByNamespace := map[string][]*Pod{}
+	for _, pods := range ix.podsByNamespace {
+		for _, p := range pods {
+			if p.NodeName == node {
+				localByNamespace[p.Namespace] = append(localByNamespace[p.Namespace], p)
+			}
+		}
+	}
+	b := &modelBuilder{ix: ix, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, problemSeen: map[Problem]bool{}}
+	model := &Model{}
+	isolation := map[*Pod]*[2][]string{}
+
+	policies := make([]*networkingv1.NetworkPolicy, 0, len(s.Policies))
+	for _, np := range s.Policies {
+		if np != nil && len(localByNamespace[np.Namespace]) > 0 {
+			policies = append(policies, np)
+		}
+	}
+	sort.Slice(policies, func(i, j int) bool {
+		if policies[i].Namespace != policies[j].Namespace {
+			return policies[i].Namespace < policies[j].Namespace
+		}
+		return policies[i].Name < policies[j].Name
+	})
+
+	for _, np := range policies {
+		cp := compilePolicy(np)
+		var selected []*Pod
+		for _, pod := range localByNamespace[np.Namespace] {
+			if cp.selectsPod(pod) {
+				selected = append(selected, pod)
+			}
+		}
+		if len(selected) == 0 {
+			continue
+		}
+		sort.Slice(selected, func(i, j int) bool { return selected[i].Name < selected[j].Name })
+		for _, pr := range cp.problems {
+			b.problem(cp.key, pr)
+		}
+		pr := PolicyRules{Key: cp.key, HasIngress: cp.types[Ingress], HasEgress: cp.types[Egress]}
+		for _, dir := range []Direction{Ingress, Egress} {
+			if !cp.types[dir] {
+				continue
+			}
+			for _, pod := range selected {
+				iso := isolation[pod]
+				if iso == nil {
+					iso = &[2][]string{}
+					isolation[pod] = iso
+				}
+				iso[dir] = append(iso[dir], cp.key)
+			}
+			for i := range cp.rules[dir] {
+				if r, ok := b.rule(cp, dir, &cp.rules[dir][i], selected); ok {
+					if dir == Ingress {
+						pr.Ingress = append(pr.Ingress, r)
+					} else {
+						pr.Egress = append(pr.Egress, r)
+					}
+				}
+			}
+		}
+		model.Policies = append(model.Policies, pr)
+	}
+
+	for pod, iso := range isolation {
+		model.Pods = append(model.Pods, PodRules{Key: pod.Key(), IPs: pod.IPs, Ingress: iso[Ingress], Egress: iso[Egress]})
+	}
+	sort.Slice(model.Pods, func(i, j int) bool { return model.Pods[i].Key < model.Pods[j].Key })
+	for _, set := range b.addrSets {
+		model.AddrSets = append(model.AddrSets, *set)
+	}
+	sort.Slice(model.AddrSets, func(i, j int) bool { return model.AddrSets[i].ID < model.AddrSets[j].ID })
+	for _, set := range b.portSets {
+		model.PortSets = append(model.PortSets, *set)
+	}
+	sort.Slice(model.PortSets, func(i, j int) bool { return model.PortSets[i].ID < model.PortSets[j].ID })
+	return model, b.problems
+}
+
+type modelBuilder struct {
+	ix          *index
+	addrSets    map[string]*AddrSet
+	portSets    map[string]*PortSet
+	problems    []Problem
+	problemSeen map[Problem]bool
+}
+
+func (b *modelBuilder) problem(policy, reason string) {
+	p := Problem{Policy: policy, Reason: reason}
+	if !b.problemSeen[p] {
+		b.problemSeen[p] = true
+		b.problems = append(b.problems, p)
+	}
+}
+
+// rule resolves one policy rule. It returns false when the rule can match
+// nothing whatever pods come and go (every peer or every port invalid).
+func (b *modelBuilder) rule(cp *policy, dir Direction, r *rule, selected []*Pod) (Rule, bool) {
+	var out Rule
+	if r.allPeers {
+		out.Peers.All = true
+	} else {
+		seen := map[string]bool{}
+		for i := range r.peers {
+			if id := b.addrSet(cp, &r.peers[i]); id != "" && !seen[id] {
+				seen[id] = true
+				out.Peers.Sets = append(out.Peers.Sets, id)
+			}
+		}
+		sort.Strings(out.Peers.Sets)
+		if len(out.Peers.Sets) == 0 {
+			return Rule{}, false
+		}
+	}
+
+	if r.allPorts {
+		out.Ports.All = true
+		return out, true
+	}
+	var named []port
+	for _, p := range r.ports {
+		if p.name != "" {
+			named = append(named, p)
+			continue
+		}
+		out.Ports.Ranges = append(out.Ports.Ranges, PortRange{Protocol: p.protocol, First: p.first, Last: p.last})
+	}
+	sortPortRanges(&out.Ports.Ranges)
+	if len(named) > 0 {
+		out.Ports.Named = b.portSet(cp, dir, r, named, selected)
+	}
+	if len(out.Ports.Ranges) == 0 && out.Ports.Named == "" {
+		return Rule{}, false
+	}
+	return out, true
+}
+
+func sortPortRanges(rs *[]PortRange) {
+	s := *rs
+	sort.Slice(s, func(i, j int) bool {
+		if s[i].Protocol != s[j].Protocol {
+			return s[i].Protocol < s[j].Protocol
+		}
+		if s[i].First != s[j].First {
+			return s[i].First < s[j].First
+		}
+		return s[i].Last < s[j].Last
+	})
+	out := s[:0]
+	for i, r := range s {
+		if i > 0 && r == s[i-1] {
+			continue
+		}
+		out = append(out, r)
+	}
+	*rs = out
+}
+
+// addrSet returns the ID of the set of a peer, building it on first use.
+func (b *modelBuilder) addrSet(cp *policy, pe *peer) string {
+	if pe.kind == peerNone {
+		return ""
+	}
+	if _, ok := b.addrSets[pe.id]; ok {
+		return pe.id
+	}
+	set := &AddrSet{ID: pe.id}
+	switch pe.kind {
+	case peerIPBlock:
+		set.Description = "ipBlock " + strings.ReplaceAll(strings.TrimPrefix(pe.id, "cidr="), "|except=", " except ")
+		set.Ranges = append([]AddrRange(nil), pe.block.ranges...)
+	case peerPods, peerNsPods:
+		set.Description = describePeer(pe, cp.namespace)
+		b.ix.peerPods(pe, cp.namespace, func(p *Pod) { set.Addrs = append(set.Addrs, p.IPs...) })
+		set.Addrs = sortAddrs(set.Addrs)
+	}
+	b.addrSets[pe.id] = set
+	return pe.id
+}
+
+func describePeer(pe *peer, ns string) string {
+	if pe.kind == peerPods {
+		return fmt.Sprintf("pods in namespace %s matching %s", ns, selectorID(pe.podSel))
+	}
+	return fmt.Sprintf("pods matching %s in namespaces matching %s", selectorID(pe.podSel), selectorID(pe.nsSel))
+}
+
+func sortAddrs(as []netip.Addr) []netip.Addr {
+	sort.Slice(as, func(i, j int) bool { return as[i].Less(as[j]) })
+	out := as[:0]
+	for i, a := range as {
+		if i > 0 && a == as[i-1] {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// portSet resolves the named ports of a rule to (address, protocol, port)
+// entries: for ingress on the policy's selected local pods, for egress on
+// every pod the rule's peers can reach.
+func (b *modelBuilder) portSet(cp *policy, dir Direction, r *rule, named []port, selected []*Pod) string {
+	var names []string
+	for _, p := range named {
+		names = append(names, p.protocol.String()+"/"+p.name)
+	}
+	sort.Strings(names)
+	var id string
+	var candidates []*Pod
+	if dir == Ingress {
+		id = "in|ns=" + cp.namespace + "|pod=" + selectorID(cp.podSel) + "|ports=" + strings.Join(names, ",")
+		candidates = selected
+	} else {
+		var peerIDs []string
+		if r.allPeers {
+			peerIDs = []string{"*"}
+		}
+		for i := range r.peers {
+			if r.peers[i].kind != peerNone {
+				peerIDs = append(peerIDs, r.peers[i].id)
+			}
+		}
+		sort.Strings(peerIDs)
+		id = "eg|peers=" + strings.Join(peerIDs, ";") + "|ports=" + strings.Join(names, ",")
+		candidates = b.egressCandidates(cp, r)
+	}
+	if _, ok := b.portSets[id]; ok {
+		return id
+	}
+	set := &PortSet{ID: id, Description: fmt.Sprintf("named ports %s of %s", strings.Join(names, ","), describeCandidates(dir, cp))}
+	for _, p := range named {
+		found := false
+		for _, pod := range candidates {
+			if n, ok := pod.lookupPort(p.name, p.protocol); ok {
+				found = true
+				for _, ip := range pod.IPs {
+					set.Entries = append(set.Entries, PortEntry{Addr: ip, Protocol: p.protocol, Port: n})
+				}
+			}
+		}
+		if !found && len(candidates) > 0 {
+			b.problem(cp.key, fmt.Sprintf("named port %s/%s is defined by none of the pods it applies to", p.protocol, p.name))
+		}
+	}
+	sort.Slice(set.Entries, func(i, j int) bool {
+		a, c := set.Entries[i], set.Entries[j]
+		if a.Addr != c.Addr {
+			return a.Addr.Less(c.Addr)
+		}
+		if a.Protocol != c.Protocol {
+			return a.Protocol < c.Protocol
+		}
+		return a.Port < c.Port
+	})
+	b.portSets[id] = set
+	return id
+}
+
+func describeCandidates(dir Direction, cp *policy) string {
+	if dir == Ingress {
+		return "the pods selected in namespace " + cp.namespace
+	}
+	return "the egress peers of " + cp.key
+}
+
+// egressCandidates returns the endpoint pods an egress rule's peers cover:
+// pods its selectors match and pods whose address lies in its ipBlocks.
+func (b *modelBuilder) egressCandidates(cp *policy, r *rule) []*Pod {
+	seen := map[*Pod]bool{}
+	var out []*Pod
+	add := func(p *Pod) {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	if r.allPeers {
+		for _, pods := range b.ix.podsByNamespace {
+			for _, p := range pods {
+				add(p)
+			}
+		}
+	}
+	for i := range r.peers {
+		pe := &r.peers[i]
+		switch pe.kind {
+		case peerPods, peerNsPods:
+			b.ix.peerPods(pe, cp.namespace, add)
+		case peerIPBlock:
+			for ip, p := range b.ix.podByIP {
+				if pe.block.contains(ip) {
+					add(p)
+				}
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,149 @@
+package selectors
+
+import (
+	"net/netip"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+)
+
+// Pod is the part of a pod the policy model reads. The agent's cache keeps
+// only these fields (see controllers.TrimPod).
+type Pod struct {
+	Namespace, Name, NodeName string
+	Labels                    map[string]string
+	// IPs are the pod's addresses; IPv4-mapped IPv6 addresses are unmapped.
+	IPs         []netip.Addr
+	HostNetwork bool
+	// Terminal is true in phase Succeeded or Failed: the pod's IP may
+	// already belong to another pod.
+	Terminal bool
+	Ports    []NamedPort
+}
+
+// Key returns "namespace/name".
+func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// IsEndpoint reports whether policies can select the pod and its
+// addresses can be members of peer sets: not host-networked (it would share
+// the node's address), not terminated, and with an address.
+func (p *Pod) IsEndpoint() bool {
+	return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0
+}
+
+// NamedPort is a container port that has a name.
+type NamedPort struct {
+	Name     string
+	Protocol Protocol
+	Port     uint16
+}
+
+// Namespace is the part of a namespace the model reads.
+type Namespace struct {
+	Name   string
+	Labels map[string]string
+}
+
+// State is the cluster as the model sees it.
+type State struct {
+	Pods       []*Pod
+	Namespaces []*Namespace
+	Policies   []*networkingv1.NetworkPolicy
+	// NodeIPs are the addresses of each node, by node name. Traffic from a
+	// node to its own pods is always allowed (kubelet probes).
+	NodeIPs map[string][]netip.Addr
+}
+
+// Problem is a part of a policy that cannot be enforced as written; that
+// part matches nothing, the rest of the policy is enforced.
+type Problem struct {
+	Policy string // "namespace/name"
+	Reason string
+}
+
+// metadataNameLabel is set by the API server on every namespace.
+const metadataNameLabel = "kubernetes.io/metadata.name"
+
+// PodFromObject converts an API pod. Addresses that do not parse are
+// dropped; the result is never nil for a non-nil pod.
+func PodFromObject(p *corev1.Pod) *Pod {
+	out := &Pod{
+		Namespace:   p.Namespace,
+		Name:        p.Name,
+		NodeName:    p.Spec.NodeName,
+		Labels:      p.Labels,
+		HostNetwork: p.Spec.HostNetwork,
+		Terminal:    p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+	}
+	seen := map[netip.Addr]bool{}
+	addIP := func(s string) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return
+		}
+		a = a.Unmap().WithZone("")
+		if !seen[a] {
+			seen[a] = true
+			out.IPs = append(out.IPs, a)
+		}
+	}
+	for _, ip := range p.Status.PodIPs {
+		addIP(ip.IP)
+	}
+	if len(p.Status.PodIPs) == 0 && p.Status.PodIP != "" {
+		addIP(p.Status.PodIP)
+	}
+	sort.Slice(out.IPs, func(i, j int) bool { return out.IPs[i].Less(out.IPs[j]) })
+
+	addPorts := func(c *corev1.Container) {
+		for _, cp := range c.Ports {
+			if cp.Name == "" || cp.ContainerPort <= 0 || cp.ContainerPort > 65535 {
+				continue
+			}
+			proto, ok := protocolOf(cp.Protocol)
+			if !ok {
+				continue
+			}
+			out.Ports = append(out.Ports, NamedPort{Name: cp.Name, Protocol: proto, Port: uint16(cp.ContainerPort)})
+		}
+	}
+	for i := range p.Spec.Containers {
+		addPorts(&p.Spec.Containers[i])
+	}
+	for i := range p.Spec.InitContainers {
+		c := &p.Spec.InitContainers[i]
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			addPorts(c)
+		}
+	}
+	return out
+}
+
+// NamespaceFromObject converts an API namespace.
+func NamespaceFromObject(ns *corev1.Namespace) *Namespace {
+	return &Namespace{Name: ns.Name, Labels: ns.Labels}
+}
+
+// protocolOf maps a Kubernetes protocol name; empty means TCP.
+func protocolOf(p corev1.Protocol) (Protocol, bool) {
+	switch p {
+	case "", corev1.ProtocolTCP:
+		return ProtocolTCP, true
+	case corev1.ProtocolUDP:
+		return ProtocolUDP, true
+	case corev1.ProtocolSCTP:
+		return ProtocolSCTP, true
+	}
+	return 0, false
+}
+
+// lookupPort resolves a port name on a pod.
+func (p *Pod) lookupPort(name string, proto Protocol) (uint16, bool) {
+	for _, np := range p.Ports {
+		if np.Name == name && np.Protocol == proto {
+			return np.Port, true
+		}
+	}
+	return 0, false
+}
