@@ -53,10 +53,10 @@ type rule struct {
 type peerKind uint8
 
 const (
-	peerNone     peerKind = iota // invalid: matches nothing
-	peerPods                     // pods of the policy's namespace
-	peerNsPods                   // pods of matching namespaces
-	peerIPBlock                  // addresses
+	peerNone    peerKind = iota // invalid: matches nothing
+	peerPods                    // pods of the policy's namespace
+	peerNsPods                  // pods of matching namespaces
+	peerIPBlock                 // addresses
 )
 
 type peer struct {
