@@ -1,0 +1,111 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+)
+
+// Options configure the agent's control loop.
+type Options struct {
+	NodeName               string
+	MetricsBindAddress     string // "0" disables
+	HealthProbeBindAddress string // "0" disables
+	// VerifyInterval is how often the committed table is read back and
+	// compared with what was committed (drift repair). 0 disables.
+	VerifyInterval time.Duration
+	Enforcer       Enforcer
+	Log            logr.Logger
+}
+
+// NewScheme returns the scheme of the objects the agent reads.
+func NewScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("building the scheme: %w", err)
+	}
+	return scheme, nil
+}
+
+// NewManager wires the watches, the syncer, health and readiness into a
+// controller-runtime manager. Start it with mgr.Start(ctx).
+func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error) {
+	if opts.NodeName == "" {
+		return nil, nil, fmt.Errorf("node name is required")
+	}
+	scheme, err := NewScheme()
+	if err != nil {
+		return nil, nil, err
+	}
+	mgr, err := manager.New(cfg, manager.Options{
+		Scheme:                 scheme,
+		Logger:                 opts.Log,
+		Metrics:                metricsserver.Options{BindAddress: opts.MetricsBindAddress},
+		HealthProbeBindAddress: opts.HealthProbeBindAddress,
+		Cache: cache.Options{
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Pod{}:                {Transform: TrimPod},
+				&corev1.Namespace{}:          {Transform: TrimMeta},
+				&networkingv1.NetworkPolicy{}: {Transform: TrimMeta},
+			},
+		},
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating the manager: %w", err)
+	}
+
+	problems := &ProblemReporter{
+		Reader:   mgr.GetCache(),
+		Recorder: mgr.GetEventRecorder("nftpol"),
+		NodeName: opts.NodeName,
+		Log:      opts.Log.WithName("problems"),
+	}
+	syncer := &Syncer{
+		Reader:         mgr.GetCache(),
+		NodeName:       opts.NodeName,
+		Enforcer:       opts.Enforcer,
+		Problems:       problems,
+		VerifyInterval: opts.VerifyInterval,
+		Log:            opts.Log.WithName("sync"),
+	}
+
+	toNodeSync := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{syncKey}
+	})
+	err = builder.ControllerManagedBy(mgr).
+		Named("nftpol").
+		Watches(&corev1.Pod{}, toNodeSync).
+		Watches(&corev1.Namespace{}, toNodeSync).
+		Watches(&networkingv1.NetworkPolicy{}, toNodeSync).
+		WithOptions(controller.Options{
+			// One key, one worker: syncs never run concurrently.
+			MaxConcurrentReconciles: 1,
+		}).
+		Complete(syncer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating the controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, nil, fmt.Errorf("adding the health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("synced", syncer.ReadyCheck); err != nil {
+		return nil, nil, fmt.Errorf("adding the readiness check: %w", err)
+	}
+	return mgr, syncer, nil
+}

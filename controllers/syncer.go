@@ -1,0 +1,133 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/nftpol/nftpol/nft"
+	"github.com/nftpol/nftpol/selectors"
+)
+
+// syncKey is the one work item of the node. Every watched event enqueues it,
+// and a workqueue holds a key at most once, so a burst of events becomes one
+// sync, and an event during a sync becomes exactly one more.
+var syncKey = reconcile.Request{NamespacedName: types.NamespacedName{Name: "node-sync"}}
+
+// Enforcer is what the syncer needs of nft.Enforcer.
+type Enforcer interface {
+	Sync(m *selectors.Model) (nft.SyncStats, error)
+	Verify() error
+	Invalidate()
+}
+
+// Syncer turns the cached cluster state into this node's model and commits
+// it. It is the only reconciler of the agent.
+type Syncer struct {
+	Reader         client.Reader
+	NodeName       string
+	Enforcer       Enforcer
+	Problems       *ProblemReporter
+	VerifyInterval time.Duration
+	Log            logr.Logger
+
+	mu         sync.Mutex
+	synced     bool
+	lastVerify time.Time
+}
+
+// Reconcile runs one sync of the node. Errors make controller-runtime retry
+// with backoff; the kernel keeps the last committed table meanwhile.
+func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	log := s.Log
+
+	if s.synced && s.VerifyInterval > 0 && time.Since(s.lastVerify) >= s.VerifyInterval {
+		s.lastVerify = time.Now()
+		if err := s.Enforcer.Verify(); err != nil {
+			// Someone changed our table: replace it whole in this sync.
+			log.Info("table differs from what was committed; replacing it", "reason", err.Error())
+			s.Enforcer.Invalidate()
+		}
+	}
+
+	start := time.Now()
+	state, err := s.readState(ctx)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	model, problems := selectors.BuildModel(s.NodeName, state)
+	compute := time.Since(start)
+	s.Problems.Report(ctx, problems)
+
+	stats, err := s.Enforcer.Sync(model)
+	if err != nil {
+		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
+	}
+	if !s.synced {
+		s.lastVerify = time.Now()
+	}
+	s.synced = true
+	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies),
+		"compute", compute, "stats", stats)
+	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
+}
+
+// Synced reports whether one sync has been committed; readiness waits on it.
+func (s *Syncer) Synced() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.synced
+}
+
+// ReadyCheck is a healthz.Checker that passes after the first committed sync.
+func (s *Syncer) ReadyCheck(_ *http.Request) error {
+	if !s.Synced() {
+		return errors.New("no ruleset committed yet")
+	}
+	return nil
+}
+
+func (s *Syncer) readState(ctx context.Context) (*selectors.State, error) {
+	var pods corev1.PodList
+	// The cache's objects are only read here, never changed, so the deep
+	// copy a List makes by default would be pure waste at 100k pods.
+	noCopy := client.UnsafeDisableDeepCopy
+	if err := s.Reader.List(ctx, &pods, noCopy); err != nil {
+		return nil, fmt.Errorf("listing pods: %w", err)
+	}
+	var namespaces corev1.NamespaceList
+	if err := s.Reader.List(ctx, &namespaces, noCopy); err != nil {
+		return nil, fmt.Errorf("listing namespaces: %w", err)
+	}
+	var policies networkingv1.NetworkPolicyList
+	if err := s.Reader.List(ctx, &policies, noCopy); err != nil {
+		return nil, fmt.Errorf("listing network policies: %w", err)
+	}
+	state := &selectors.State{
+		Pods:       make([]*selectors.Pod, 0, len(pods.Items)),
+		Namespaces: make([]*selectors.Namespace, 0, len(namespaces.Items)),
+		Policies:   make([]*networkingv1.NetworkPolicy, 0, len(policies.Items)),
+	}
+	for i := range pods.Items {
+		state.Pods = append(state.Pods, selectors.PodFromObject(&pods.Items[i]))
+	}
+	for i := range namespaces.Items {
+		state.Namespaces = append(state.Namespaces, selectors.NamespaceFromObject(&namespaces.Items[i]))
+	}
+	for i := range policies.Items {
+		state.Policies = append(state.Policies, &policies.Items[i])
+	}
+	return state, nil
+}

@@ -1,0 +1,180 @@
+// Command nftpol is the node agent: it enforces Kubernetes NetworkPolicy on
+// its node with one nftables table. See README.md.
+//
+//	nftpol [flags]                      run the agent
+//	nftpol cleanup [--table-name] [--netns]  remove the agent's table
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2/textlogger"
+
+	"github.com/nftpol/nftpol/controllers"
+	"github.com/nftpol/nftpol/nft"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nftpol: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "cleanup":
+			return runCleanup(args[1:], stderr)
+		default:
+			return fmt.Errorf("unknown command %q (commands: cleanup)", args[0])
+		}
+	}
+	return runAgent(ctx, args, stderr)
+}
+
+// agentFlags are the agent's command line (ARCHITECTURE.md).
+type agentFlags struct {
+	kubeconfig     string
+	nodeName       string
+	netns          string
+	tableName      string
+	metricsAddr    string
+	healthAddr     string
+	denyAction     string
+	verifyInterval time.Duration
+	logConfig      *textlogger.Config
+}
+
+func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
+	f := &agentFlags{logConfig: textlogger.NewConfig(textlogger.Output(stderr))}
+	fs := flag.NewFlagSet("nftpol", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "path to a kubeconfig; empty means in-cluster configuration (or $KUBECONFIG)")
+	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of the node whose pods this agent enforces (default $NODE_NAME)")
+	fs.StringVar(&f.netns, "netns", "", "program the nftables of the network namespace at this path instead of our own")
+	fs.StringVar(&f.tableName, "table-name", "nftpol", "name of the inet table the agent owns")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":9090", `address of the metrics endpoint; "0" disables it`)
+	fs.StringVar(&f.healthAddr, "health-probe-bind-address", ":9091", `address of /healthz and /readyz; "0" disables it`)
+	fs.StringVar(&f.denyAction, "deny-action", "drop", "what happens to denied packets: drop or reject")
+	fs.DurationVar(&f.verifyInterval, "verify-interval", 30*time.Second, "how often the table is read back and repaired if someone changed it; 0 disables")
+	f.logConfig.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if f.nodeName == "" {
+		return nil, errors.New("--node-name (or NODE_NAME) is required")
+	}
+	if _, err := nft.ParseDenyAction(f.denyAction); err != nil {
+		return nil, err
+	}
+	if f.verifyInterval < 0 {
+		return nil, errors.New("--verify-interval must not be negative")
+	}
+	return f, nil
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	f, err := parseAgentFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if err := nft.CheckPrivileges(); err != nil {
+		return err
+	}
+	log := textlogger.NewLogger(f.logConfig)
+	cfg, err := restConfig(f.kubeconfig)
+	if err != nil {
+		return err
+	}
+	deny, _ := nft.ParseDenyAction(f.denyAction)
+	enforcer, err := nft.NewEnforcer(nft.Config{
+		Table:     f.tableName,
+		NetNSPath: f.netns,
+		Deny:      deny,
+		Logger:    log.WithName("nft"),
+	})
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	defer enforcer.Close()
+
+	mgr, _, err := controllers.NewManager(cfg, controllers.Options{
+		NodeName:               f.nodeName,
+		MetricsBindAddress:     f.metricsAddr,
+		HealthProbeBindAddress: f.healthAddr,
+		VerifyInterval:         f.verifyInterval,
+		Enforcer:               enforcer,
+		Log:                    log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("starting", "node", f.nodeName, "table", f.tableName, "netns", f.netns, "denyAction", f.denyAction)
+	// On exit the committed table stays in the kernel: pods stay protected
+	// while the agent restarts or is upgraded.
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("running the manager: %w", err)
+	}
+	return nil
+}
+
+// runCleanup removes the agent's table, for uninstalling.
+func runCleanup(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("nftpol cleanup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	table := fs.String("table-name", "nftpol", "name of the table to remove")
+	netns := fs.String("netns", "", "network namespace path (default: our own)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := nft.CheckPrivileges(); err != nil {
+		return err
+	}
+	enforcer, err := nft.NewEnforcer(nft.Config{Table: *table, NetNSPath: *netns, Logger: logr.Discard()})
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	defer enforcer.Close()
+	if err := enforcer.DeleteTable(); err != nil {
+		return fmt.Errorf("removing table inet %s: %w", *table, err)
+	}
+	fmt.Fprintf(stderr, "removed table inet %s\n", *table)
+	return nil
+}
+
+// restConfig loads the kubeconfig at path, or else $KUBECONFIG, or else the
+// in-cluster configuration.
+func restConfig(path string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = path
+	if path == "" && os.Getenv("KUBECONFIG") == "" {
+		cfg, err := rest.InClusterConfig()
+		if err == nil {
+			return cfg, nil
+		}
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("loading the API server configuration: %w", err)
+	}
+	return cfg, nil
+}

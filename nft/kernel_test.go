@@ -1,0 +1,317 @@
+package nft
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/go-logr/logr"
+	"github.com/google/nftables"
+
+	"github.com/nftpol/nftpol/selectors"
+)
+
+const netnsPrefix = "nftpol-nft-"
+
+// needRoot skips, or fails under CI=true, when the test cannot program
+// nftables in a namespace of its own.
+func needRoot(t testing.TB) {
+	t.Helper()
+	reason := ""
+	if os.Geteuid() != 0 {
+		reason = "needs root to create network namespaces and program nftables"
+	} else if _, err := exec.LookPath("ip"); err != nil {
+		reason = "needs the ip command (iproute2)"
+	}
+	if reason != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("cannot run under CI: %s", reason)
+		}
+		t.Skip(reason)
+	}
+}
+
+var leftoversRemoved bool
+
+// testNetns creates a network namespace for one test and removes it at the
+// end; the first call also removes leftovers of crashed runs.
+func testNetns(t testing.TB) string {
+	t.Helper()
+	needRoot(t)
+	if !leftoversRemoved {
+		leftoversRemoved = true
+		entries, _ := os.ReadDir("/run/netns")
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), netnsPrefix) {
+				_ = exec.Command("ip", "netns", "delete", e.Name()).Run()
+			}
+		}
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := netnsPrefix + hex.EncodeToString(b[:])
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
+		}
+	})
+	return name
+}
+
+func newTestEnforcer(t testing.TB, netns string, deny DenyAction) *Enforcer {
+	t.Helper()
+	e, err := NewEnforcer(Config{Table: "nftpol", NetNSPath: filepath.Join("/run/netns", netns), Deny: deny, Logger: logr.Discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	return e
+}
+
+func nftIn(t testing.TB, netns string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", netns, "nft"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+func mustAddrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+// sampleModel isolates two local pods with every kind of rule.
+func sampleModel() *selectors.Model {
+	return &selectors.Model{
+		Pods: []selectors.PodRules{
+			{Key: "x/a", IPs: mustAddrs("10.0.0.1", "fd00::1"), Ingress: []string{"x/p1", "x/p2"}, Egress: []string{"x/p2"}},
+			{Key: "x/b", IPs: mustAddrs("10.0.0.2"), Ingress: []string{"x/p1", "x/p2"}},
+		},
+		Policies: []selectors.PolicyRules{
+			{Key: "x/p1", HasIngress: true, Ingress: []selectors.Rule{
+				{Peers: selectors.PeerMatch{Sets: []string{"pods-b"}}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 80, Last: 80}, {Protocol: selectors.ProtocolSCTP, First: 1000, Last: 2000}}}},
+				{Peers: selectors.PeerMatch{Sets: []string{"cidr"}}, Ports: selectors.PortMatch{All: true}},
+			}},
+			{Key: "x/p2", HasIngress: true, HasEgress: true,
+				Ingress: []selectors.Rule{{Peers: selectors.PeerMatch{All: true}, Ports: selectors.PortMatch{Named: "named"}}},
+				Egress:  []selectors.Rule{{Peers: selectors.PeerMatch{All: true}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolUDP, First: 0, Last: 65535}}}}},
+			},
+		},
+		AddrSets: []selectors.AddrSet{
+			{ID: "cidr", Description: "ipBlock", Ranges: []selectors.AddrRange{
+				{First: netip.MustParseAddr("0.0.0.0"), Last: netip.MustParseAddr("9.255.255.255")},
+				{First: netip.MustParseAddr("11.0.0.0"), Last: netip.MustParseAddr("255.255.255.255")},
+				{First: netip.MustParseAddr("fd00::"), Last: netip.MustParseAddr("fd00::ff")},
+			}},
+			{ID: "pods-b", Description: "pods b", Addrs: mustAddrs("10.0.1.1", "10.0.1.2", "fd00::1:1")},
+		},
+		PortSets: []selectors.PortSet{{ID: "named", Entries: []selectors.PortEntry{
+			{Addr: netip.MustParseAddr("10.0.0.1"), Protocol: selectors.ProtocolTCP, Port: 8080},
+			{Addr: netip.MustParseAddr("fd00::1"), Protocol: selectors.ProtocolTCP, Port: 8080},
+		}}},
+	}
+}
+
+func TestSyncReadBackAndNftParses(t *testing.T) {
+	for _, deny := range []DenyAction{DenyDrop, DenyReject} {
+		t.Run(string(deny), func(t *testing.T) {
+			ns := testNetns(t)
+			e := newTestEnforcer(t, ns, deny)
+			stats, err := e.Sync(sampleModel())
+			if err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			if !stats.Full {
+				t.Errorf("first sync should replace the table")
+			}
+			if err := e.Verify(); err != nil {
+				t.Fatalf("verify after sync: %v", err)
+			}
+			listing := nftIn(t, ns, "list", "table", "inet", "nftpol")
+			for _, want := range []string{"hook forward priority filter", "ct state established,related accept",
+				"ip saddr vmap @egress_v4", "sctp", "sctp dport 1000-2000", "ip daddr . meta l4proto . th dport @p-", "comment \"x/p1 ingress[0]\""} {
+				if !strings.Contains(listing, want) {
+					t.Errorf("listing lacks %q:\n%s", want, listing)
+				}
+			}
+			// What nft prints must parse back (operators copy it around).
+			check := testNetns(t)
+			cmd := exec.Command("ip", "netns", "exec", check, "nft", "-c", "-f", "-")
+			cmd.Stdin = strings.NewReader(listing)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("nft -c of the listing failed: %v: %s\n%s", err, out, listing)
+			}
+			// A second sync of the same model changes nothing.
+			stats, err = e.Sync(sampleModel())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.Full || stats.ElementsAdded+stats.ElementsDeleted+stats.ChainsRewritten+stats.ChainsAdded != 0 {
+				t.Errorf("unchanged model produced work: %+v", stats)
+			}
+		})
+	}
+}
+
+func setElementCount(t *testing.T, ns, set string) int {
+	t.Helper()
+	f, err := os.Open(filepath.Join("/run/netns", ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := &nftables.Table{Name: "nftpol", Family: nftables.TableFamilyINet}
+	s, err := c.GetSetByName(table, set)
+	if err != nil {
+		t.Fatalf("set %s: %v", set, err)
+	}
+	elems, err := c.GetSetElements(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(elems)
+}
+
+func TestIncrementalSyncAndDrift(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	m := sampleModel()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	// A pod joins a peer set: one element add.
+	m.AddrSets[1].Addrs = append(m.AddrSets[1].Addrs, netip.MustParseAddr("10.0.1.3"))
+	stats, err := e.Sync(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := PlanStats{ElementsAdded: 1}
+	if stats.PlanStats != want {
+		t.Errorf("pod join: got %+v, want %+v", stats.PlanStats, want)
+	}
+	if n := setElementCount(t, ns, addrSetName("pods-b", 4)); n != 3 {
+		t.Errorf("set holds %d IPv4 elements, want 3", n)
+	}
+	if err := e.Verify(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Drift: a third party adds an element to our set.
+	nftIn(t, ns, "add", "element", "inet", "nftpol", addrSetName("pods-b", 4), "{ 192.0.2.1 }")
+	if err := e.Verify(); !errors.Is(err, ErrDrift) {
+		t.Fatalf("verify after a foreign element: %v, want ErrDrift", err)
+	}
+	// Drift: a chain is flushed.
+	e.Invalidate()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	nftIn(t, ns, "flush", "chain", "inet", "nftpol", ChainForwardIngress)
+	if err := e.Verify(); !errors.Is(err, ErrDrift) {
+		t.Fatalf("verify after a flushed chain: %v, want ErrDrift", err)
+	}
+	e.Invalidate()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	// Drift: the table is deleted.
+	nftIn(t, ns, "delete", "table", "inet", "nftpol")
+	if err := e.Verify(); !errors.Is(err, ErrDrift) {
+		t.Fatalf("verify after a deleted table: %v, want ErrDrift", err)
+	}
+	e.Invalidate()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Verify(); err != nil {
+		t.Fatalf("verify after repair: %v", err)
+	}
+}
+
+func TestForeignTableIsNeverTouched(t *testing.T) {
+	ns := testNetns(t)
+	nftIn(t, ns, "add", "table", "inet", "foreign")
+	nftIn(t, ns, "add", "chain", "inet", "foreign", "fw", "{ type filter hook forward priority 0; }")
+	nftIn(t, ns, "add", "rule", "inet", "foreign", "fw", "tcp dport 22 counter accept")
+	before := nftIn(t, ns, "list", "table", "inet", "foreign")
+
+	e := newTestEnforcer(t, ns, DenyDrop)
+	if _, err := e.Sync(sampleModel()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Sync(&selectors.Model{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeleteTable(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeleteTable(); err != nil {
+		t.Fatalf("deleting an absent table should succeed: %v", err)
+	}
+	if after := nftIn(t, ns, "list", "table", "inet", "foreign"); after != before {
+		t.Fatalf("foreign table changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if all := nftIn(t, ns, "list", "tables"); strings.Contains(all, "nftpol") {
+		t.Fatalf("our table is still there: %s", all)
+	}
+}
+
+// scaleModel has nPods isolated pods sharing nPolicies policies, each pod
+// its own isolation list (one chain each) and big peer sets.
+func scaleModel(nChains, nElems int) *selectors.Model {
+	m := &selectors.Model{}
+	perSet := nElems / 10
+	for s := 0; s < 10; s++ {
+		set := selectors.AddrSet{ID: fmt.Sprintf("big-%d", s)}
+		for i := 0; i < perSet; i++ {
+			n := s*perSet + i
+			set.Addrs = append(set.Addrs, netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}))
+		}
+		m.AddrSets = append(m.AddrSets, set)
+	}
+	for p := 0; p < nChains/2; p++ {
+		key := fmt.Sprintf("ns/p%05d", p)
+		m.Policies = append(m.Policies, selectors.PolicyRules{Key: key, HasIngress: true, Ingress: []selectors.Rule{
+			{Peers: selectors.PeerMatch{Sets: []string{fmt.Sprintf("big-%d", p%10)}}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 80, Last: 80}}}},
+		}})
+		m.Pods = append(m.Pods, selectors.PodRules{Key: fmt.Sprintf("ns/pod%05d", p),
+			IPs: []netip.Addr{netip.AddrFrom4([4]byte{100, 64, byte(p >> 8), byte(p)})}, Ingress: []string{key}})
+	}
+	return m
+}
+
+func TestLargeCommit(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	m := scaleModel(10_000, 100_000)
+	stats, err := e.Sync(m)
+	if err != nil {
+		t.Fatalf("committing 10k chains / 100k elements: %v", err)
+	}
+	t.Logf("full commit: %+v", stats)
+	if n := setElementCount(t, ns, addrSetName("big-3", 4)); n != 10_000 {
+		t.Fatalf("a 10k-element set reads back %d elements", n)
+	}
+	if err := e.Verify(); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+}

@@ -1,0 +1,231 @@
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftpol/nftpol/selectors"
+)
+
+// addrField is which address a match reads.
+type addrField uint8
+
+const (
+	fieldNone addrField = iota
+	fieldSaddr
+	fieldDaddr
+)
+
+type verdictKind uint8
+
+const (
+	verdictNone verdictKind = iota
+	verdictAccept
+	verdictDrop
+	verdictJump
+	verdictRejectTCP   // tcp reset
+	verdictRejectICMPX // icmpx admin-prohibited
+)
+
+// ruleSpec is one rule in a form that can be compared (so a diff can tell
+// whether a chain changed) and turned into netlink expressions or text.
+// Matches apply in field order; every set field is optional.
+type ruleSpec struct {
+	family        int // 4 or 6: meta nfproto; 0: both
+	ctEstablished bool
+	l4proto       selectors.Protocol
+	setOn         addrField
+	set           string
+	// portFirst..portLast on th dport, when portLast > 0.
+	portFirst, portLast uint16
+	// portSet: (daddr . l4proto . th dport) lookup.
+	portSet string
+	vmapOn  addrField
+	vmap    string
+	counter bool
+	verdict verdictKind
+	target  string // jump target
+	comment string
+}
+
+// Register numbers: NFT_REG_1 is the first 16-byte register; NFT_REG32_xx
+// are its 4-byte parts, used to lay out concatenations.
+const (
+	reg1    = 1
+	reg32_0 = 8
+)
+
+func addrOffset(family int, f addrField) (offset, length uint32) {
+	if family == 4 {
+		if f == fieldSaddr {
+			return 12, 4
+		}
+		return 16, 4
+	}
+	if f == fieldSaddr {
+		return 8, 16
+	}
+	return 24, 16
+}
+
+func nfproto(family int) byte {
+	if family == 6 {
+		return unix.NFPROTO_IPV6
+	}
+	return unix.NFPROTO_IPV4
+}
+
+func loadAddr(family int, f addrField, reg uint32) *expr.Payload {
+	off, n := addrOffset(family, f)
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
+}
+
+// exprs returns the netlink expressions of a rule. setIDs gives the IDs of
+// sets created in the same batch (a lookup must name them by ID too).
+func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
+	var e []expr.Any
+	if r.family != 0 {
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{nfproto(r.family)}})
+	}
+	if r.ctEstablished {
+		e = append(e,
+			&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+				Xor:  binaryutil.NativeEndian.PutUint32(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}})
+	}
+	if r.l4proto != 0 {
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(r.l4proto)}})
+	}
+	if r.set != "" {
+		e = append(e, loadAddr(r.family, r.setOn, reg1),
+			&expr.Lookup{SourceRegister: reg1, SetName: r.set, SetID: setIDs[r.set]})
+	}
+	if r.portLast > 0 {
+		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+		if r.portFirst == r.portLast {
+			e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: be16(r.portFirst)})
+		} else {
+			e = append(e, &expr.Range{Op: expr.CmpOpEq, Register: reg1, FromData: be16(r.portFirst), ToData: be16(r.portLast)})
+		}
+	}
+	if r.portSet != "" {
+		// daddr . l4proto . dport laid out in consecutive 4-byte registers.
+		_, addrLen := addrOffset(r.family, fieldDaddr)
+		next := uint32(reg32_0) + addrLen/4
+		e = append(e,
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: mustOffset(r.family, fieldDaddr), Len: addrLen},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: next},
+			&expr.Payload{DestRegister: next + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: reg1, SetName: r.portSet, SetID: setIDs[r.portSet]})
+	}
+	if r.vmap != "" {
+		e = append(e, loadAddr(r.family, r.vmapOn, reg1),
+			&expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: r.vmap, SetID: setIDs[r.vmap]})
+	}
+	if r.counter {
+		e = append(e, &expr.Counter{})
+	}
+	switch r.verdict {
+	case verdictAccept:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+	case verdictDrop:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictDrop})
+	case verdictJump:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictJump, Chain: r.target})
+	case verdictRejectTCP:
+		e = append(e, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST, Code: 0})
+	case verdictRejectICMPX:
+		e = append(e, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED})
+	}
+	return e
+}
+
+func mustOffset(family int, f addrField) uint32 {
+	off, _ := addrOffset(family, f)
+	return off
+}
+
+func be16(v uint16) []byte {
+	b := make([]byte, 2)
+	binary.BigEndian.PutUint16(b, v)
+	return b
+}
+
+// String renders the rule in nft syntax, as `nft list` would show it.
+func (r *ruleSpec) String() string {
+	var parts []string
+	ipKw := func() string {
+		if r.family == 6 {
+			return "ip6"
+		}
+		return "ip"
+	}
+	field := func(f addrField) string {
+		if f == fieldSaddr {
+			return "saddr"
+		}
+		return "daddr"
+	}
+	if r.family != 0 && r.set == "" && r.portSet == "" && r.vmap == "" {
+		parts = append(parts, "meta nfproto ipv"+fmt.Sprint(r.family))
+	}
+	if r.ctEstablished {
+		parts = append(parts, "ct state established,related")
+	}
+	if r.l4proto != 0 {
+		parts = append(parts, "meta l4proto "+strings.ToLower(r.l4proto.String()))
+	}
+	if r.set != "" {
+		parts = append(parts, fmt.Sprintf("%s %s @%s", ipKw(), field(r.setOn), r.set))
+	}
+	if r.portLast > 0 {
+		if r.portFirst == r.portLast {
+			parts = append(parts, fmt.Sprintf("th dport %d", r.portFirst))
+		} else {
+			parts = append(parts, fmt.Sprintf("th dport %d-%d", r.portFirst, r.portLast))
+		}
+	}
+	if r.portSet != "" {
+		parts = append(parts, fmt.Sprintf("%s daddr . meta l4proto . th dport @%s", ipKw(), r.portSet))
+	}
+	if r.vmap != "" {
+		parts = append(parts, fmt.Sprintf("%s %s vmap @%s", ipKw(), field(r.vmapOn), r.vmap))
+	}
+	if r.counter {
+		parts = append(parts, "counter")
+	}
+	switch r.verdict {
+	case verdictAccept:
+		parts = append(parts, "accept")
+	case verdictDrop:
+		parts = append(parts, "drop")
+	case verdictJump:
+		parts = append(parts, "jump "+r.target)
+	case verdictRejectTCP:
+		parts = append(parts, "reject with tcp reset")
+	case verdictRejectICMPX:
+		parts = append(parts, "reject with icmpx admin-prohibited")
+	}
+	if r.comment != "" {
+		parts = append(parts, fmt.Sprintf("comment %q", r.comment))
+	}
+	return strings.Join(parts, " ")
+}
+
+// commentUserData encodes a rule comment the way the nft tool stores it, so
+// `nft list` shows it as `comment "..."`.
+func commentUserData(comment string) []byte {
+	return userdata.AppendString(nil, userdata.TypeComment, comment)
+}
