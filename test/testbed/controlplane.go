@@ -1,0 +1,78 @@
+package testbed
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+// ControlPlane is a running kube-apiserver with etcd.
+type ControlPlane struct {
+	Config    *rest.Config
+	Clientset kubernetes.Interface
+	// Kubeconfig is the path of a kubeconfig file for agent processes.
+	Kubeconfig string
+
+	env *envtest.Environment
+	dir string
+}
+
+// StartControlPlane starts envtest and writes a kubeconfig file. Stop it
+// with Stop.
+func StartControlPlane() (*ControlPlane, error) {
+	if reason := kernelUnavailable(); reason != "" {
+		return nil, fmt.Errorf("control plane unavailable: %s", reason)
+	}
+	env := &envtest.Environment{}
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
+	}
+	cp := &ControlPlane{Config: cfg, env: env}
+	cp.Clientset, err = kubernetes.NewForConfig(cfg)
+	if err != nil {
+		_ = cp.Stop()
+		return nil, fmt.Errorf("creating a clientset: %w", err)
+	}
+	cp.dir, err = os.MkdirTemp("", "nftpol-testbed-")
+	if err != nil {
+		_ = cp.Stop()
+		return nil, err
+	}
+	cp.Kubeconfig = filepath.Join(cp.dir, "kubeconfig")
+	if err := os.WriteFile(cp.Kubeconfig, env.KubeConfig, 0o600); err != nil {
+		_ = cp.Stop()
+		return nil, fmt.Errorf("writing the kubeconfig: %w", err)
+	}
+	return cp, nil
+}
+
+// Stop stops the API server and etcd and removes the kubeconfig.
+func (cp *ControlPlane) Stop() error {
+	if cp.dir != "" {
+		_ = os.RemoveAll(cp.dir)
+	}
+	return cp.env.Stop()
+}
+
+// StartControlPlaneT starts the control plane for a test and stops it at
+// its end.
+func StartControlPlaneT(t testing.TB) *ControlPlane {
+	t.Helper()
+	RequireKernel(t)
+	cp, err := StartControlPlane()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Errorf("stopping the control plane: %v", err)
+		}
+	})
+	return cp
+}
