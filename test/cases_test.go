@@ -27,6 +27,9 @@ type step struct {
 	podLabels       map[string]map[string]string
 	// expect narrows the all-allowed expectation for one protocol and port.
 	expect func(e *expectation)
+	// rulesetHas lists text that the table of the node of a pod ("ns/pod")
+	// must contain after the step (for what packets cannot show: SCTP).
+	rulesetHas map[string][]string
 }
 
 type conformanceCase struct {
@@ -281,9 +284,11 @@ func conformanceCases() []conformanceCase {
 				withIngress(policy("x", "allow-ingress-a", sel("pod", "a"), ingressOnly), from(podPeer(selPtr("pod", "b")))),
 			),
 			func(e *expectation) { e.isolateEgress("x/a"); e.isolateIngress("x/a", "x/b") }),
-		oneStep("sctp-is-not-tcp",
-			static(withIngress(policy("x", "allow-sctp-80", sel("pod", "a"), nil), ingressPorts(from(), port(sctp, 80)))),
-			func(e *expectation) { e.isolateIngress("x/a") }),
+		{name: "sctp-is-not-tcp", steps: []step{{name: "allow SCTP/80 only",
+			apply:      static(withIngress(policy("x", "allow-sctp-80", sel("pod", "a"), nil), ingressPorts(from(), port(sctp, 80)))),
+			expect:     func(e *expectation) { e.isolateIngress("x/a") },
+			rulesetHas: map[string][]string{"x/a": {"sctp dport 80 counter", `comment "x/allow-sctp-80 ingress[0]"`}},
+		}}},
 		oneStep("udp-only-policy-denies-tcp",
 			static(withIngress(policy("x", "allow-udp-81", sel("pod", "a"), nil), ingressPorts(from(), port(udp, 81)))),
 			func(e *expectation) {

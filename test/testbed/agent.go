@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -127,17 +128,29 @@ func (a *Agent) start() error {
 	cmd := exec.Command(a.bin, a.args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The agent dies with the test process, even if the test crashes.
+	// Pdeathsig fires when the starting OS thread exits, and the testbed
+	// discards threads that entered other namespaces, so the process is
+	// started and waited for on a thread locked to one goroutine for its
+	// whole life.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("starting the agent: %w", err)
-	}
+	started := make(chan error, 1)
 	done := make(chan struct{})
 	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
 		_ = cmd.Wait()
 		logFile.Close()
 		close(done)
 	}()
+	if err := <-started; err != nil {
+		logFile.Close()
+		return fmt.Errorf("starting the agent: %w", err)
+	}
 	a.cmd, a.done = cmd, done
 	return nil
 }
