@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2/textlogger"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/nft"
@@ -101,6 +102,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := textlogger.NewLogger(f.logConfig)
+	// controller-runtime's own packages log through its global logger.
+	ctrllog.SetLogger(log)
 	cfg, err := restConfig(f.kubeconfig)
 	if err != nil {
 		return err

@@ -32,6 +32,10 @@ type Options struct {
 	VerifyInterval time.Duration
 	Enforcer       Enforcer
 	Log            logr.Logger
+	// SkipNameValidation allows several managers in one process (tests);
+	// controller-runtime otherwise refuses a second controller named
+	// "nftpol" because of its metric names.
+	SkipNameValidation bool
 }
 
 // NewScheme returns the scheme of the objects the agent reads.
@@ -60,8 +64,8 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		HealthProbeBindAddress: opts.HealthProbeBindAddress,
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}:                {Transform: TrimPod},
-				&corev1.Namespace{}:          {Transform: TrimMeta},
+				&corev1.Pod{}:                 {Transform: TrimPod},
+				&corev1.Namespace{}:           {Transform: TrimMeta},
 				&networkingv1.NetworkPolicy{}: {Transform: TrimMeta},
 			},
 		},
@@ -96,6 +100,7 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		WithOptions(controller.Options{
 			// One key, one worker: syncs never run concurrently.
 			MaxConcurrentReconciles: 1,
+			SkipNameValidation:      &opts.SkipNameValidation,
 		}).
 		Complete(syncer)
 	if err != nil {
