@@ -40,6 +40,8 @@ type ruleSpec struct {
 	family        int // 4 or 6: meta nfproto; 0: both
 	ctEstablished bool
 	l4proto       selectors.Protocol
+	// icmpv6Type matches ICMPv6 messages of one type (neighbour discovery).
+	icmpv6Type uint8
 	setOn         addrField
 	set           string
 	// portFirst..portLast on th dport, when portLast > 0.
@@ -107,6 +109,13 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 		e = append(e,
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(r.l4proto)}})
+	}
+	if r.icmpv6Type != 0 {
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMPV6}},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{r.icmpv6Type}})
 	}
 	if r.set != "" {
 		e = append(e, loadAddr(r.family, r.setOn, reg1),
@@ -186,6 +195,9 @@ func (r *ruleSpec) String() string {
 	}
 	if r.l4proto != 0 {
 		parts = append(parts, "meta l4proto "+strings.ToLower(r.l4proto.String()))
+	}
+	if r.icmpv6Type != 0 {
+		parts = append(parts, fmt.Sprintf("icmpv6 type %d", r.icmpv6Type))
 	}
 	if r.set != "" {
 		parts = append(parts, fmt.Sprintf("%s %s @%s", ipKw(), field(r.setOn), r.set))

@@ -53,6 +53,12 @@ const (
 	ChainInputEgress    = "input-egress"
 )
 
+// ICMPv6 neighbour discovery message types.
+const (
+	ndNeighborSolicit = 135
+	ndNeighborAdvert  = 136
+)
+
 // setKind is the shape of a set's key.
 type setKind uint8
 
@@ -181,6 +187,11 @@ func Compile(m *selectors.Model, cfg Config) *Ruleset {
 	}}
 	rs.chains[ChainInputEgress] = &chainSpec{name: ChainInputEgress, hook: "input", prio: 0, rules: []ruleSpec{
 		established,
+		// Neighbour discovery from a pod to its node is no connection a
+		// policy speaks of; without it an egress-isolated pod loses IPv6
+		// altogether, replies to allowed connections included.
+		{icmpv6Type: ndNeighborSolicit, verdict: verdictAccept},
+		{icmpv6Type: ndNeighborAdvert, verdict: verdictAccept},
 		{family: 4, vmapOn: fieldSaddr, vmap: MapEgressV4},
 		{family: 6, vmapOn: fieldSaddr, vmap: MapEgressV6},
 	}}

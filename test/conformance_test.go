@@ -121,6 +121,9 @@ func (m *modelBed) applyPolicy(t *testing.T, p *networkingv1.NetworkPolicy) {
 func (m *modelBed) doStep(t *testing.T, s step) {
 	t.Helper()
 	ctx := context.Background()
+	if err := m.bed.FlushNeighbors(); err != nil {
+		t.Fatal(err)
+	}
 	if s.apply != nil {
 		for _, p := range s.apply(m) {
 			m.applyPolicy(t, p)

@@ -291,3 +291,23 @@ func (b *Bed) SetPodLabels(ctx context.Context, ns, name string, labels map[stri
 	}
 	return nil
 }
+
+// FlushNeighbors empties the ARP and neighbour caches of every node and
+// pod, so the next packets resolve their neighbours again under whatever
+// rules are in force (a stale cache can hide a rule that breaks address
+// resolution).
+func (b *Bed) FlushNeighbors() error {
+	var names []string
+	for _, n := range b.Nodes {
+		names = append(names, n.netns)
+	}
+	for _, p := range b.Pods() {
+		names = append(names, p.netns)
+	}
+	for _, ns := range names {
+		if err := ip("-n", ns, "neigh", "flush", "all"); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -122,8 +122,8 @@ func (b *Bed) createPodObject(ctx context.Context, pod *Pod, labels map[string]s
 		return fmt.Errorf("creating pod %s: %w", pod.Key(), err)
 	}
 	created.Status = corev1.PodStatus{
-		Phase: corev1.PodRunning,
-		PodIP: pod.IPv4.String(),
+		Phase:  corev1.PodRunning,
+		PodIP:  pod.IPv4.String(),
 		PodIPs: []corev1.PodIP{{IP: pod.IPv4.String()}, {IP: pod.IPv6.String()}},
 	}
 	if _, err := pods.UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
