@@ -1,0 +1,264 @@
+// Package manifests checks config/: the kustomize bases render, the API
+// server accepts them, and the ClusterRole is exactly enough for the agent.
+package manifests
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nftpol/nftpol/test/testbed"
+)
+
+const serviceAccount = "system:serviceaccount:nftpol-system:nftpol"
+
+// render runs kubectl's built-in kustomize on config/default.
+func render(t *testing.T) []*unstructured.Unstructured {
+	t.Helper()
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("kubectl is needed to render config/default with its built-in kustomize")
+		}
+		t.Skip("kubectl not installed")
+	}
+	out, err := exec.Command("kubectl", "kustomize", "../../config/default").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize config/default: %v: %s", err, out)
+	}
+	var objs []*unstructured.Unstructured
+	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+			t.Fatalf("rendered YAML does not parse: %v", err)
+		}
+		objs = append(objs, u)
+	}
+	return objs
+}
+
+func find(t *testing.T, objs []*unstructured.Unstructured, kind string) *unstructured.Unstructured {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind {
+			return o
+		}
+	}
+	t.Fatalf("rendered manifests have no %s", kind)
+	return nil
+}
+
+func TestDaemonSetProperties(t *testing.T) {
+	objs := render(t)
+	var ds appsv1.DaemonSet
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(find(t, objs, "DaemonSet").Object, &ds); err != nil {
+		t.Fatal(err)
+	}
+	spec := ds.Spec.Template.Spec
+	c := spec.Containers[0]
+	sc := c.SecurityContext
+	checks := []struct {
+		what string
+		ok   bool
+	}{
+		{"namespace nftpol-system", ds.Namespace == "nftpol-system"},
+		{"hostNetwork", spec.HostNetwork},
+		{"system-node-critical", spec.PriorityClassName == "system-node-critical"},
+		{"tolerates every taint", len(spec.Tolerations) == 1 && spec.Tolerations[0].Operator == corev1.TolerationOpExists && spec.Tolerations[0].Key == ""},
+		{"service account", spec.ServiceAccountName == "nftpol"},
+		{"NODE_NAME from spec.nodeName", len(c.Env) == 1 && c.Env[0].ValueFrom != nil && c.Env[0].ValueFrom.FieldRef.FieldPath == "spec.nodeName"},
+		{"not privileged", sc != nil && sc.Privileged != nil && !*sc.Privileged},
+		{"drop ALL, add NET_ADMIN only", sc != nil && sc.Capabilities != nil && fmt.Sprint(sc.Capabilities.Drop) == "[ALL]" && fmt.Sprint(sc.Capabilities.Add) == "[NET_ADMIN]"},
+		{"no privilege escalation", sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation},
+		{"read-only root", sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem},
+		{"liveness on /healthz", c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == "/healthz"},
+		{"readiness on /readyz", c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == "/readyz"},
+		{"memory limit", !c.Resources.Limits.Memory().IsZero()},
+		{"requests", !c.Resources.Requests.Cpu().IsZero() && !c.Resources.Requests.Memory().IsZero()},
+		{"rolling update, maxUnavailable 1", ds.Spec.UpdateStrategy.RollingUpdate != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable.IntValue() == 1},
+		{"image set by kustomize", c.Image == "nftpol:dev"},
+	}
+	for _, ch := range checks {
+		if !ch.ok {
+			t.Errorf("DaemonSet: %s", ch.what)
+		}
+	}
+}
+
+// impersonated returns cfg acting as the agent's ServiceAccount.
+func impersonated(cfg *rest.Config) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.Impersonate = rest.ImpersonationConfig{UserName: serviceAccount}
+	return c
+}
+
+func TestManifestsAcceptedAndRBACIsLeastPrivilege(t *testing.T) {
+	objs := render(t)
+	cp := testbed.StartControlPlaneT(t)
+	ctx := context.Background()
+	c, err := client.New(cp.Config, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The namespace for real (a dry-run create in a missing namespace
+	// fails), everything else server-side dry-run first.
+	if err := c.Create(ctx, find(t, objs, "Namespace")); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o.GetKind() == "Namespace" {
+			continue
+		}
+		if err := c.Create(ctx, o.DeepCopy(), client.DryRunAll); err != nil {
+			t.Errorf("server-side dry-run of %s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+	}
+	for _, kind := range []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding"} {
+		if err := c.Create(ctx, find(t, objs, kind).DeepCopy()); err != nil {
+			t.Fatalf("creating %s: %v", kind, err)
+		}
+	}
+
+	sa, err := kubernetes.NewForConfig(impersonated(cp.Config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "default"},
+		InvolvedObject: corev1.ObjectReference{Kind: "NetworkPolicy", Namespace: "default", Name: "x"}, Reason: "Test", Message: "m"}
+	allowed := map[string]func() error{
+		"list pods":       func() error { _, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
+		"list namespaces": func() error { _, err := sa.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); return err },
+		"list networkpolicies": func() error {
+			_, err := sa.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"create events (core)": func() error {
+			_, err := sa.CoreV1().Events("default").Create(ctx, ev, metav1.CreateOptions{})
+			return err
+		},
+		"watch networkpolicies": func() error {
+			w, err := sa.NetworkingV1().NetworkPolicies("").Watch(ctx, metav1.ListOptions{})
+			stopWatch(w)
+			return err
+		},
+	}
+	forbidden := map[string]func() error{
+		"list secrets": func() error { _, err := sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); return err },
+		"get nodes":    func() error { _, err := sa.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); return err },
+		"create pods": func() error {
+			_, err := sa.CoreV1().Pods("default").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "i"}}}}, metav1.CreateOptions{})
+			return err
+		},
+		"delete pods": func() error { return sa.CoreV1().Pods("default").Delete(ctx, "p", metav1.DeleteOptions{}) },
+		"create a policy": func() error {
+			_, err := sa.NetworkingV1().NetworkPolicies("default").Create(ctx, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p"}}, metav1.CreateOptions{})
+			return err
+		},
+		"update namespaces": func() error {
+			_, err := sa.CoreV1().Namespaces().Update(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.UpdateOptions{})
+			return err
+		},
+	}
+	for what, call := range allowed {
+		if err := call(); err != nil {
+			t.Errorf("%s as the agent: %v", what, err)
+		}
+	}
+	for what, call := range forbidden {
+		if err := call(); !apierrors.IsForbidden(err) {
+			t.Errorf("%s as the agent: got %v, want Forbidden", what, err)
+		}
+	}
+
+	// The agent itself, with exactly these credentials, enforces a policy.
+	kubeconfig := writeImpersonatingKubeconfig(t, cp)
+	bed := testbed.NewT(t, cp, testbed.Options{Prefix: "nftpol-rbac", Nodes: 1})
+	if err := bed.EnsureNamespace(ctx, "rbac", nil); err != nil {
+		t.Fatal(err)
+	}
+	var pods []*testbed.Pod
+	for _, name := range []string{"server", "client"} {
+		p, err := bed.AddPod(ctx, testbed.PodSpec{Namespace: "rbac", Name: name, Node: bed.Nodes[0].Name, Labels: map[string]string{"app": name}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	testbed.StartAgentT(t, cp, bed.Nodes[0], "--kubeconfig", kubeconfig, "--deny-action", "reject")
+	deny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "rbac", Name: "deny-server"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}}}}
+	if _, err := cp.Clientset.NetworkingV1().NetworkPolicies("rbac").Create(ctx, deny, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	server, clientPod := pods[0], pods[1]
+	var lastErr error
+	for attempt := 0; attempt < 50; attempt++ {
+		lastErr = testbed.Probe(clientPod, server.IPv4, testbed.TCP, 80, server.Key(), 500*time.Millisecond)
+		if lastErr != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if lastErr == nil {
+		t.Fatal("the agent running as the ServiceAccount did not enforce the policy within 5s")
+	}
+	if err := testbed.Probe(server, clientPod.IPv4, testbed.TCP, 80, clientPod.Key(), time.Second); err != nil {
+		t.Fatalf("egress of the server is not isolated and must pass: %v", err)
+	}
+}
+
+func stopWatch(w interface{ Stop() }) {
+	if w != nil {
+		w.Stop()
+	}
+}
+
+// writeImpersonatingKubeconfig writes a kubeconfig that authenticates as the
+// envtest admin and acts as the agent's ServiceAccount.
+func writeImpersonatingKubeconfig(t *testing.T, cp *testbed.ControlPlane) string {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(cp.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ai := range cfg.AuthInfos {
+		ai.Impersonate = serviceAccount
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig-as-agent")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(mustRead(t, path), serviceAccount) {
+		t.Fatal("kubeconfig lacks the impersonation")
+	}
+	return path
+}
+
+func mustRead(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
