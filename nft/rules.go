@@ -42,8 +42,8 @@ type ruleSpec struct {
 	l4proto       selectors.Protocol
 	// icmpv6Type matches ICMPv6 messages of one type (neighbour discovery).
 	icmpv6Type uint8
-	setOn         addrField
-	set           string
+	setOn      addrField
+	set        string
 	// portFirst..portLast on th dport, when portLast > 0.
 	portFirst, portLast uint16
 	// portSet: (daddr . l4proto . th dport) lookup.
