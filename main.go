@@ -2,7 +2,7 @@
 // its node with one nftables table. See README.md.
 //
 //	nftpol [flags]                      run the agent
-//	nftpol cleanup [--table-name] [--netns]  remove the agent's table
+//	nftpol cleanup [--table-name] [--netns] [--wait]  remove the agent's table
 package main
 
 import (
@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		switch args[0] {
 		case "cleanup":
-			return runCleanup(args[1:], stderr)
+			return runCleanup(ctx, args[1:], stderr)
 		default:
 			return fmt.Errorf("unknown command %q (commands: cleanup)", args[0])
 		}
@@ -141,11 +141,12 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // runCleanup removes the agent's table, for uninstalling.
-func runCleanup(args []string, stderr io.Writer) error {
+func runCleanup(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("nftpol cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	table := fs.String("table-name", "nftpol", "name of the table to remove")
 	netns := fs.String("netns", "", "network namespace path (default: our own)")
+	wait := fs.Bool("wait", false, "after removing the table, wait for SIGTERM (for a cleanup DaemonSet whose pods must stay up)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -161,6 +162,9 @@ func runCleanup(args []string, stderr io.Writer) error {
 		return fmt.Errorf("removing table inet %s: %w", *table, err)
 	}
 	fmt.Fprintf(stderr, "removed table inet %s\n", *table)
+	if *wait {
+		<-ctx.Done()
+	}
 	return nil
 }
 
