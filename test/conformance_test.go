@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -43,6 +44,7 @@ type modelBed struct {
 	bed    *testbed.Bed
 	pods   []*testbed.Pod
 	keys   []string
+	agents map[string]*testbed.Agent // by node name
 	probes atomic.Int64
 }
 
@@ -56,7 +58,7 @@ func startModel(t *testing.T, prefix string, agentArgs ...string) *modelBed {
 	cp := testbed.StartControlPlaneT(t)
 	bed := testbed.NewT(t, cp, testbed.Options{Prefix: prefix, Nodes: 2})
 	ctx := context.Background()
-	m := &modelBed{cp: cp, bed: bed}
+	m := &modelBed{cp: cp, bed: bed, agents: map[string]*testbed.Agent{}}
 	for i, ns := range modelNamespaces {
 		if err := bed.EnsureNamespace(ctx, ns, map[string]string{"ns": ns}); err != nil {
 			t.Fatal(err)
@@ -73,7 +75,7 @@ func startModel(t *testing.T, prefix string, agentArgs ...string) *modelBed {
 		}
 	}
 	for _, n := range bed.Nodes {
-		testbed.StartAgentT(t, cp, n, agentArgs...)
+		m.agents[n.Name] = testbed.StartAgentT(t, cp, n, agentArgs...)
 	}
 	return m
 }
@@ -183,6 +185,9 @@ func (m *modelBed) converge(s step) (map[testbed.ProbeSpec]*testbed.Matrix, []st
 		}
 		if len(failures) == 0 || time.Now().After(deadline) {
 			break
+		}
+		if os.Getenv("NFTPOL_DEBUG_CONVERGE") != "" {
+			fmt.Fprintf(os.Stderr, "attempt %d at %s:\n%s\n", attempt, time.Now().Format("15:04:05.000"), strings.Join(failures, "\n"))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
