@@ -3,6 +3,7 @@
 //
 //	nftpol [flags]                      run the agent
 //	nftpol cleanup [--table-name] [--netns] [--wait]  remove the agent's table
+//	nftpol explain --from NS/POD --to NS/POD|IP --port PORT[/PROTO]  why a connection passes or not
 package main
 
 import (
@@ -29,7 +30,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stderr)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nftpol: %v\n", err)
@@ -37,13 +38,15 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		switch args[0] {
 		case "cleanup":
 			return runCleanup(ctx, args[1:], stderr)
+		case "explain":
+			return runExplain(ctx, args[1:], stdout, stderr)
 		default:
-			return fmt.Errorf("unknown command %q (commands: cleanup)", args[0])
+			return fmt.Errorf("unknown command %q (commands: cleanup, explain)", args[0])
 		}
 	}
 	return runAgent(ctx, args, stderr)

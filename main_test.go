@@ -7,6 +7,12 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpol/nftpol/test/testbed"
 )
 
 func TestParseAgentFlags(t *testing.T) {
@@ -42,7 +48,7 @@ func TestParseAgentFlags(t *testing.T) {
 }
 
 func TestUnknownCommand(t *testing.T) {
-	err := run(context.Background(), []string{"frobnicate"}, &bytes.Buffer{})
+	err := run(context.Background(), []string{"frobnicate"}, &bytes.Buffer{}, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "unknown command") {
 		t.Fatalf("error = %v", err)
 	}
@@ -73,7 +79,7 @@ func TestCleanupRemovesOnlyOurTable(t *testing.T) {
 	nft("add", "table", "inet", "nftpol")
 	nft("add", "table", "inet", "foreign")
 	var out bytes.Buffer
-	if err := run(context.Background(), []string{"cleanup", "--netns", "/run/netns/" + ns}, &out); err != nil {
+	if err := run(context.Background(), []string{"cleanup", "--netns", "/run/netns/" + ns}, &out, &out); err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
 	tables := nft("list", "tables")
@@ -81,7 +87,69 @@ func TestCleanupRemovesOnlyOurTable(t *testing.T) {
 		t.Fatalf("after cleanup: %s", tables)
 	}
 	// A second cleanup finds nothing to do and succeeds.
-	if err := run(context.Background(), []string{"cleanup", "--netns", "/run/netns/" + ns}, &out); err != nil {
+	if err := run(context.Background(), []string{"cleanup", "--netns", "/run/netns/" + ns}, &out, &out); err != nil {
 		t.Fatalf("second cleanup: %v", err)
+	}
+}
+
+func TestExplain(t *testing.T) {
+	cp := testbed.StartControlPlaneT(t)
+	ctx := context.Background()
+	cs := cp.Clientset
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "e"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, ip := range map[string]string{"server": "10.9.0.1", "client": "10.9.0.2"} {
+		pod, err := cs.CoreV1().Pods("e").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
+			Spec:       corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "i"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
+		if _, err := cs.CoreV1().Pods("e").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "deny"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}}}}
+	if _, err := cs.NetworkingV1().NetworkPolicies("e").Create(ctx, deny, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	explain := func(args ...string) string {
+		var out, errOut bytes.Buffer
+		if err := run(ctx, append([]string{"explain", "--kubeconfig", cp.Kubeconfig}, args...), &out, &errOut); err != nil {
+			t.Fatalf("explain %v: %v: %s", args, err, errOut.String())
+		}
+		return out.String()
+	}
+	out := explain("--from", "e/client", "--to", "e/server", "--port", "80")
+	for _, want := range []string{"DENIED", "e/server is isolated by e/deny"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+	allow := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "allow-client"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+			Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "client"}}}}}},
+		}}
+	if _, err := cs.NetworkingV1().NetworkPolicies("e").Create(ctx, allow, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out = explain("--from", "e/client", "--to", "e/server", "--port", "80/udp")
+	for _, want := range []string{"ALLOWED", "by e/allow-client ingress[0]"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+	out = explain("--from", "e/server", "--to", "192.0.2.9", "--port", "443")
+	if !strings.Contains(out, "ALLOWED") || !strings.Contains(out, "no policy isolates e/server for egress") {
+		t.Errorf("explain to an outside address:\n%s", out)
+	}
+	var errOut bytes.Buffer
+	if err := run(ctx, []string{"explain", "--kubeconfig", cp.Kubeconfig, "--from", "e/nope", "--to", "e/server", "--port", "80"}, &bytes.Buffer{}, &errOut); err == nil || !strings.Contains(err.Error(), "no pod e/nope") {
+		t.Errorf("unknown pod: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -63,7 +64,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	}
 
 	start := time.Now()
-	state, err := s.readState(ctx)
+	state, err := ReadState(ctx, s.Reader)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -99,20 +100,24 @@ func (s *Syncer) ReadyCheck(_ *http.Request) error {
 	return nil
 }
 
-func (s *Syncer) readState(ctx context.Context) (*selectors.State, error) {
+// ReadState reads the cluster as the policy model takes it. The agent
+// reads its cache; `nftpol explain`, the demo and the tests read the API
+// server with a plain client, through this same function.
+func ReadState(ctx context.Context, r client.Reader) (*selectors.State, error) {
 	var pods corev1.PodList
 	// The cache's objects are only read here, never changed, so the deep
-	// copy a List makes by default would be pure waste at 100k pods.
+	// copy a cache List makes by default would be pure waste at 100k pods.
+	// (A live client ignores the option.)
 	noCopy := client.UnsafeDisableDeepCopy
-	if err := s.Reader.List(ctx, &pods, noCopy); err != nil {
+	if err := r.List(ctx, &pods, noCopy); err != nil {
 		return nil, fmt.Errorf("listing pods: %w", err)
 	}
 	var namespaces corev1.NamespaceList
-	if err := s.Reader.List(ctx, &namespaces, noCopy); err != nil {
+	if err := r.List(ctx, &namespaces, noCopy); err != nil {
 		return nil, fmt.Errorf("listing namespaces: %w", err)
 	}
 	var policies networkingv1.NetworkPolicyList
-	if err := s.Reader.List(ctx, &policies, noCopy); err != nil {
+	if err := r.List(ctx, &policies, noCopy); err != nil {
 		return nil, fmt.Errorf("listing network policies: %w", err)
 	}
 	state := &selectors.State{
@@ -130,4 +135,18 @@ func (s *Syncer) readState(ctx context.Context) (*selectors.State, error) {
 		state.Policies = append(state.Policies, &policies.Items[i])
 	}
 	return state, nil
+}
+
+// NewReader returns a live (uncached) reader of the API server for the
+// objects the model reads.
+func NewReader(cfg *rest.Config) (client.Reader, error) {
+	scheme, err := NewScheme()
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("creating an API client: %w", err)
+	}
+	return c, nil
 }

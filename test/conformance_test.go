@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/test/testbed"
 )
@@ -197,31 +198,15 @@ func (m *modelBed) converge(s step) (map[testbed.ProbeSpec]*testbed.Matrix, []st
 // clusterState reads the cluster as the reference evaluator takes it.
 func (m *modelBed) clusterState(t *testing.T) *selectors.State {
 	t.Helper()
-	ctx := context.Background()
-	cs := m.cp.Clientset
-	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	reader, err := controllers.NewReader(m.cp.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	state, err := controllers.ReadState(context.Background(), reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pols, err := cs.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &selectors.State{}
-	for i := range pods.Items {
-		s.Pods = append(s.Pods, selectors.PodFromObject(&pods.Items[i]))
-	}
-	for i := range nss.Items {
-		s.Namespaces = append(s.Namespaces, selectors.NamespaceFromObject(&nss.Items[i]))
-	}
-	for i := range pols.Items {
-		s.Policies = append(s.Policies, &pols.Items[i])
-	}
-	return s
+	return state
 }
 
 // checkEvaluator asserts that the reference evaluator predicts every

@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/test/testbed"
 )
@@ -192,27 +193,13 @@ func readPolicies(dir string) ([]*networkingv1.NetworkPolicy, error) {
 
 // evaluatorMatrix is what the reference evaluator predicts for spec.
 func evaluatorMatrix(ctx context.Context, cp *testbed.ControlPlane, pods []*testbed.Pod, spec testbed.ProbeSpec) (*testbed.Matrix, error) {
-	state := &selectors.State{}
-	podList, err := cp.Clientset.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	reader, err := controllers.NewReader(cp.Config)
 	if err != nil {
 		return nil, err
 	}
-	for i := range podList.Items {
-		state.Pods = append(state.Pods, selectors.PodFromObject(&podList.Items[i]))
-	}
-	nsList, err := cp.Clientset.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	state, err := controllers.ReadState(ctx, reader)
 	if err != nil {
 		return nil, err
-	}
-	for i := range nsList.Items {
-		state.Namespaces = append(state.Namespaces, selectors.NamespaceFromObject(&nsList.Items[i]))
-	}
-	polList, err := cp.Clientset.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	for i := range polList.Items {
-		state.Policies = append(state.Policies, &polList.Items[i])
 	}
 	proto := selectors.ProtocolTCP
 	if spec.Proto == testbed.UDP {
