@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -18,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 )
@@ -36,6 +38,9 @@ type Options struct {
 	// controller-runtime otherwise refuses a second controller named
 	// "nftpol" because of its metric names.
 	SkipNameValidation bool
+	// MetricsRegistry receives the agent's metrics; nil means
+	// controller-runtime's registry, served on MetricsBindAddress.
+	MetricsRegistry prometheus.Registerer
 }
 
 // NewScheme returns the scheme of the objects the agent reads.
@@ -80,7 +85,21 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		NodeName: opts.NodeName,
 		Log:      opts.Log.WithName("problems"),
 	}
+	reg := opts.MetricsRegistry
+	if reg == nil {
+		reg = ctrlmetrics.Registry
+	}
+	m, err := newSyncMetrics(reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if source, ok := opts.Enforcer.(CounterSource); ok {
+		if err := reg.Register(newPolicyCollector(source, opts.Log.WithName("metrics"))); err != nil {
+			return nil, nil, fmt.Errorf("registering policy counters: %w", err)
+		}
+	}
 	syncer := &Syncer{
+		metrics:        m,
 		Reader:         mgr.GetCache(),
 		NodeName:       opts.NodeName,
 		Enforcer:       opts.Enforcer,

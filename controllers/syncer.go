@@ -42,6 +42,8 @@ type Syncer struct {
 	VerifyInterval time.Duration
 	Log            logr.Logger
 
+	metrics *syncMetrics
+
 	mu         sync.Mutex
 	synced     bool
 	lastVerify time.Time
@@ -66,6 +68,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	start := time.Now()
 	state, err := ReadState(ctx, s.Reader)
 	if err != nil {
+		s.metrics.observe(start, nil, nft.SyncStats{}, err)
 		return reconcile.Result{}, err
 	}
 	model, problems := selectors.BuildModel(s.NodeName, state)
@@ -73,6 +76,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	s.Problems.Report(ctx, problems)
 
 	stats, err := s.Enforcer.Sync(model)
+	s.metrics.observe(start, model, stats, err)
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
 	}

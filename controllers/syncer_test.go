@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -188,7 +189,7 @@ func startAgent(t *testing.T, node string) *agentEnv {
 	mgr, syncer, err := NewManager(cfg, Options{
 		NodeName: node, MetricsBindAddress: "0", HealthProbeBindAddress: "0",
 		VerifyInterval: time.Second, Enforcer: enforcer, Log: log,
-		SkipNameValidation: true,
+		SkipNameValidation: true, MetricsRegistry: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		t.Fatal(err)

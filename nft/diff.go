@@ -97,7 +97,7 @@ func Diff(committed, desired *Ruleset) *Plan {
 		case have.hook != want.hook || have.prio != want.prio:
 			// Base chain properties cannot change in place.
 			p.Full = true
-		case !slices.Equal(have.rules, want.rules):
+		case !slices.Equal(have.rules, want.rules) || !slices.Equal(have.policies, want.policies):
 			p.RewriteChains = append(p.RewriteChains, name)
 		}
 	}

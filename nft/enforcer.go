@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -32,11 +33,16 @@ const socketBuffer = 64 << 20
 // SyncStats tells what one Sync did.
 type SyncStats struct {
 	PlanStats
-	Duration time.Duration
+	// Chains, Rules, Sets and Elements count the whole table after the sync.
+	Chains, Rules, Sets, Elements int
+	Duration                      time.Duration
 }
 
 // Enforcer commits models to our table, one transaction per Sync.
+// Its methods may be called from several goroutines (syncs and metric
+// scrapes); mu guards committed.
 type Enforcer struct {
+	mu    sync.Mutex
 	cfg   Config
 	netns *os.File
 	table *nftables.Table
@@ -78,7 +84,11 @@ func (e *Enforcer) Close() error {
 }
 
 // Invalidate makes the next Sync replace the whole table.
-func (e *Enforcer) Invalidate() { e.committed = nil }
+func (e *Enforcer) Invalidate() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.committed = nil
+}
 
 // conn returns a fresh netlink connection: google/nftables keeps a sticky
 // error and queued messages per Conn, so each transaction gets its own.
@@ -116,10 +126,13 @@ func raiseBuffers(c *netlink.Conn) error {
 // Sync commits the table for m: the difference from the last commit, or
 // the whole table in one transaction when that is unknown.
 func (e *Enforcer) Sync(m *selectors.Model) (SyncStats, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	start := time.Now()
 	desired := Compile(m, e.cfg)
 	plan := Diff(e.committed, desired)
 	stats := SyncStats{PlanStats: plan.Stats(desired)}
+	stats.Chains, stats.Rules, stats.Sets, stats.Elements = desired.Counts()
 	if plan.Empty() {
 		stats.Duration = time.Since(start)
 		return stats, nil
@@ -361,6 +374,8 @@ func (e *Enforcer) elements(c *nftables.Conn, s *nftables.Set, spec *setSpec, ke
 
 // DeleteTable removes our table, and nothing else, if it exists.
 func (e *Enforcer) DeleteTable() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	c, err := e.conn()
 	if err != nil {
 		return err
@@ -386,7 +401,9 @@ func (e *Enforcer) DeleteTable() error {
 // chains and their rule counts, sets and their elements. Nothing committed
 // yet verifies trivially.
 func (e *Enforcer) Verify() error {
+	e.mu.Lock()
 	want := e.committed
+	e.mu.Unlock()
 	if want == nil {
 		return nil
 	}

@@ -101,6 +101,12 @@ type chainSpec struct {
 	hook  string // "forward", "input" or "" for a regular chain
 	prio  int32
 	rules []ruleSpec
+	// policies and dir say whose counters the chain holds: the policy of
+	// a policy chain (its accepts), or the isolating policies of an
+	// isolation chain (its denies).
+	policies []string
+	dir      selectors.Direction
+	isolates bool
 }
 
 // Ruleset is the desired content of our table. Compile makes it, Diff
@@ -216,7 +222,7 @@ func Compile(m *selectors.Model, cfg Config) *Ruleset {
 			}
 			iso := isolationChainName(keys, dir)
 			if _, ok := rs.chains[iso]; !ok {
-				c := &chainSpec{name: iso}
+				c := &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
 				for _, k := range keys {
 					target := policyChainName(k, dir)
 					used[target] = true
@@ -245,7 +251,7 @@ func Compile(m *selectors.Model, cfg Config) *Ruleset {
 			if dir == selectors.Egress {
 				rules = p.Egress
 			}
-			c := &chainSpec{name: name}
+			c := &chainSpec{name: name, policies: []string{p.Key}, dir: dir}
 			for idx, r := range rules {
 				c.rules = append(c.rules, compileRule(p.Key, dir, idx, r)...)
 			}

@@ -81,7 +81,8 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(gomod), nil
 }
 
-func freePort() (int, error) {
+// FreePort returns a free TCP port on 127.0.0.1 for an agent listener.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -98,7 +99,7 @@ func StartAgent(cp *ControlPlane, node *Node, logDir string, extra ...string) (*
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}

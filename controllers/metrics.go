@@ -1,0 +1,117 @@
+package controllers
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nftpol/nftpol/nft"
+	"github.com/nftpol/nftpol/selectors"
+)
+
+// CounterSource reads per-policy packet counters from the kernel.
+type CounterSource interface {
+	Counters() ([]nft.PolicyCounter, error)
+}
+
+// syncMetrics are the agent's own Prometheus metrics.
+type syncMetrics struct {
+	duration   prometheus.Histogram
+	syncs      prometheus.Counter
+	errors     prometheus.Counter
+	changes    *prometheus.HistogramVec
+	isolated   prometheus.Gauge
+	policies   prometheus.Gauge
+	sets       prometheus.Gauge
+	elements   prometheus.Gauge
+	rules      prometheus.Gauge
+	lastSynced prometheus.Gauge
+}
+
+func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
+	m := &syncMetrics{
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "nftpol_sync_duration_seconds", Help: "Time of one sync: read the cache, build the model, compile, diff and commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		syncs:  prometheus.NewCounter(prometheus.CounterOpts{Name: "nftpol_syncs_total", Help: "Syncs committed (or found nothing to change)."}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "nftpol_sync_errors_total", Help: "Syncs that failed; the previous table stayed in force."}),
+		changes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "nftpol_sync_changes", Help: "Objects one sync changed in the kernel, by kind (sets, chains, elements).",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
+		}, []string{"kind"}),
+		isolated:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_isolated_pods", Help: "Local pods isolated in at least one direction."}),
+		policies:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_policies", Help: "Policies that isolate at least one local pod."}),
+		sets:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_sets", Help: "Sets and maps in the table."}),
+		elements:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_set_elements", Help: "Elements in all sets and maps of the table."}),
+		rules:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_rules", Help: "Rules in the table."}),
+		lastSynced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_last_sync_timestamp_seconds", Help: "Unix time of the last successful sync."}),
+	}
+	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.isolated, m.policies, m.sets, m.elements, m.rules, m.lastSynced} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *syncMetrics) observe(start time.Time, model *selectors.Model, stats nft.SyncStats, err error) {
+	if m == nil {
+		return
+	}
+	m.duration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		m.errors.Inc()
+		return
+	}
+	m.syncs.Inc()
+	m.changes.WithLabelValues("sets").Observe(float64(stats.SetsAdded + stats.SetsDeleted))
+	m.changes.WithLabelValues("chains").Observe(float64(stats.ChainsAdded + stats.ChainsRewritten + stats.ChainsDeleted))
+	m.changes.WithLabelValues("elements").Observe(float64(stats.ElementsAdded + stats.ElementsDeleted))
+	m.isolated.Set(float64(len(model.Pods)))
+	m.policies.Set(float64(len(model.Policies)))
+	m.sets.Set(float64(stats.Sets))
+	m.elements.Set(float64(stats.Elements))
+	m.rules.Set(float64(stats.Rules))
+	m.lastSynced.SetToCurrentTime()
+}
+
+// policyCollector exports the kernel's per-policy counters at scrape time.
+type policyCollector struct {
+	source  CounterSource
+	log     logr.Logger
+	packets *prometheus.Desc
+	bytes   *prometheus.Desc
+}
+
+func newPolicyCollector(source CounterSource, log logr.Logger) *policyCollector {
+	labels := []string{"policy", "direction", "verdict"}
+	return &policyCollector{
+		source:  source,
+		log:     log,
+		packets: prometheus.NewDesc("nftpol_policy_packets_total", "Packets a policy allowed, or denied at a pod it isolates (new connections only: established traffic is accepted earlier).", labels, nil),
+		bytes:   prometheus.NewDesc("nftpol_policy_bytes_total", "Bytes of those packets.", labels, nil),
+	}
+}
+
+func (c *policyCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.packets
+	ch <- c.bytes
+}
+
+func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
+	counters, err := c.source.Counters()
+	if err != nil {
+		c.log.Error(err, "reading policy counters")
+		return
+	}
+	for _, pc := range counters {
+		dir := pc.Direction.String()
+		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(pc.AllowedPackets), pc.Policy, dir, "allowed")
+		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(pc.DeniedPackets), pc.Policy, dir, "denied")
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(pc.AllowedBytes), pc.Policy, dir, "allowed")
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(pc.DeniedBytes), pc.Policy, dir, "denied")
+	}
+}
