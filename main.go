@@ -3,6 +3,7 @@
 //
 //	nftpol [flags]                      run the agent
 //	nftpol cleanup [--table-name] [--netns] [--wait]  remove the agent's table
+//	nftpol dump [--table-name] [--netns]  print the table as the kernel holds it
 //	nftpol explain --from NS/POD --to NS/POD|IP --port PORT[/PROTO]  why a connection passes or not
 package main
 
@@ -45,8 +46,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runCleanup(ctx, args[1:], stderr)
 		case "explain":
 			return runExplain(ctx, args[1:], stdout, stderr)
+		case "dump":
+			return runDump(args[1:], stdout, stderr)
 		default:
-			return fmt.Errorf("unknown command %q (commands: cleanup, explain)", args[0])
+			return fmt.Errorf("unknown command %q (commands: cleanup, dump, explain)", args[0])
 		}
 	}
 	return runAgent(ctx, args, stderr)
@@ -169,6 +172,32 @@ func runCleanup(ctx context.Context, args []string, stderr io.Writer) error {
 		<-ctx.Done()
 	}
 	return nil
+}
+
+// runDump prints our table read back from the kernel, annotated with the
+// policies its chains come from and the size of every set.
+func runDump(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("nftpol dump", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	table := fs.String("table-name", "nftpol", "name of the table")
+	netns := fs.String("netns", "", "network namespace path (default: our own)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := nft.CheckPrivileges(); err != nil {
+		return err
+	}
+	enforcer, err := nft.NewEnforcer(nft.Config{Table: *table, NetNSPath: *netns, Logger: logr.Discard()})
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	defer enforcer.Close()
+	rs, err := enforcer.ReadTable()
+	if err != nil {
+		return fmt.Errorf("reading table inet %s: %w", *table, err)
+	}
+	_, err = io.WriteString(stdout, rs.String())
+	return err
 }
 
 // restConfig loads the kubeconfig at path, or else $KUBECONFIG, or else the

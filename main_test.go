@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -12,6 +13,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/nftpol/nftpol/nft"
+	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -151,5 +154,51 @@ func TestExplain(t *testing.T) {
 	var errOut bytes.Buffer
 	if err := run(ctx, []string{"explain", "--kubeconfig", cp.Kubeconfig, "--from", "e/nope", "--to", "e/server", "--port", "80"}, &bytes.Buffer{}, &errOut); err == nil || !strings.Contains(err.Error(), "no pod e/nope") {
 		t.Errorf("unknown pod: %v", err)
+	}
+}
+
+func TestDump(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root under CI")
+		}
+		t.Skip("needs root to create a network namespace")
+	}
+	ns := "nftpol-main-dump"
+	_ = exec.Command("ip", "netns", "delete", ns).Run()
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", ns).Run() })
+	e, err := nft.NewEnforcer(nft.Config{NetNSPath: "/run/netns/" + ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	model := &selectors.Model{
+		Pods: []selectors.PodRules{{Key: "x/a", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Ingress: []string{"x/web"}}},
+		Policies: []selectors.PolicyRules{{Key: "x/web", HasIngress: true, Ingress: []selectors.Rule{
+			{Peers: selectors.PeerMatch{Sets: []string{"clients"}}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 80, Last: 80}}}},
+		}}},
+		AddrSets: []selectors.AddrSet{{ID: "clients", Description: "pods in x matching app=client", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}}},
+	}
+	if _, err := e.Sync(model); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"dump", "--netns", "/run/netns/" + ns}, &out, &out); err != nil {
+		t.Fatalf("dump: %v: %s", err, out.String())
+	}
+	for _, want := range []string{
+		"table inet nftpol {",
+		"# 2 elements\n\tset a-8f4d9088121acfab-v4 { type ipv4_addr; }",
+		"# isolation by x/web (ingress)",
+		"# allows of x/web (ingress)",
+		"type filter hook forward priority 1; policy accept;",
+		`ip saddr @a-8f4d9088121acfab-v4 tcp dport 80 counter accept comment "x/web ingress[0]"`,
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("dump lacks %q:\n%s", want, out.String())
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -398,8 +399,8 @@ func (e *Enforcer) DeleteTable() error {
 }
 
 // Verify reads our table back and compares it with what was committed:
-// chains and their rule counts, sets and their elements. Nothing committed
-// yet verifies trivially.
+// every chain with its hook and its rules, every set with its elements.
+// Nothing committed yet verifies trivially.
 func (e *Enforcer) Verify() error {
 	e.mu.Lock()
 	want := e.committed
@@ -411,83 +412,59 @@ func (e *Enforcer) Verify() error {
 	if err != nil {
 		return err
 	}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	got, err := e.readTable(c)
 	if err != nil {
-		return fmt.Errorf("%w: listing chains: %v", ErrDrift, err)
+		return fmt.Errorf("%w: %v", ErrDrift, err)
 	}
-	seen := map[string]bool{}
-	for _, ch := range chains {
-		if ch.Table.Name != e.cfg.Table {
-			continue
-		}
-		seen[ch.Name] = true
-		spec, ok := want.chains[ch.Name]
-		if !ok {
-			return fmt.Errorf("%w: unexpected chain %s", ErrDrift, ch.Name)
-		}
-		rules, err := c.GetRules(e.table, ch)
-		if err != nil {
-			return fmt.Errorf("%w: reading chain %s: %v", ErrDrift, ch.Name, err)
-		}
-		if len(rules) != len(spec.rules) {
-			return fmt.Errorf("%w: chain %s has %d rules, want %d", ErrDrift, ch.Name, len(rules), len(spec.rules))
+	for _, name := range got.sortedChainNames() {
+		if _, ok := want.chains[name]; !ok {
+			return fmt.Errorf("%w: unexpected chain %s", ErrDrift, name)
 		}
 	}
-	for name := range want.chains {
-		if !seen[name] {
+	for _, name := range want.sortedChainNames() {
+		w, g := want.chains[name], got.chains[name]
+		switch {
+		case g == nil:
 			return fmt.Errorf("%w: chain %s is missing", ErrDrift, name)
+		case g.hook != w.hook || g.prio != w.prio:
+			return fmt.Errorf("%w: chain %s is hooked differently", ErrDrift, name)
+		case !slices.Equal(g.rules, w.rules):
+			return fmt.Errorf("%w: chain %s has other rules (%d, want %d)", ErrDrift, name, len(g.rules), len(w.rules))
 		}
 	}
-	sets, err := c.GetSets(e.table)
-	if err != nil {
-		return fmt.Errorf("%w: listing sets: %v", ErrDrift, err)
-	}
-	seen = map[string]bool{}
-	for _, s := range sets {
-		seen[s.Name] = true
-		spec, ok := want.sets[s.Name]
-		if !ok {
-			return fmt.Errorf("%w: unexpected set %s", ErrDrift, s.Name)
-		}
-		elems, err := c.GetSetElements(s)
-		if err != nil {
-			return fmt.Errorf("%w: reading set %s: %v", ErrDrift, s.Name, err)
-		}
-		if err := compareElements(spec, elems); err != nil {
-			return fmt.Errorf("%w: set %s: %v", ErrDrift, s.Name, err)
+	for _, name := range got.sortedSetNames() {
+		if _, ok := want.sets[name]; !ok {
+			return fmt.Errorf("%w: unexpected set %s", ErrDrift, name)
 		}
 	}
-	for name := range want.sets {
-		if !seen[name] {
+	for _, name := range want.sortedSetNames() {
+		w, g := want.sets[name], got.sets[name]
+		if g == nil {
 			return fmt.Errorf("%w: set %s is missing", ErrDrift, name)
+		}
+		if err := compareElements(w, g); err != nil {
+			return fmt.Errorf("%w: set %s: %v", ErrDrift, name, err)
 		}
 	}
 	return nil
 }
 
-// compareElements checks a set's kernel elements against the spec.
-func compareElements(spec *setSpec, elems []nftables.SetElement) error {
-	if spec.kind.interval() {
-		want := 0
-		for k := range spec.elems {
-			want += len(kernelElements(spec, k))
-		}
-		if len(elems) != want {
-			return fmt.Errorf("%d interval elements, want %d", len(elems), want)
-		}
-		return nil
+// compareElements checks a set read back against the committed one.
+func compareElements(want, got *setSpec) error {
+	if want.kind != got.kind {
+		return errors.New("other type")
 	}
-	if len(elems) != len(spec.elems) {
-		return fmt.Errorf("%d elements, want %d", len(elems), len(spec.elems))
-	}
-	for _, el := range elems {
-		v, ok := spec.elems[string(el.Key)]
+	for k, v := range got.elems {
+		wv, ok := want.elems[k]
 		if !ok {
-			return fmt.Errorf("unexpected element %s", describeKey(el.Key))
+			return fmt.Errorf("unexpected element %s", describeKey([]byte(k)))
 		}
-		if spec.kind.vmap() && verdictChain(el.Val) != v {
-			return fmt.Errorf("element %s jumps elsewhere", describeKey(el.Key))
+		if wv != v {
+			return fmt.Errorf("element %s jumps to %s, want %s", describeKey([]byte(k)), v, wv)
 		}
+	}
+	if len(got.elems) != len(want.elems) {
+		return fmt.Errorf("%d elements, want %d", len(got.elems), len(want.elems))
 	}
 	return nil
 }

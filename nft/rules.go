@@ -193,21 +193,22 @@ func (r *ruleSpec) String() string {
 	if r.ctEstablished {
 		parts = append(parts, "ct state established,related")
 	}
-	if r.l4proto != 0 {
-		parts = append(parts, "meta l4proto "+strings.ToLower(r.l4proto.String()))
-	}
 	if r.icmpv6Type != 0 {
 		parts = append(parts, fmt.Sprintf("icmpv6 type %d", r.icmpv6Type))
 	}
 	if r.set != "" {
 		parts = append(parts, fmt.Sprintf("%s %s @%s", ipKw(), field(r.setOn), r.set))
 	}
-	if r.portLast > 0 {
-		if r.portFirst == r.portLast {
-			parts = append(parts, fmt.Sprintf("th dport %d", r.portFirst))
-		} else {
-			parts = append(parts, fmt.Sprintf("th dport %d-%d", r.portFirst, r.portLast))
-		}
+	// Like nft: "tcp dport 80" when the protocol is known, "th dport"
+	// otherwise, and "meta l4proto udp" for a protocol without ports.
+	proto := strings.ToLower(r.l4proto.String())
+	switch {
+	case r.portLast > 0 && r.portFirst == r.portLast:
+		parts = append(parts, fmt.Sprintf("%s dport %d", portKw(proto, r.l4proto), r.portFirst))
+	case r.portLast > 0:
+		parts = append(parts, fmt.Sprintf("%s dport %d-%d", portKw(proto, r.l4proto), r.portFirst, r.portLast))
+	case r.l4proto != 0:
+		parts = append(parts, "meta l4proto "+proto)
 	}
 	if r.portSet != "" {
 		parts = append(parts, fmt.Sprintf("%s daddr . meta l4proto . th dport @%s", ipKw(), r.portSet))
@@ -240,4 +241,11 @@ func (r *ruleSpec) String() string {
 // `nft list` shows it as `comment "..."`.
 func commentUserData(comment string) []byte {
 	return userdata.AppendString(nil, userdata.TypeComment, comment)
+}
+
+func portKw(name string, p selectors.Protocol) string {
+	if p == 0 {
+		return "th"
+	}
+	return name
 }

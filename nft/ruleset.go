@@ -258,6 +258,22 @@ func Compile(m *selectors.Model, cfg Config) *Ruleset {
 			rs.chains[name] = c
 		}
 	}
+	// A pod may name a policy the model has no rules for (not from
+	// BuildModel, but Compile must never produce a jump to nowhere, which
+	// would fail the whole commit): such a policy allows nothing.
+	for _, pod := range m.Pods {
+		for _, dir := range []selectors.Direction{selectors.Ingress, selectors.Egress} {
+			keys := pod.Ingress
+			if dir == selectors.Egress {
+				keys = pod.Egress
+			}
+			for _, k := range keys {
+				if name := policyChainName(k, dir); rs.chains[name] == nil {
+					rs.chains[name] = &chainSpec{name: name, policies: []string{k}, dir: dir}
+				}
+			}
+		}
+	}
 	return rs
 }
 
