@@ -65,6 +65,9 @@ type agentFlags struct {
 	healthAddr     string
 	denyAction     string
 	verifyInterval time.Duration
+	logDenied      bool
+	logDeniedRate  uint
+	logDeniedGroup uint
 	logConfig      *textlogger.Config
 }
 
@@ -80,6 +83,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.StringVar(&f.healthAddr, "health-probe-bind-address", ":9091", `address of /healthz and /readyz; "0" disables it`)
 	fs.StringVar(&f.denyAction, "deny-action", "drop", "what happens to denied packets: drop or reject")
 	fs.DurationVar(&f.verifyInterval, "verify-interval", 30*time.Second, "how often the table is read back and repaired if someone changed it; 0 disables")
+	fs.BoolVar(&f.logDenied, "log-denied", false, "log one line per denied flow (rate-limited NFLOG from the deny paths)")
+	fs.UintVar(&f.logDeniedRate, "log-denied-rate", 10, "at most this many denied packets per second and isolation chain reach the log")
+	fs.UintVar(&f.logDeniedGroup, "log-denied-group", 100, "NFLOG group of the denied-packet log")
 	f.logConfig.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -92,6 +98,12 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	}
 	if _, err := nft.ParseDenyAction(f.denyAction); err != nil {
 		return nil, err
+	}
+	if f.logDeniedRate == 0 || f.logDeniedRate > 1_000_000 {
+		return nil, errors.New("--log-denied-rate must be between 1 and 1000000")
+	}
+	if f.logDeniedGroup > 65535 {
+		return nil, errors.New("--log-denied-group must be at most 65535")
 	}
 	if f.verifyInterval < 0 {
 		return nil, errors.New("--verify-interval must not be negative")
@@ -120,6 +132,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		NetNSPath: f.netns,
 		Deny:      deny,
 		Logger:    log.WithName("nft"),
+		LogDenied: f.logDenied,
+		LogGroup:  uint16(f.logDeniedGroup),
+		LogRate:   uint32(f.logDeniedRate),
 	})
 	if err != nil {
 		return fmt.Errorf("opening nftables: %w", err)
@@ -133,6 +148,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		VerifyInterval:         f.verifyInterval,
 		Enforcer:               enforcer,
 		Log:                    log,
+		LogDenied:              f.logDenied,
+		LogGroup:               uint16(f.logDeniedGroup),
+		NetNSPath:              f.netns,
 	})
 	if err != nil {
 		return err

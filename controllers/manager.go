@@ -41,6 +41,11 @@ type Options struct {
 	// MetricsRegistry receives the agent's metrics; nil means
 	// controller-runtime's registry, served on MetricsBindAddress.
 	MetricsRegistry prometheus.Registerer
+	// LogDenied starts the denied-packet log: it reads NFLOG group
+	// LogGroup in the namespace NetNSPath ("" is our own).
+	LogDenied bool
+	LogGroup  uint16
+	NetNSPath string
 }
 
 // NewScheme returns the scheme of the objects the agent reads.
@@ -106,6 +111,14 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		Problems:       problems,
 		VerifyInterval: opts.VerifyInterval,
 		Log:            opts.Log.WithName("sync"),
+	}
+
+	if opts.LogDenied {
+		syncer.keepLookup = true
+		logger := &DeniedLogger{NetNSPath: opts.NetNSPath, Group: opts.LogGroup, Syncer: syncer, Log: opts.Log.WithName("denied")}
+		if err := mgr.Add(manager.RunnableFunc(logger.Start)); err != nil {
+			return nil, nil, fmt.Errorf("adding the denied-packet log: %w", err)
+		}
 	}
 
 	toNodeSync := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -43,6 +44,11 @@ type Syncer struct {
 	Log            logr.Logger
 
 	metrics *syncMetrics
+	// lookup names pods for the denied-packet log; replaced after every
+	// successful sync.
+	lookup atomic.Pointer[podLookup]
+	// keepLookup is set when the denied-packet log is on.
+	keepLookup bool
 
 	mu         sync.Mutex
 	synced     bool
@@ -79,6 +85,9 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	s.metrics.observe(start, model, stats, err)
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
+	}
+	if s.keepLookup {
+		s.lookup.Store(newPodLookup(state, model))
 	}
 	if !s.synced {
 		s.lastVerify = time.Now()

@@ -128,10 +128,15 @@ func sampleModel() *selectors.Model {
 }
 
 func TestSyncReadBackAndNftParses(t *testing.T) {
-	for _, deny := range []DenyAction{DenyDrop, DenyReject} {
-		t.Run(string(deny), func(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		deny DenyAction
+		log  bool
+	}{{"drop", DenyDrop, false}, {"reject", DenyReject, false}, {"drop-logged", DenyDrop, true}} {
+		t.Run(tc.name, func(t *testing.T) {
 			ns := testNetns(t)
-			e := newTestEnforcer(t, ns, deny)
+			e := newTestEnforcer(t, ns, tc.deny)
+			e.cfg.LogDenied, e.cfg.LogGroup, e.cfg.LogRate = tc.log, 7, 5
 			stats, err := e.Sync(sampleModel())
 			if err != nil {
 				t.Fatalf("sync: %v", err)
@@ -148,6 +153,9 @@ func TestSyncReadBackAndNftParses(t *testing.T) {
 				if !strings.Contains(listing, want) {
 					t.Errorf("listing lacks %q:\n%s", want, listing)
 				}
+			}
+			if tc.log && !strings.Contains(listing, `limit rate 5/second log prefix "nftpol-deny-ingress" group 7`) {
+				t.Errorf("listing lacks the rate-limited log rule:\n%s", listing)
 			}
 			// What nft prints must parse back (operators copy it around).
 			check := testNetns(t)

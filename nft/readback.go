@@ -289,6 +289,10 @@ func decodeRule(exprs []expr.Any) (ruleSpec, error) {
 			}
 		case *expr.Counter:
 			r.counter = true
+		case *expr.Limit:
+			r.limitRate = uint32(x.Rate)
+		case *expr.Log:
+			r.logGroup, r.logPrefix = x.Group, string(x.Data)
 		case *expr.Verdict:
 			switch x.Kind {
 			case expr.VerdictAccept:

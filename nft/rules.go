@@ -50,10 +50,15 @@ type ruleSpec struct {
 	portSet string
 	vmapOn  addrField
 	vmap    string
-	counter bool
-	verdict verdictKind
-	target  string // jump target
-	comment string
+	// limitRate (packets per second) and logGroup/logPrefix: a rate
+	// limited NFLOG of the packet, on the deny path.
+	limitRate uint32
+	logGroup  uint16
+	logPrefix string
+	counter   bool
+	verdict   verdictKind
+	target    string // jump target
+	comment   string
 }
 
 // Register numbers: NFT_REG_1 is the first 16-byte register; NFT_REG32_xx
@@ -143,6 +148,12 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 		e = append(e, loadAddr(r.family, r.vmapOn, reg1),
 			&expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: r.vmap, SetID: setIDs[r.vmap]})
 	}
+	if r.limitRate > 0 {
+		e = append(e, &expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(r.limitRate), Unit: expr.LimitTimeSecond, Burst: r.limitRate})
+	}
+	if r.logPrefix != "" {
+		e = append(e, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: r.logGroup, Data: []byte(r.logPrefix)})
+	}
 	if r.counter {
 		e = append(e, &expr.Counter{})
 	}
@@ -215,6 +226,12 @@ func (r *ruleSpec) String() string {
 	}
 	if r.vmap != "" {
 		parts = append(parts, fmt.Sprintf("%s %s vmap @%s", ipKw(), field(r.vmapOn), r.vmap))
+	}
+	if r.limitRate > 0 {
+		parts = append(parts, fmt.Sprintf("limit rate %d/second burst %d packets", r.limitRate, r.limitRate))
+	}
+	if r.logPrefix != "" {
+		parts = append(parts, fmt.Sprintf("log prefix %q group %d", r.logPrefix, r.logGroup))
 	}
 	if r.counter {
 		parts = append(parts, "counter")

@@ -39,6 +39,11 @@ type Config struct {
 	NetNSPath string
 	Deny      DenyAction
 	Logger    logr.Logger
+	// LogDenied sends the denied packets, at most LogRate per second per
+	// isolation chain, to NFLOG group LogGroup (see ReadDenied).
+	LogDenied bool
+	LogGroup  uint16
+	LogRate   uint32
 }
 
 // The fixed objects of the table.
@@ -228,7 +233,7 @@ func Compile(m *selectors.Model, cfg Config) *Ruleset {
 					used[target] = true
 					c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: target})
 				}
-				c.rules = append(c.rules, denyRules(cfg.Deny, dir)...)
+				c.rules = append(c.rules, denyRules(cfg, dir)...)
 				rs.chains[iso] = c
 			}
 			for _, ip := range pod.IPs {
@@ -278,15 +283,26 @@ func Compile(m *selectors.Model, cfg Config) *Ruleset {
 }
 
 // denyRules end an isolation chain: count, then drop or reject.
-func denyRules(action DenyAction, dir selectors.Direction) []ruleSpec {
+func denyRules(cfg Config, dir selectors.Direction) []ruleSpec {
 	comment := "deny " + dir.String()
-	if action == DenyReject {
-		return []ruleSpec{
-			{l4proto: selectors.ProtocolTCP, counter: true, verdict: verdictRejectTCP, comment: comment},
-			{counter: true, verdict: verdictRejectICMPX, comment: comment},
+	var rules []ruleSpec
+	if cfg.LogDenied {
+		prefix := logPrefixIngress
+		if dir == selectors.Egress {
+			prefix = logPrefixEgress
 		}
+		rate := cfg.LogRate
+		if rate == 0 {
+			rate = 10
+		}
+		rules = append(rules, ruleSpec{limitRate: rate, logGroup: cfg.LogGroup, logPrefix: prefix})
 	}
-	return []ruleSpec{{counter: true, verdict: verdictDrop, comment: comment}}
+	if cfg.Deny == DenyReject {
+		return append(rules,
+			ruleSpec{l4proto: selectors.ProtocolTCP, counter: true, verdict: verdictRejectTCP, comment: comment},
+			ruleSpec{counter: true, verdict: verdictRejectICMPX, comment: comment})
+	}
+	return append(rules, ruleSpec{counter: true, verdict: verdictDrop, comment: comment})
 }
 
 func compileAddrSet(rs *Ruleset, s *selectors.AddrSet) {

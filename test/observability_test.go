@@ -92,3 +92,61 @@ func TestMetricsCountAllowedAndDenied(t *testing.T) {
 	}
 	t.Logf("allowed %v, denied %v, syncs %v", after[allowedSeries], after[deniedSeries], after["nftpol_syncs_total"])
 }
+
+// deniedLines returns the agent's denied-flow log lines after offset.
+func deniedLines(log string, offset int) []string {
+	var out []string
+	for _, line := range strings.Split(log[offset:], "\n") {
+		if strings.Contains(line, `"denied"`) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// TestDeniedFlowIsLoggedOnce sends one denied connection and one allowed
+// one: the agent logs exactly one line, naming both pods, the direction,
+// protocol, port and the isolating policy; a retry of the same flow within
+// the flow memory adds nothing.
+func TestDeniedFlowIsLoggedOnce(t *testing.T) {
+	m := startModel(t, "nftpol-log", "--deny-action", "reject", "--log-denied")
+	m.applyPolicy(t, withIngress(policy("x", "allow-y-b", sel("pod", "a"), nil), from(nsPodPeer(selPtr("ns", "y"), selPtr("pod", "b")))))
+	want := step{expect: func(e *expectation) { e.isolateIngress("x/a", "y/b") }}
+	if _, failures := m.converge(want); len(failures) > 0 {
+		t.Fatalf("policy not in force:\n%s", strings.Join(failures, "\n"))
+	}
+	server, denied, allowed := m.bed.Pod("x/a"), m.bed.Pod("z/c"), m.bed.Pod("y/b")
+	agent := m.agents[server.Node]
+	time.Sleep(300 * time.Millisecond) // let the log of the convergence probes settle
+	mark := len(agent.Log())
+
+	// Port 82 has no server: the flow is new to the log memory, and the
+	// policy rejects it before it could reach the pod.
+	if err := testbed.Probe(denied, server.IPv4, testbed.TCP, 82, "", time.Second); err == nil {
+		t.Fatal("the denied probe got through")
+	}
+	if err := testbed.Probe(allowed, server.IPv4, testbed.TCP, 80, server.Key(), time.Second); err != nil {
+		t.Fatalf("the allowed probe failed: %v", err)
+	}
+	if err := testbed.Probe(denied, server.IPv4, testbed.TCP, 82, "", time.Second); err == nil {
+		t.Fatal("the repeated denied probe got through")
+	}
+	var lines []string
+	for attempt := 0; attempt < 30; attempt++ {
+		if lines = deniedLines(agent.Log(), mark); len(lines) > 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	lines = deniedLines(agent.Log(), mark)
+	if len(lines) != 1 {
+		t.Fatalf("want exactly one denied line, got %d:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	for _, want := range []string{`direction="ingress"`, `src="z/c"`, `dst="x/a"`, `protocol="TCP"`, `port=82`, `isolatedBy=["x/allow-y-b"]`} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("the denied line lacks %s:\n%s", want, lines[0])
+		}
+	}
+	t.Logf("%s", lines[0])
+}
