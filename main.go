@@ -164,29 +164,44 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
-// runCleanup removes the agent's table, for uninstalling.
-func runCleanup(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("nftpol cleanup", flag.ContinueOnError)
+// openTable parses the flags every table command shares, plus extra ones,
+// checks the capability and opens the table's namespace.
+func openTable(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*nft.Enforcer, string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	table := fs.String("table-name", "nftpol", "name of the table to remove")
+	table := fs.String("table-name", "nftpol", "name of the table")
 	netns := fs.String("netns", "", "network namespace path (default: our own)")
-	wait := fs.Bool("wait", false, "after removing the table, wait for SIGTERM (for a cleanup DaemonSet whose pods must stay up)")
+	if extra != nil {
+		extra(fs)
+	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, "", err
 	}
 	if err := nft.CheckPrivileges(); err != nil {
-		return err
+		return nil, "", err
 	}
 	enforcer, err := nft.NewEnforcer(nft.Config{Table: *table, NetNSPath: *netns, Logger: logr.Discard()})
 	if err != nil {
-		return fmt.Errorf("opening nftables: %w", err)
+		return nil, "", fmt.Errorf("opening nftables: %w", err)
+	}
+	return enforcer, *table, nil
+}
+
+// runCleanup removes the agent's table, for uninstalling.
+func runCleanup(ctx context.Context, args []string, stderr io.Writer) error {
+	var wait bool
+	enforcer, table, err := openTable("nftpol cleanup", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&wait, "wait", false, "after removing the table, wait for SIGTERM (for a cleanup DaemonSet whose pods must stay up)")
+	})
+	if err != nil {
+		return err
 	}
 	defer enforcer.Close()
 	if err := enforcer.DeleteTable(); err != nil {
-		return fmt.Errorf("removing table inet %s: %w", *table, err)
+		return fmt.Errorf("removing table inet %s: %w", table, err)
 	}
-	fmt.Fprintf(stderr, "removed table inet %s\n", *table)
-	if *wait {
+	fmt.Fprintf(stderr, "removed table inet %s\n", table)
+	if wait {
 		<-ctx.Done()
 	}
 	return nil
@@ -195,24 +210,14 @@ func runCleanup(ctx context.Context, args []string, stderr io.Writer) error {
 // runDump prints our table read back from the kernel, annotated with the
 // policies its chains come from and the size of every set.
 func runDump(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("nftpol dump", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	table := fs.String("table-name", "nftpol", "name of the table")
-	netns := fs.String("netns", "", "network namespace path (default: our own)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := nft.CheckPrivileges(); err != nil {
-		return err
-	}
-	enforcer, err := nft.NewEnforcer(nft.Config{Table: *table, NetNSPath: *netns, Logger: logr.Discard()})
+	enforcer, table, err := openTable("nftpol dump", args, stderr, nil)
 	if err != nil {
-		return fmt.Errorf("opening nftables: %w", err)
+		return err
 	}
 	defer enforcer.Close()
 	rs, err := enforcer.ReadTable()
 	if err != nil {
-		return fmt.Errorf("reading table inet %s: %w", *table, err)
+		return fmt.Errorf("reading table inet %s: %w", table, err)
 	}
 	_, err = io.WriteString(stdout, rs.String())
 	return err

@@ -57,21 +57,28 @@ func TestUnknownCommand(t *testing.T) {
 	}
 }
 
-// TestCleanupRemovesOnlyOurTable runs `nftpol cleanup` on a namespace
-// holding our table and a foreign one.
-func TestCleanupRemovesOnlyOurTable(t *testing.T) {
+// testNetns creates a network namespace for one test (removing a leftover
+// of the same name first) and deletes it at the end.
+func testNetns(t *testing.T, name string) string {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("needs root under CI")
 		}
 		t.Skip("needs root to create a network namespace")
 	}
-	ns := "nftpol-main-cleanup"
-	_ = exec.Command("ip", "netns", "delete", ns).Run()
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+	_ = exec.Command("ip", "netns", "delete", name).Run()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", ns).Run() })
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", name).Run() })
+	return name
+}
+
+// TestCleanupRemovesOnlyOurTable runs `nftpol cleanup` on a namespace
+// holding our table and a foreign one.
+func TestCleanupRemovesOnlyOurTable(t *testing.T) {
+	ns := testNetns(t, "nftpol-main-cleanup")
 	nft := func(args ...string) string {
 		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
 		if err != nil {
@@ -158,18 +165,7 @@ func TestExplain(t *testing.T) {
 }
 
 func TestDump(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root under CI")
-		}
-		t.Skip("needs root to create a network namespace")
-	}
-	ns := "nftpol-main-dump"
-	_ = exec.Command("ip", "netns", "delete", ns).Run()
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", ns).Run() })
+	ns := testNetns(t, "nftpol-main-dump")
 	e, err := nft.NewEnforcer(nft.Config{NetNSPath: "/run/netns/" + ns})
 	if err != nil {
 		t.Fatal(err)
