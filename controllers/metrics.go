@@ -22,6 +22,7 @@ type syncMetrics struct {
 	syncs      prometheus.Counter
 	errors     prometheus.Counter
 	changes    *prometheus.HistogramVec
+	local      prometheus.Gauge
 	isolated   prometheus.Gauge
 	policies   prometheus.Gauge
 	sets       prometheus.Gauge
@@ -42,6 +43,7 @@ func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
 			Name: "nftpol_sync_changes", Help: "Objects one sync changed in the kernel, by kind (sets, chains, elements).",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
 		}, []string{"kind"}),
+		local:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_local_pods", Help: "Pods on this node that policies can select (not host-networked, running, with an address)."}),
 		isolated:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_isolated_pods", Help: "Local pods isolated in at least one direction."}),
 		policies:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_policies", Help: "Policies that isolate at least one local pod."}),
 		sets:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_sets", Help: "Sets and maps in the table."}),
@@ -49,7 +51,7 @@ func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
 		rules:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_rules", Help: "Rules in the table."}),
 		lastSynced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_last_sync_timestamp_seconds", Help: "Unix time of the last successful sync."}),
 	}
-	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.isolated, m.policies, m.sets, m.elements, m.rules, m.lastSynced} {
+	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.local, m.isolated, m.policies, m.sets, m.elements, m.rules, m.lastSynced} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}
@@ -57,7 +59,7 @@ func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
 	return m, nil
 }
 
-func (m *syncMetrics) observe(start time.Time, model *selectors.Model, stats nft.SyncStats, err error) {
+func (m *syncMetrics) observe(start time.Time, localPods int, model *selectors.Model, stats nft.SyncStats, err error) {
 	if m == nil {
 		return
 	}
@@ -70,6 +72,7 @@ func (m *syncMetrics) observe(start time.Time, model *selectors.Model, stats nft
 	m.changes.WithLabelValues("sets").Observe(float64(stats.SetsAdded + stats.SetsDeleted))
 	m.changes.WithLabelValues("chains").Observe(float64(stats.ChainsAdded + stats.ChainsRewritten + stats.ChainsDeleted))
 	m.changes.WithLabelValues("elements").Observe(float64(stats.ElementsAdded + stats.ElementsDeleted))
+	m.local.Set(float64(localPods))
 	m.isolated.Set(float64(len(model.Pods)))
 	m.policies.Set(float64(len(model.Policies)))
 	m.sets.Set(float64(stats.Sets))

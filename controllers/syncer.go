@@ -74,7 +74,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	start := time.Now()
 	state, err := ReadState(ctx, s.Reader)
 	if err != nil {
-		s.metrics.observe(start, nil, nft.SyncStats{}, err)
+		s.metrics.observe(start, 0, nil, nft.SyncStats{}, err)
 		return reconcile.Result{}, err
 	}
 	model, problems := selectors.BuildModel(s.NodeName, state)
@@ -82,7 +82,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	s.Problems.Report(ctx, problems)
 
 	stats, err := s.Enforcer.Sync(model)
-	s.metrics.observe(start, model, stats, err)
+	s.metrics.observe(start, countLocal(state, s.NodeName), model, stats, err)
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
 	}
@@ -162,4 +162,14 @@ func NewReader(cfg *rest.Config) (client.Reader, error) {
 		return nil, fmt.Errorf("creating an API client: %w", err)
 	}
 	return c, nil
+}
+
+func countLocal(state *selectors.State, node string) int {
+	n := 0
+	for _, p := range state.Pods {
+		if p.NodeName == node && p.IsEndpoint() {
+			n++
+		}
+	}
+	return n
 }

@@ -82,7 +82,7 @@ func TestMetricsCountAllowedAndDenied(t *testing.T) {
 	if got := after[deniedSeries] - before[deniedSeries]; got != n {
 		t.Errorf("%s grew by %v, want %d", deniedSeries, got, n)
 	}
-	for _, series := range []string{"nftpol_syncs_total", "nftpol_isolated_pods", "nftpol_policies", "nftpol_rules", "nftpol_last_sync_timestamp_seconds"} {
+	for _, series := range []string{"nftpol_syncs_total", "nftpol_local_pods", "nftpol_isolated_pods", "nftpol_policies", "nftpol_rules", "nftpol_last_sync_timestamp_seconds"} {
 		if after[series] <= 0 {
 			t.Errorf("%s = %v, want > 0", series, after[series])
 		}
