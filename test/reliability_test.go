@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -118,4 +120,69 @@ func TestDriftIsRepairedAndForeignTablesUntouched(t *testing.T) {
 	if got := nft("list", "table", "inet", "foreign"); got != foreign {
 		t.Fatalf("the foreign table changed:\nbefore:\n%s\nafter:\n%s", foreign, got)
 	}
+}
+
+// eventuallyProbe probes until the outcome is the wanted one (at most 5 s),
+// then requires it 5 more times in a row.
+func eventuallyProbe(t *testing.T, what string, from, to *testbed.Pod, wantReach bool) {
+	t.Helper()
+	reached := func() bool {
+		return testbed.Probe(from, to.IPv4, testbed.TCP, 80, to.Key(), 500*time.Millisecond) == nil &&
+			testbed.Probe(from, to.IPv6, testbed.TCP, 80, to.Key(), 500*time.Millisecond) == nil
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for attempt := 0; attempt < 100 && reached() != wantReach; attempt++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s -> %s reachable=%v after 5s, want %v", what, from.Key(), to.Key(), !wantReach, wantReach)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := 0; i < 5; i++ {
+		if reached() != wantReach {
+			t.Fatalf("%s: %s -> %s flapped", what, from.Key(), to.Key())
+		}
+	}
+}
+
+// TestTerminalPodsAndIPReuse: a pod that finished keeps no place in any
+// set, and an address handed to a new pod with other labels follows the
+// new pod.
+func TestTerminalPodsAndIPReuse(t *testing.T) {
+	m := startModel(t, "nftpol-reuse", "--deny-action", "reject")
+	ctx := context.Background()
+	m.applyPolicy(t, withIngress(policy("x", "allow-b", sel("pod", "a"), nil),
+		from(nsPodPeer(exprSel("ns", metav1.LabelSelectorOpIn, "y", "z"), selPtr("pod", "b")))))
+	if _, failures := m.converge(step{expect: func(e *expectation) { e.isolateIngress("x/a", "y/b", "z/b") }}); len(failures) > 0 {
+		t.Fatalf("policy not in force:\n%s", strings.Join(failures, "\n"))
+	}
+	server, peer, finished := m.bed.Pod("x/a"), m.bed.Pod("y/b"), m.bed.Pod("z/b")
+
+	// z/b's containers exited: its address leaves the peer set although
+	// the object (and here the namespace) still exist.
+	if err := m.bed.SetPodPhase(ctx, "z", "b", "Succeeded"); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyProbe(t, "terminal pod", finished, server, false)
+	eventuallyProbe(t, "running peer", peer, server, true)
+
+	// y/b (allowed, running) is deleted and its address goes to a new pod
+	// with other labels on the same node.
+	if err := m.bed.DeletePod(ctx, "y", "b"); err != nil {
+		t.Fatal(err)
+	}
+	evil, err := m.bed.AddPod(ctx, testbed.PodSpec{Namespace: "y", Name: "evil", Node: peer.Node, Labels: map[string]string{"pod": "evil"}, ReuseAddrsOf: "y/b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evil.IPv4 != peer.IPv4 || evil.IPv6 != peer.IPv6 {
+		t.Fatalf("the new pod did not get the old addresses: %s %s", evil.IPv4, evil.IPv6)
+	}
+	eventuallyProbe(t, "reused address, other labels", evil, server, false)
+
+	// A new pod labeled pod=b, with a fresh address, is let in.
+	good, err := m.bed.AddPod(ctx, testbed.PodSpec{Namespace: "y", Name: "b2", Node: m.bed.Nodes[1].Name, Labels: map[string]string{"pod": "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventuallyProbe(t, "new pod matching the peer", good, server, true)
 }

@@ -41,6 +41,10 @@ type Node struct {
 type PodSpec struct {
 	Namespace, Name, Node string
 	Labels                map[string]string
+	// ReuseAddrsOf gives the new pod the addresses of a pod deleted
+	// before ("namespace/name"), as a CNI may hand a freed IP to the next
+	// pod. The deleted pod must have been on the same node.
+	ReuseAddrsOf string
 }
 
 // Pod is a pod the Bed created: a network namespace with servers.
@@ -71,6 +75,7 @@ type Bed struct {
 
 	mu      sync.Mutex
 	pods    map[string]*Pod
+	freed   map[string]*Pod // deleted pods, for ReuseAddrsOf
 	nextPod int
 	closers []func()
 }
@@ -91,7 +96,7 @@ func New(ctx context.Context, cp *ControlPlane, opts Options) (*Bed, error) {
 	}
 	killAgentsWithPrefix(opts.Prefix)
 	removeNetnsWithPrefix(opts.Prefix)
-	b := &Bed{cp: cp, opts: opts, pods: map[string]*Pod{}}
+	b := &Bed{cp: cp, opts: opts, pods: map[string]*Pod{}, freed: map[string]*Pod{}}
 	if err := b.createNodes(ctx); err != nil {
 		b.Close()
 		return nil, err

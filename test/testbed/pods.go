@@ -41,6 +41,15 @@ func (b *Bed) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 	b6[15] = byte(n)
 	pod.IPv6 = netip.AddrFrom16(b6)
 	pod.NetNSPath = netnsPath(pod.netns)
+	if spec.ReuseAddrsOf != "" {
+		b.mu.Lock()
+		old := b.freed[spec.ReuseAddrsOf]
+		b.mu.Unlock()
+		if old == nil || old.Node != node.Name {
+			return nil, fmt.Errorf("no deleted pod %s on node %s to take addresses from", spec.ReuseAddrsOf, node.Name)
+		}
+		pod.IPv4, pod.IPv6 = old.IPv4, old.IPv6
+	}
 
 	if err := b.plumbPod(node, pod, n); err != nil {
 		_ = ip("netns", "delete", pod.netns)
@@ -132,12 +141,30 @@ func (b *Bed) createPodObject(ctx context.Context, pod *Pod, labels map[string]s
 	return nil
 }
 
+// SetPodPhase writes a pod's status phase (Succeeded or Failed end it, as
+// the kubelet would report), leaving its namespace and addresses in place.
+func (b *Bed) SetPodPhase(ctx context.Context, ns, name string, phase corev1.PodPhase) error {
+	pods := b.cp.Clientset.CoreV1().Pods(ns)
+	pod, err := pods.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("reading pod %s/%s: %w", ns, name, err)
+	}
+	pod.Status.Phase = phase
+	if _, err := pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("writing the phase of pod %s/%s: %w", ns, name, err)
+	}
+	return nil
+}
+
 // DeletePod deletes a pod's API object and removes its namespace.
 func (b *Bed) DeletePod(ctx context.Context, ns, name string) error {
 	key := ns + "/" + name
 	b.mu.Lock()
 	pod := b.pods[key]
 	delete(b.pods, key)
+	if pod != nil {
+		b.freed[key] = pod
+	}
 	b.mu.Unlock()
 	if pod == nil {
 		return fmt.Errorf("no pod %s", key)
