@@ -1,0 +1,103 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestChurn runs a burst of 1,000 pod creates, relabels and deletes (API
+// objects on both nodes) and 100 policy changes while probes run, then
+// restores the policies of one conformance case: the final matrices are
+// exact, no sync failed, and the agents' memory is measured.
+func TestChurn(t *testing.T) {
+	m := startModel(t, "nftpol-churn", "--deny-action", "reject")
+	ctx := context.Background()
+	cs := m.cp.Clientset
+	rssBefore := map[string]int64{}
+	for name, a := range m.agents {
+		rss, err := a.RSSBytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rssBefore[name] = rss
+	}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var probes int
+	go func() {
+		defer wg.Done()
+		_, probes = probeLoop(m.bed.Pod("y/b"), m.bed.Pod("x/a"), 20*time.Millisecond, 2000, stop)
+	}()
+
+	start := time.Now()
+	const churnPods = 250 // x4 operations: create, relabel, status, delete
+	for i := 0; i < churnPods; i++ {
+		node := m.bed.Nodes[i%2].Name
+		name := fmt.Sprintf("churn-%03d", i)
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "y", Name: name, Labels: map[string]string{"pod": "b"}},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "none"}}},
+		}
+		created, err := cs.CoreV1().Pods("y").Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: fmt.Sprintf("10.250.%d.%d", i/250, i%250+1),
+			PodIPs: []corev1.PodIP{{IP: fmt.Sprintf("10.250.%d.%d", i/250, i%250+1)}, {IP: fmt.Sprintf("fd00:250::%x", i+1)}}}
+		if created, err = cs.CoreV1().Pods("y").UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		created.Labels = map[string]string{"pod": "c"}
+		if _, err := cs.CoreV1().Pods("y").Update(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if i%10 == 0 {
+			p := withIngress(policy("x", fmt.Sprintf("churn-%d", i%30), sel("pod", []string{"a", "b", "c"}[i%3]), nil),
+				from(nsPodPeer(selPtr("ns", "y"), selPtr("pod", []string{"b", "c"}[i%2]))))
+			m.applyPolicy(t, p)
+			if i%20 == 0 {
+				if err := cs.NetworkingV1().NetworkPolicies("x").Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	zero := int64(0)
+	for i := 0; i < churnPods; i++ {
+		if err := cs.CoreV1().Pods("y").Delete(ctx, fmt.Sprintf("churn-%03d", i), metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	churnTime := time.Since(start)
+	close(stop)
+	wg.Wait()
+
+	// Back to one known case.
+	m.reset(t)
+	m.applyPolicy(t, withIngress(policy("x", "allow-from-y", all, nil), from(nsPeer(selPtr("ns", "y")))))
+	observed, failures := m.converge(step{expect: func(e *expectation) { e.isolateIngress("x/*", "y/*") }})
+	if len(failures) > 0 {
+		t.Fatalf("after the churn the matrices are wrong:\n%s", strings.Join(failures, "\n"))
+	}
+	m.checkEvaluator(t, observed)
+	for name, a := range m.agents {
+		if strings.Contains(a.Log(), "Reconciler error") {
+			t.Errorf("agent of %s logged failed syncs:\n%s", name, a.Log())
+		}
+		rss, err := a.RSSBytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: RSS %.1f MiB before, %.1f MiB after the churn", name, float64(rssBefore[name])/(1<<20), float64(rss)/(1<<20))
+	}
+	t.Logf("%d API writes in %s while %d probes ran", churnPods*4+churnPods/10+churnPods/20, churnTime.Round(time.Millisecond), probes)
+}
