@@ -215,20 +215,8 @@ func (m *modelBed) checkEvaluator(t *testing.T, observed map[testbed.ProbeSpec]*
 	t.Helper()
 	state := m.clusterState(t)
 	for spec, got := range observed {
-		proto := selectors.ProtocolTCP
-		if spec.Proto == testbed.UDP {
-			proto = selectors.ProtocolUDP
-		}
-		for _, from := range m.pods {
-			for _, to := range m.pods {
-				if from == to {
-					continue
-				}
-				v := selectors.Evaluate(state, selectors.Packet{Src: from.Addr(spec.Family), Dst: to.Addr(spec.Family), Protocol: proto, Port: uint16(spec.Port)})
-				if v.Allowed != got.Get(from.Key(), to.Key()) {
-					t.Errorf("%s %s -> %s: observed reachable=%v but the evaluator says:\n%s", spec, from.Key(), to.Key(), got.Get(from.Key(), to.Key()), v.Explain())
-				}
-			}
+		if want := testbed.PredictMatrix(state, m.pods, spec); !got.Equal(want) {
+			t.Errorf("%s: the reference evaluator predicts otherwise than observed:\n%s", spec, got.Diff(want))
 		}
 	}
 }

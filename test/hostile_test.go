@@ -11,7 +11,6 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -61,25 +60,6 @@ func coveredBlock(host string) networkingv1.NetworkPolicyPeer {
 	return blockPeer(pair.String(), netip.PrefixFrom(first, p.Bits()).String(), netip.PrefixFrom(first.Next(), p.Bits()).String())
 }
 
-// expectedByEvaluator is the matrix the reference evaluator predicts.
-func (m *modelBed) expectedByEvaluator(t *testing.T, spec testbed.ProbeSpec) *testbed.Matrix {
-	state := m.clusterState(t)
-	proto := selectors.ProtocolTCP
-	if spec.Proto == testbed.UDP {
-		proto = selectors.ProtocolUDP
-	}
-	out := testbed.NewMatrix(m.keys, true)
-	for _, from := range m.pods {
-		for _, to := range m.pods {
-			if from != to {
-				v := selectors.Evaluate(state, selectors.Packet{Src: from.Addr(spec.Family), Dst: to.Addr(spec.Family), Protocol: proto, Port: uint16(spec.Port)})
-				out.Set(from.Key(), to.Key(), v.Allowed)
-			}
-		}
-	}
-	return out
-}
-
 // TestHostileInput applies odd but valid policies, then deletes a namespace
 // under its policies: the agents never crash and the observed matrices
 // equal what the reference evaluator predicts.
@@ -115,7 +95,7 @@ func (m *modelBed) assertEvaluatorConverges(t *testing.T, what string) {
 		failures = nil
 		for _, spec := range probeSpecs() {
 			got := testbed.ProbeMatrix(ctx, m.pods, spec, 48)
-			if want := m.expectedByEvaluator(t, spec); !got.Equal(want) {
+			if want := testbed.PredictMatrix(m.clusterState(t), m.pods, spec); !got.Equal(want) {
 				failures = append(failures, fmt.Sprintf("%s:\n%s", spec, got.Diff(want)))
 			}
 		}

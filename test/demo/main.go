@@ -24,7 +24,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftpol/nftpol/controllers"
-	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -201,24 +200,7 @@ func evaluatorMatrix(ctx context.Context, cp *testbed.ControlPlane, pods []*test
 	if err != nil {
 		return nil, err
 	}
-	proto := selectors.ProtocolTCP
-	if spec.Proto == testbed.UDP {
-		proto = selectors.ProtocolUDP
-	}
-	keys := make([]string, len(pods))
-	for i, p := range pods {
-		keys[i] = p.Key()
-	}
-	m := testbed.NewMatrix(keys, true)
-	for _, from := range pods {
-		for _, to := range pods {
-			if from != to {
-				v := selectors.Evaluate(state, selectors.Packet{Src: from.Addr(spec.Family), Dst: to.Addr(spec.Family), Protocol: proto, Port: uint16(spec.Port)})
-				m.Set(from.Key(), to.Key(), v.Allowed)
-			}
-		}
-	}
-	return m, nil
+	return testbed.PredictMatrix(state, pods, spec), nil
 }
 
 // markChanges prints after with '*' on the cells that differ from before.
