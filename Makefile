@@ -32,6 +32,7 @@ lint:
 test: lint envtest-assets build
 	$(GO) test $(TEST_FLAGS) ./...
 	$(GO) test -run '^$$' -fuzz FuzzModelAgreesWithEvaluate -fuzztime $(FUZZ_TIME) ./selectors
+	$(GO) test -run '^$$' -fuzz FuzzCompiledTablesAgreeWithEvaluate -fuzztime $(FUZZ_TIME) ./nft
 
 # Only the tests that need neither root nor the control plane.
 unit:
@@ -43,9 +44,10 @@ demo: envtest-assets build
 bench: envtest-assets build
 	$(GO) test -run '^$$' -bench . -benchmem ./selectors/... ./nft/...
 
-# A longer fuzz run; new failing inputs land in selectors/testdata/fuzz.
+# Longer fuzz runs; new failing inputs land in <package>/testdata/fuzz.
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzModelAgreesWithEvaluate -fuzztime 10m ./selectors
+	$(GO) test -run '^$$' -fuzz FuzzCompiledTablesAgreeWithEvaluate -fuzztime 10m ./nft
 
 docker-build:
 	docker build -t $(IMG) .
