@@ -14,7 +14,7 @@ FUZZ_TIME  ?= 20s
 export KUBEBUILDER_ASSETS := $(ENVTEST_ASSETS)
 export NFTPOL_BIN := $(BIN)/nftpol
 
-.PHONY: all build test unit lint envtest-assets demo bench fuzz docker-build clean
+.PHONY: all build test unit lint envtest-assets demo bench fuzz docker-build clean kind-up kind-deploy kind-try kind-down
 
 all: build
 
@@ -55,3 +55,26 @@ docker-build:
 
 clean:
 	rm -rf $(BIN)
+
+# --- kind: try the agent on a local kind cluster (README, "Try it on kind").
+# Needs a Docker engine, kind and kubectl. The variables are passed to the
+# scripts on their command line, not exported, so no other target sees them.
+KIND_CLUSTER ?= nftpol
+KIND         ?= kind
+KUBECTL      ?= kubectl
+KIND_ENV      = KIND_CLUSTER=$(KIND_CLUSTER) KIND=$(KIND) KUBECTL=$(KUBECTL)
+
+# Cluster with kind's own policy engine off, checked on every node.
+kind-up:
+	$(KIND_ENV) bash config/kind/up.sh
+
+# Build the image, load it into the nodes, install config/default.
+kind-deploy: docker-build
+	$(KIND_ENV) IMG=$(IMG) bash config/kind/deploy.sh
+
+# Real connections before and after two policies, IPv4 and IPv6.
+kind-try:
+	$(KIND_ENV) bash config/kind/try.sh
+
+kind-down:
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
