@@ -29,6 +29,10 @@ import (
 	"github.com/nftpol/nftpol/nft"
 )
 
+// version is set at build time (-ldflags "-X main.version=..."; the
+// Makefile and Dockerfile use `git describe`).
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -48,8 +52,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runExplain(ctx, args[1:], stdout, stderr)
 		case "dump":
 			return runDump(args[1:], stdout, stderr)
+		case "version":
+			_, err := fmt.Fprintln(stdout, version)
+			return err
 		default:
-			return fmt.Errorf("unknown command %q (commands: cleanup, dump, explain)", args[0])
+			return fmt.Errorf("unknown command %q (commands: cleanup, dump, explain, version)", args[0])
 		}
 	}
 	return runAgent(ctx, args, stderr)
@@ -155,7 +162,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("starting", "node", f.nodeName, "table", f.tableName, "netns", f.netns, "denyAction", f.denyAction)
+	log.Info("starting", "version", version, "node", f.nodeName, "table", f.tableName, "netns", f.netns, "denyAction", f.denyAction)
 	// On exit the committed table stays in the kernel: pods stay protected
 	// while the agent restarts or is upgraded.
 	if err := mgr.Start(ctx); err != nil {

@@ -57,6 +57,16 @@ func TestUnknownCommand(t *testing.T) {
 	}
 }
 
+func TestVersionCommand(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, &out, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(out.String()); got != version {
+		t.Fatalf("version printed %q, want %q", got, version)
+	}
+}
+
 // testNetns creates a network namespace for one test (removing a leftover
 // of the same name first) and deletes it at the end.
 func testNetns(t *testing.T, name string) string {

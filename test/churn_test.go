@@ -10,23 +10,22 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpol/nftpol/test/testbed"
 )
 
 // TestChurn runs a burst of 1,000 pod creates, relabels and deletes (API
-// objects on both nodes) and 100 policy changes while probes run, then
+// objects on both nodes) and 150 policy changes while probes run, then
 // restores the policies of one conformance case: the final matrices are
-// exact, no sync failed, and the agents' memory is measured.
+// exact, no sync failed, the agents' goroutines return to their level and
+// their memory is measured.
 func TestChurn(t *testing.T) {
 	m := startModel(t, "nftpol-churn", "--deny-action", "reject")
 	ctx := context.Background()
 	cs := m.cp.Clientset
-	rssBefore := map[string]int64{}
+	before := map[string]runtimeFigures{}
 	for name, a := range m.agents {
-		rss, err := a.RSSBytes()
-		if err != nil {
-			t.Fatal(err)
-		}
-		rssBefore[name] = rss
+		before[name] = readRuntimeFigures(t, a)
 	}
 
 	stop := make(chan struct{})
@@ -39,6 +38,7 @@ func TestChurn(t *testing.T) {
 	}()
 
 	start := time.Now()
+	policyWrites := 0
 	const churnPods = 250 // x4 operations: create, relabel, status, delete
 	for i := 0; i < churnPods; i++ {
 		node := m.bed.Nodes[i%2].Name
@@ -60,11 +60,13 @@ func TestChurn(t *testing.T) {
 		if _, err := cs.CoreV1().Pods("y").Update(ctx, created, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if i%10 == 0 {
+		if i%2 == 0 { // 125 policy writes and 25 deletes
+			policyWrites++
 			p := withIngress(policy("x", fmt.Sprintf("churn-%d", i%30), sel("pod", []string{"a", "b", "c"}[i%3]), nil),
-				from(nsPodPeer(selPtr("ns", "y"), selPtr("pod", []string{"b", "c"}[i%2]))))
+				from(nsPodPeer(selPtr("ns", "y"), selPtr("pod", []string{"b", "c"}[i/2%2]))))
 			m.applyPolicy(t, p)
-			if i%20 == 0 {
+			if i%10 == 0 {
+				policyWrites++
 				if err := cs.NetworkingV1().NetworkPolicies("x").Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
 					t.Fatal(err)
 				}
@@ -93,11 +95,42 @@ func TestChurn(t *testing.T) {
 		if strings.Contains(a.Log(), "Reconciler error") {
 			t.Errorf("agent of %s logged failed syncs:\n%s", name, a.Log())
 		}
-		rss, err := a.RSSBytes()
-		if err != nil {
-			t.Fatal(err)
+		// Goroutines that a churn leaks stay; the few that come and go
+		// (HTTP connections of the scrape and the probes) are bounded.
+		var after runtimeFigures
+		for attempt := 0; attempt < 20; attempt++ {
+			after = readRuntimeFigures(t, a)
+			if after.goroutines <= before[name].goroutines+goroutineSlack {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
 		}
-		t.Logf("%s: RSS %.1f MiB before, %.1f MiB after the churn", name, float64(rssBefore[name])/(1<<20), float64(rss)/(1<<20))
+		t.Logf("%s: goroutines %d before, %d after; RSS %.1f MiB before, %.1f MiB after; Go heap in use %.1f MiB before, %.1f MiB after",
+			name, before[name].goroutines, after.goroutines, before[name].rss/(1<<20), after.rss/(1<<20), before[name].heap/(1<<20), after.heap/(1<<20))
+		if after.goroutines > before[name].goroutines+goroutineSlack {
+			t.Errorf("agent of %s: %d goroutines after the churn, %d before", name, after.goroutines, before[name].goroutines)
+		}
 	}
-	t.Logf("%d API writes in %s while %d probes ran", churnPods*4+churnPods/10+churnPods/20, churnTime.Round(time.Millisecond), probes)
+	t.Logf("%d pod writes and %d policy writes in %s while %d probes ran", churnPods*4, policyWrites, churnTime.Round(time.Millisecond), probes)
+}
+
+// goroutineSlack is how many more goroutines than before a churn may leave
+// behind at most: connections of the metrics server and client-go's.
+const goroutineSlack = 10
+
+// runtimeFigures are an agent's Go runtime and process figures, read from
+// its /metrics.
+type runtimeFigures struct {
+	goroutines int
+	rss, heap  float64
+}
+
+func readRuntimeFigures(t *testing.T, a *testbed.Agent) runtimeFigures {
+	t.Helper()
+	samples := scrape(t, "http://"+a.MetricsAddr+"/metrics")
+	g, ok := samples["go_goroutines"]
+	if !ok {
+		t.Fatalf("agent of %s exports no go_goroutines", a.Node.Name)
+	}
+	return runtimeFigures{goroutines: int(g), rss: samples["process_resident_memory_bytes"], heap: samples["go_memstats_heap_inuse_bytes"]}
 }

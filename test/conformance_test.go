@@ -56,7 +56,12 @@ func (m *modelBed) PodPrefixes(key string) []string {
 
 func startModel(t *testing.T, prefix string, agentArgs ...string) *modelBed {
 	t.Helper()
-	cp := testbed.StartControlPlaneT(t)
+	return startModelOn(t, testbed.StartControlPlaneT(t), prefix, agentArgs...)
+}
+
+// startModelOn is startModel on a control plane the test started.
+func startModelOn(t *testing.T, cp *testbed.ControlPlane, prefix string, agentArgs ...string) *modelBed {
+	t.Helper()
 	bed := testbed.NewT(t, cp, testbed.Options{Prefix: prefix, Nodes: 2})
 	ctx := context.Background()
 	m := &modelBed{cp: cp, bed: bed, agents: map[string]*testbed.Agent{}}
@@ -169,11 +174,16 @@ func (m *modelBed) expected(s step, spec testbed.ProbeSpec) *testbed.Matrix {
 // converge probes until every matrix equals its expectation, for at most
 // 20 s, and returns the last observation.
 func (m *modelBed) converge(s step) (map[testbed.ProbeSpec]*testbed.Matrix, []string) {
+	return m.convergeWithin(s, 20*time.Second)
+}
+
+// convergeWithin is converge with another bound.
+func (m *modelBed) convergeWithin(s step, bound time.Duration) (map[testbed.ProbeSpec]*testbed.Matrix, []string) {
 	ctx := context.Background()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(bound)
 	var observed map[testbed.ProbeSpec]*testbed.Matrix
 	var failures []string
-	for attempt := 0; attempt < 60; attempt++ {
+	for attempt := 0; attempt < 300; attempt++ {
 		observed = map[testbed.ProbeSpec]*testbed.Matrix{}
 		failures = nil
 		for _, spec := range probeSpecs() {

@@ -2,7 +2,6 @@ package test
 
 import (
 	"bufio"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -43,17 +42,7 @@ func scrape(t *testing.T, url string) map[string]float64 {
 func TestMetricsCountAllowedAndDenied(t *testing.T) {
 	m := startModel(t, "nftpol-obs", "--deny-action", "reject")
 	server := m.bed.Pod("x/a")
-	node := m.bed.Node(server.Node)
-	// Replace the node's agent by one that serves metrics.
-	if err := m.agents[node.Name].Kill(); err != nil {
-		t.Fatal(err)
-	}
-	port, err := testbed.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
-	testbed.StartAgentT(t, m.cp, node, "--deny-action", "reject", "--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", port))
+	metricsURL := "http://" + m.agents[server.Node].MetricsAddr + "/metrics"
 
 	m.applyPolicy(t, withIngress(policy("x", "allow-y-b", sel("pod", "a"), nil), from(nsPodPeer(selPtr("ns", "y"), selPtr("pod", "b")))))
 	want := step{expect: func(e *expectation) { e.isolateIngress("x/a", "y/b") }}

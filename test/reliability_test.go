@@ -30,12 +30,19 @@ func probeLoop(from, to *testbed.Pod, interval time.Duration, maxProbes int, sto
 	return reached, total
 }
 
-// TestRestartWithoutGap kills the agent of a node with SIGKILL while a
-// default deny is in force and probes run against the isolated pod: the
-// table stays in the kernel, so no probe may get through, during the outage
-// or the restart (whose first commit replaces the table atomically).
+// TestRestartWithoutGap kills the agent of a node with SIGKILL three times,
+// then upgrades it in place (SIGTERM, then a new binary with the same
+// arguments, as a DaemonSet rollout does), while a default deny is in force
+// and probes run against the isolated pod and against an open one: the
+// table stays in the kernel, so no probe reaches the isolated pod, during
+// the outages or the restarts (whose first commit replaces the table
+// atomically), and every probe reaches the open one.
 func TestRestartWithoutGap(t *testing.T) {
 	m := startModel(t, "nftpol-rst", "--deny-action", "reject")
+	newBin, err := testbed.BuildAgent(t.TempDir(), "upgrade-test")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	deny := policy("x", "deny-all-ingress", all, ingressOnly)
 	m.applyPolicy(t, deny)
@@ -49,15 +56,25 @@ func TestRestartWithoutGap(t *testing.T) {
 	agent := m.agents[node.Name]
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var reached, total int
-	wg.Add(1)
+	var reached, total, openReached, openTotal int
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		reached, total = probeLoop(client, server, 50*time.Millisecond, 400, stop)
+		reached, total = probeLoop(client, server, 50*time.Millisecond, 600, stop)
+	}()
+	go func() {
+		defer wg.Done()
+		openReached, openTotal = probeLoop(client, open, 100*time.Millisecond, 300, stop)
 	}()
 	time.Sleep(500 * time.Millisecond)
-	for round := 0; round < 3; round++ {
-		if err := agent.Kill(); err != nil {
+	for round := 0; round < 4; round++ {
+		upgrade := round == 3
+		if upgrade {
+			if err := agent.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			agent.Replace(newBin)
+		} else if err := agent.Kill(); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -71,14 +88,77 @@ func TestRestartWithoutGap(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	wg.Wait()
+	if !strings.Contains(agent.Log(), `version="upgrade-test"`) {
+		t.Fatalf("the upgraded binary did not start; log:\n%s", agent.Log())
+	}
 	if reached != 0 || total < 20 {
-		t.Fatalf("%d of %d probes reached the isolated pod across 3 SIGKILL restarts", reached, total)
+		t.Fatalf("%d of %d probes reached the isolated pod across 3 SIGKILL restarts and an upgrade", reached, total)
 	}
-	t.Logf("0 of %d probes reached the isolated pod across 3 SIGKILL restarts", total)
-	// Open traffic is open again at once.
-	if err := testbed.Probe(client, open.IPv4, testbed.TCP, 80, open.Key(), time.Second); err != nil {
-		t.Fatalf("traffic no policy isolates is blocked after the restart: %v", err)
+	if openReached != openTotal || openTotal < 10 {
+		t.Fatalf("only %d of %d probes reached a pod no policy isolates, across the restarts", openReached, openTotal)
 	}
+	t.Logf("0 of %d probes reached the isolated pod and %d of %d the open one across 3 SIGKILL restarts and an upgrade", total, openReached, openTotal)
+}
+
+// TestAPIServerOutage cuts the agents off the API server for 10 s (their
+// connections reset, new ones refused) while probes run: the committed
+// rules stay in force. Meanwhile the policies change; when the API server
+// is reachable again the agents reconnect and converge to the new state.
+func TestAPIServerOutage(t *testing.T) {
+	cp := testbed.StartControlPlaneT(t)
+	proxy := testbed.StartAPIProxyT(t, cp)
+	m := startModelOn(t, cp, "nftpol-outage", "--deny-action", "reject", "--kubeconfig", proxy.Kubeconfig)
+	m.applyPolicy(t, policy("x", "deny-all-ingress", all, ingressOnly))
+	before := step{expect: func(e *expectation) { e.isolateIngress("x/*") }}
+	if _, failures := m.converge(before); len(failures) > 0 {
+		t.Fatalf("default deny not in force:\n%s", strings.Join(failures, "\n"))
+	}
+
+	proxy.Cut()
+	cut := time.Now()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var reached, total int
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		reached, total = probeLoop(m.bed.Pod("y/b"), m.bed.Pod("x/a"), 50*time.Millisecond, 400, stop)
+	}()
+	// Changes the agents cannot see yet: x opens to y, z closes.
+	m.applyPolicy(t, withIngress(policy("x", "deny-all-ingress", all, nil), from(nsPeer(selPtr("ns", "y")))))
+	m.applyPolicy(t, policy("z", "deny-all-ingress", all, ingressOnly))
+	time.Sleep(10*time.Second - time.Since(cut))
+	close(stop)
+	wg.Wait()
+	if reached != 0 || total < 20 {
+		t.Fatalf("%d of %d probes reached the isolated pod while the API server was unreachable", reached, total)
+	}
+	for name, a := range m.agents {
+		if a.Exited() {
+			t.Fatalf("agent of %s exited during the outage; log:\n%s", name, a.Log())
+		}
+	}
+	// The table did not move during the outage: the full matrices are
+	// still those of before.
+	if _, failures := m.converge(before); len(failures) > 0 {
+		t.Fatalf("the committed rules changed during the outage:\n%s", strings.Join(failures, "\n"))
+	}
+
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	restored := time.Now()
+	after := step{expect: func(e *expectation) {
+		e.isolateIngress("x/*", "y/*")
+		e.isolateIngress("z/*")
+	}}
+	observed, failures := m.convergeWithin(after, 90*time.Second)
+	if len(failures) > 0 {
+		t.Fatalf("within 90 s after the API server came back the agents did not converge:\n%s", strings.Join(failures, "\n"))
+	}
+	m.checkEvaluator(t, observed)
+	t.Logf("0 of %d probes reached the isolated pod during a 10 s outage; changes made meanwhile in force %s after the API server came back",
+		total, time.Since(restored).Round(time.Millisecond))
 }
 
 // TestDriftIsRepairedAndForeignTablesUntouched has a third party flush our

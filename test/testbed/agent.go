@@ -24,6 +24,9 @@ type Agent struct {
 	LogPath string
 	// HealthAddr is the agent's /healthz and /readyz address.
 	HealthAddr string
+	// MetricsAddr is where the agent serves /metrics (unless the extra
+	// arguments moved it).
+	MetricsAddr string
 
 	bin  string
 	args []string
@@ -100,21 +103,26 @@ func StartAgent(cp *ControlPlane, node *Node, logDir string, extra ...string) (*
 	if err != nil {
 		return nil, err
 	}
-	port, err := FreePort()
+	healthPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	metricsPort, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{
-		Node:       node,
-		bin:        bin,
-		HealthAddr: "127.0.0.1:" + strconv.Itoa(port),
-		LogPath:    filepath.Join(logDir, node.Name+".log"),
+		Node:        node,
+		bin:         bin,
+		HealthAddr:  "127.0.0.1:" + strconv.Itoa(healthPort),
+		MetricsAddr: "127.0.0.1:" + strconv.Itoa(metricsPort),
+		LogPath:     filepath.Join(logDir, node.Name+".log"),
 	}
 	a.args = append([]string{
 		"--kubeconfig", cp.Kubeconfig,
 		"--node-name", node.Name,
 		"--netns", node.NetNSPath,
-		"--metrics-bind-address", "0",
+		"--metrics-bind-address", a.MetricsAddr,
 		"--health-probe-bind-address", a.HealthAddr,
 	}, extra...)
 	return a, a.start()
@@ -217,6 +225,32 @@ func (a *Agent) Stop() error { return a.signal(syscall.SIGTERM, 10*time.Second) 
 
 // Kill sends SIGKILL and waits.
 func (a *Agent) Kill() error { return a.signal(syscall.SIGKILL, 10*time.Second) }
+
+// BuildAgent builds the agent from the module into dir with the given
+// version stamped in, as a release build would (a second, distinct binary
+// for upgrade tests).
+func BuildAgent(dir, version string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "nftpol-"+version)
+	cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", bin, ".")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the agent %s: %w: %s", version, err, out)
+	}
+	return bin, nil
+}
+
+// Replace makes the next Restart run another binary with the same
+// arguments: an upgrade in place, as a DaemonSet rollout does.
+func (a *Agent) Replace(bin string) {
+	a.mu.Lock()
+	a.bin = bin
+	a.mu.Unlock()
+}
 
 // Restart starts the same command again after the process ended.
 func (a *Agent) Restart() error {
