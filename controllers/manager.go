@@ -126,9 +126,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	})
 	err = builder.ControllerManagedBy(mgr).
 		Named("nftpol").
-		Watches(&corev1.Pod{}, toNodeSync).
-		Watches(&corev1.Namespace{}, toNodeSync).
-		Watches(&networkingv1.NetworkPolicy{}, toNodeSync).
+		Watches(&corev1.Pod{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
+		Watches(&corev1.Namespace{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
+		Watches(&networkingv1.NetworkPolicy{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
 		WithOptions(controller.Options{
 			// One key, one worker: syncs never run concurrently.
 			MaxConcurrentReconciles: 1,

@@ -163,13 +163,21 @@ func eventually(t *testing.T, what string, check func() error) {
 }
 
 type agentEnv struct {
-	ctx    context.Context
-	client client.Client
-	kernel *kernelView
-	syncer *Syncer
+	ctx     context.Context
+	client  client.Client
+	kernel  *kernelView
+	syncer  *Syncer
+	metrics *prometheus.Registry
 }
 
 func startAgent(t *testing.T, node string) *agentEnv {
+	t.Helper()
+	return startAgentVerifying(t, node, time.Second)
+}
+
+// startAgentVerifying starts an agent whose periodic verification (and
+// with it the periodic sync) runs every verify; 0 turns both off.
+func startAgentVerifying(t *testing.T, node string, verify time.Duration) *agentEnv {
 	t.Helper()
 	needKernel(t)
 	env := &envtest.Environment{}
@@ -186,10 +194,11 @@ func startAgent(t *testing.T, node string) *agentEnv {
 		t.Fatalf("creating the enforcer: %v", err)
 	}
 	t.Cleanup(func() { _ = enforcer.Close() })
+	reg := prometheus.NewRegistry()
 	mgr, syncer, err := NewManager(cfg, Options{
 		NodeName: node, MetricsBindAddress: "0", HealthProbeBindAddress: "0",
-		VerifyInterval: time.Second, Enforcer: enforcer, Log: log,
-		SkipNameValidation: true, MetricsRegistry: prometheus.NewRegistry(),
+		VerifyInterval: verify, Enforcer: enforcer, Log: log,
+		SkipNameValidation: true, MetricsRegistry: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +221,7 @@ func startAgent(t *testing.T, node string) *agentEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &agentEnv{ctx: ctx, client: c, kernel: newKernelView(t, netns, "nftpol"), syncer: syncer}
+	return &agentEnv{ctx: ctx, client: c, kernel: newKernelView(t, netns, "nftpol"), syncer: syncer, metrics: reg}
 }
 
 type testWriter struct{ t *testing.T }
