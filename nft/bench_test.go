@@ -1,9 +1,35 @@
 package nft
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
+
+	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/selectorstest"
 )
+
+// BenchmarkFullSyncCompute is the compute of a full sync, without the
+// kernel: resolve the cluster into the node's model, then compile the
+// table. 110 local pods, dense policies (selectorstest.ScaleCluster).
+func BenchmarkFullSyncCompute(b *testing.B) {
+	for _, size := range []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 10_000}} {
+		s := selectorstest.ScaleCluster(size.pods, size.policies, 110)
+		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies), func(b *testing.B) {
+			b.ReportAllocs()
+			var rs *Ruleset
+			for b.Loop() {
+				m, _ := selectors.BuildModel(selectorstest.ScaleNode, s)
+				rs = Compile(m, Config{})
+			}
+			chains, rules, sets, elems := rs.Counts()
+			b.ReportMetric(float64(chains), "chains")
+			b.ReportMetric(float64(rules), "rules")
+			b.ReportMetric(float64(sets), "sets")
+			b.ReportMetric(float64(elems), "elements")
+		})
+	}
+}
 
 // BenchmarkCompile compiles a node with 5k isolated pods and 5k policies
 // over 100k peer addresses (no kernel).

@@ -1,8 +1,6 @@
 package selectors
 
 import (
-	"fmt"
-	"math/rand"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -189,56 +187,5 @@ func TestPodFromObject(t *testing.T) {
 	wantPorts := []NamedPort{{"http", ProtocolTCP, 80}, {"side", ProtocolUDP, 90}}
 	if !reflect.DeepEqual(p.Ports, wantPorts) {
 		t.Errorf("ports = %v, want %v", p.Ports, wantPorts)
-	}
-}
-
-// benchCluster generates a cluster of nPods pods over nNamespaces
-// namespaces and nPolicies policies, with localPods pods on node "local".
-func benchCluster(nPods, nPolicies, localPods int) *State {
-	r := rand.New(rand.NewSource(7))
-	nNamespaces := nPods / 50
-	s := &State{}
-	for i := 0; i < nNamespaces; i++ {
-		s.Namespaces = append(s.Namespaces, &Namespace{Name: fmt.Sprintf("ns-%d", i), Labels: map[string]string{"team": fmt.Sprintf("t%d", i%20), "env": []string{"prod", "dev"}[i%2]}})
-	}
-	for i := 0; i < nPods; i++ {
-		node := fmt.Sprintf("node-%d", i%(nPods/localPods))
-		if i%(nPods/localPods) == 0 {
-			node = "local"
-		}
-		s.Pods = append(s.Pods, &Pod{
-			Namespace: fmt.Sprintf("ns-%d", i%nNamespaces), Name: fmt.Sprintf("pod-%d", i), NodeName: node,
-			Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%25), "tier": []string{"web", "api", "db"}[i%3]},
-			IPs:    []netip.Addr{netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})},
-			Ports:  []NamedPort{{Name: "http", Protocol: ProtocolTCP, Port: 8080}},
-		})
-	}
-	http := intstr.FromString("http")
-	p443 := intstr.FromInt32(443)
-	for i := 0; i < nPolicies; i++ {
-		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", r.Intn(nNamespaces)), Name: fmt.Sprintf("pol-%d", i)}}
-		np.Spec.PodSelector = metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", r.Intn(25))}}
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{
-			{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "web"}}}}, Ports: []networkingv1.NetworkPolicyPort{{Port: &http}}},
-			{From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("t%d", r.Intn(20))}}, PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "api"}}}}},
-			{From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "172.16.0.0/12", Except: []string{"172.16.1.0/24"}}}}, Ports: []networkingv1.NetworkPolicyPort{{Port: &p443}}},
-		}
-		s.Policies = append(s.Policies, np)
-	}
-	return s
-}
-
-func BenchmarkBuildModel(b *testing.B) {
-	for _, size := range []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 10_000}} {
-		s := benchCluster(size.pods, size.policies, 110)
-		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies), func(b *testing.B) {
-			b.ReportAllocs()
-			var m *Model
-			for b.Loop() {
-				m, _ = BuildModel("local", s)
-			}
-			b.ReportMetric(float64(len(m.Pods)), "isolated-pods")
-			b.ReportMetric(float64(len(m.Policies)), "local-policies")
-		})
 	}
 }
