@@ -157,7 +157,8 @@ func kindOfSet(s *nftables.Set) setKind {
 		return pick(kindVmap4, kindVmap6)
 	case s.Interval:
 		return pick(kindInterval4, kindInterval6)
-	case s.Concatenation:
+	case s.Concatenation, strings.Contains(s.KeyType.Name, " . "):
+		// The nft tool flags only interval concatenations as such.
 		return pick(kindPorts4, kindPorts6)
 	}
 	return pick(kindAddr4, kindAddr6)
@@ -255,6 +256,14 @@ func decodeRule(exprs []expr.Any) (ruleSpec, error) {
 				case *expr.Cmp:
 					r.portFirst = uint16(m.Data[0])<<8 | uint16(m.Data[1])
 					r.portLast = r.portFirst
+					// The nft tool writes "dport 1000-2000" as cmp gte
+					// and cmp lte, where we write one range expression.
+					if m.Op == expr.CmpOpGte && i+1 < len(exprs) {
+						if hi, ok := exprs[i+1].(*expr.Cmp); ok && hi.Op == expr.CmpOpLte {
+							r.portLast = uint16(hi.Data[0])<<8 | uint16(hi.Data[1])
+							i++
+						}
+					}
 				case *expr.Range:
 					r.portFirst = uint16(m.FromData[0])<<8 | uint16(m.FromData[1])
 					r.portLast = uint16(m.ToData[0])<<8 | uint16(m.ToData[1])

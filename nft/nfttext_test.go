@@ -1,0 +1,110 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"math/rand"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/nftpol/nftpol/selectors"
+)
+
+// everyKindModel is sampleModel plus what it lacks: intervals reaching the
+// top of both address spaces (/0), single addresses in an interval set, an
+// IPv6 range that is no prefix, and named ports of several protocols.
+func everyKindModel() *selectors.Model {
+	m := sampleModel()
+	m.AddrSets = append(m.AddrSets,
+		selectors.AddrSet{ID: "everything", Description: "ipBlock 0.0.0.0/0 and ::/0", Ranges: []selectors.AddrRange{
+			{First: netip.MustParseAddr("0.0.0.0"), Last: netip.MustParseAddr("255.255.255.255")},
+			{First: netip.MustParseAddr("::"), Last: netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")},
+		}},
+		selectors.AddrSet{ID: "mixed", Description: "ipBlock with except", Addrs: mustAddrs("10.5.0.1", "fd00:5::1"), Ranges: []selectors.AddrRange{
+			{First: netip.MustParseAddr("10.6.0.0"), Last: netip.MustParseAddr("10.6.0.9")},
+			{First: netip.MustParseAddr("fd00:6::3"), Last: netip.MustParseAddr("fd00:6::1:7")},
+		}})
+	m.PortSets[0].Entries = append(m.PortSets[0].Entries,
+		selectors.PortEntry{Addr: netip.MustParseAddr("10.0.0.2"), Protocol: selectors.ProtocolUDP, Port: 53},
+		selectors.PortEntry{Addr: netip.MustParseAddr("10.0.0.2"), Protocol: selectors.ProtocolSCTP, Port: 65535},
+		selectors.PortEntry{Addr: netip.MustParseAddr("fd00::2"), Protocol: selectors.ProtocolUDP, Port: 1})
+	return m
+}
+
+// TestNftTextLoadsAsTheSameTable loads NftText with `nft -f` into an empty
+// namespace and reads the table back: it must be exactly the desired table,
+// by the same comparison that checks our own netlink commits (Verify). So
+// the text and our batch express the same table, and the benchmarks that
+// compare them commit the same thing.
+func TestNftTextLoadsAsTheSameTable(t *testing.T) {
+	type tc struct {
+		name  string
+		cfg   Config
+		model *selectors.Model
+	}
+	cases := []tc{
+		{"every-kind/drop", Config{Deny: DenyDrop}, everyKindModel()},
+		{"every-kind/reject", Config{Deny: DenyReject}, everyKindModel()},
+		{"every-kind/drop-logged", Config{Deny: DenyDrop, LogDenied: true, LogGroup: 7, LogRate: 5}, everyKindModel()},
+		{"every-kind/reject-logged", Config{Deny: DenyReject, LogDenied: true, LogGroup: 3}, everyKindModel()},
+		{"empty", Config{Deny: DenyDrop}, &selectors.Model{}},
+		{"scale-1k-chains-10k-elems", Config{Deny: DenyDrop}, scaleModel(1_000, 10_000)},
+	}
+	r := rand.New(rand.NewSource(1))
+	for i := 0; i < 8; i++ {
+		deny := DenyDrop
+		if i%2 == 1 {
+			deny = DenyReject
+		}
+		cases = append(cases, tc{fmt.Sprintf("random/%d", i), Config{Deny: deny}, randomModel(r)})
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ns := testNetns(t)
+			c.cfg.Table = "nftpol"
+			desired := Compile(c.model, c.cfg)
+			file := filepath.Join(t.TempDir(), "table.nft")
+			if err := os.WriteFile(file, []byte(desired.NftText()), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "-f", file).CombinedOutput(); err != nil {
+				t.Fatalf("nft -f: %v: %s", err, out)
+			}
+			e := newTestEnforcer(t, ns, c.cfg.Deny)
+			// As if the enforcer had committed desired itself: Verify then
+			// compares the kernel's table with it, chains, rules and elements.
+			e.committed = desired
+			if err := e.Verify(); err != nil {
+				t.Fatalf("the table nft loaded is not the desired one: %v", err)
+			}
+		})
+	}
+}
+
+// TestNftTextReplaces loads two texts in a row: the second replaces the
+// first whole, like a full netlink commit does.
+func TestNftTextReplaces(t *testing.T) {
+	ns := testNetns(t)
+	cfg := Config{Table: "nftpol", Deny: DenyDrop}
+	e := newTestEnforcer(t, ns, cfg.Deny)
+	for i, m := range []*selectors.Model{everyKindModel(), sampleModel()} {
+		desired := Compile(m, cfg)
+		file := filepath.Join(t.TempDir(), "table.nft")
+		if err := os.WriteFile(file, []byte(desired.NftText()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		nftIn(t, ns, "-f", file)
+		e.committed = desired
+		if err := e.Verify(); err != nil {
+			t.Fatalf("load %d: %v", i, err)
+		}
+	}
+	// And the comparison is no formality: the first table is gone.
+	e.committed = Compile(everyKindModel(), cfg)
+	if err := e.Verify(); !errors.Is(err, ErrDrift) {
+		t.Fatalf("verify against the replaced table: %v, want ErrDrift", err)
+	}
+}
