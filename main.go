@@ -73,6 +73,7 @@ type agentFlags struct {
 	denyAction     string
 	verifyInterval time.Duration
 	logDenied      bool
+	profiling      bool
 	logDeniedRate  uint
 	logDeniedGroup uint
 	logConfig      *textlogger.Config
@@ -90,6 +91,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.StringVar(&f.healthAddr, "health-probe-bind-address", ":9091", `address of /healthz and /readyz; "0" disables it`)
 	fs.StringVar(&f.denyAction, "deny-action", "drop", "what happens to denied packets: drop or reject")
 	fs.DurationVar(&f.verifyInterval, "verify-interval", 30*time.Second, "how often the table is read back and repaired if someone changed it; 0 disables")
+	fs.BoolVar(&f.profiling, "profiling", false, "serve Go's /debug/pprof/ on the metrics address")
 	fs.BoolVar(&f.logDenied, "log-denied", false, "log one line per denied flow (rate-limited NFLOG from the deny paths)")
 	fs.UintVar(&f.logDeniedRate, "log-denied-rate", 10, "at most this many denied packets per second and isolation chain reach the log")
 	fs.UintVar(&f.logDeniedGroup, "log-denied-group", 100, "NFLOG group of the denied-packet log")
@@ -151,6 +153,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	mgr, _, err := controllers.NewManager(cfg, controllers.Options{
 		NodeName:               f.nodeName,
 		MetricsBindAddress:     f.metricsAddr,
+		Profiling:              f.profiling,
 		HealthProbeBindAddress: f.healthAddr,
 		VerifyInterval:         f.verifyInterval,
 		Enforcer:               enforcer,

@@ -3,6 +3,8 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -26,8 +28,10 @@ import (
 
 // Options configure the agent's control loop.
 type Options struct {
-	NodeName               string
-	MetricsBindAddress     string // "0" disables
+	NodeName           string
+	MetricsBindAddress string // "0" disables
+	// Profiling serves Go's /debug/pprof/ next to /metrics.
+	Profiling              bool
 	HealthProbeBindAddress string // "0" disables
 	// VerifyInterval is how often the committed table is read back and
 	// compared with what was committed (drift repair). 0 disables.
@@ -67,10 +71,20 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	if err != nil {
 		return nil, nil, err
 	}
+	metricsOpts := metricsserver.Options{BindAddress: opts.MetricsBindAddress}
+	if opts.Profiling {
+		metricsOpts.ExtraHandlers = map[string]http.Handler{
+			"/debug/pprof/":        http.HandlerFunc(pprof.Index),
+			"/debug/pprof/cmdline": http.HandlerFunc(pprof.Cmdline),
+			"/debug/pprof/profile": http.HandlerFunc(pprof.Profile),
+			"/debug/pprof/symbol":  http.HandlerFunc(pprof.Symbol),
+			"/debug/pprof/trace":   http.HandlerFunc(pprof.Trace),
+		}
+	}
 	mgr, err := manager.New(cfg, manager.Options{
 		Scheme:                 scheme,
 		Logger:                 opts.Log,
-		Metrics:                metricsserver.Options{BindAddress: opts.MetricsBindAddress},
+		Metrics:                metricsOpts,
 		HealthProbeBindAddress: opts.HealthProbeBindAddress,
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
@@ -106,6 +120,7 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	syncer := &Syncer{
 		metrics:        m,
 		Reader:         mgr.GetCache(),
+		cached:         newCacheState(mgr.GetCache()),
 		NodeName:       opts.NodeName,
 		Enforcer:       opts.Enforcer,
 		Problems:       problems,

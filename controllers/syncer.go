@@ -44,6 +44,8 @@ type Syncer struct {
 	Log            logr.Logger
 
 	metrics *syncMetrics
+	// cached, when set, reads the agent's informers instead of Reader.
+	cached *cacheState
 	// lookup names pods for the denied-packet log; replaced after every
 	// successful sync.
 	lookup atomic.Pointer[podLookup]
@@ -72,7 +74,13 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	}
 
 	start := time.Now()
-	state, err := ReadState(ctx, s.Reader)
+	var state *selectors.State
+	var err error
+	if s.cached != nil {
+		state, err = s.cached.Read(ctx)
+	} else {
+		state, err = ReadState(ctx, s.Reader)
+	}
 	if err != nil {
 		s.metrics.observe(start, 0, nil, nft.SyncStats{}, err)
 		return reconcile.Result{}, err

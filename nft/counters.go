@@ -29,10 +29,11 @@ func (e *Enforcer) Counters() ([]PolicyCounter, error) {
 	if committed == nil {
 		return nil, nil
 	}
-	c, err := e.conn()
+	c, err := e.readConn()
 	if err != nil {
 		return nil, err
 	}
+	defer func() { _ = c.CloseLasting() }()
 	type key struct {
 		policy string
 		dir    selectors.Direction

@@ -94,7 +94,19 @@ func (e *Enforcer) Invalidate() {
 // conn returns a fresh netlink connection: google/nftables keeps a sticky
 // error and queued messages per Conn, so each transaction gets its own.
 func (e *Enforcer) conn() (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.WithSockOptions(raiseBuffers)}
+	return e.dial()
+}
+
+// readConn returns a connection that keeps one socket for many requests
+// (reading a table is one request per chain and set, and a socket per
+// request means entering the namespace each time). Close it with
+// CloseLasting.
+func (e *Enforcer) readConn() (*nftables.Conn, error) {
+	return e.dial(nftables.AsLasting())
+}
+
+func (e *Enforcer) dial(extra ...nftables.ConnOption) (*nftables.Conn, error) {
+	opts := append([]nftables.ConnOption{nftables.WithSockOptions(raiseBuffers)}, extra...)
 	if e.netns != nil {
 		opts = append(opts, nftables.WithNetNSFd(int(e.netns.Fd())))
 	}
@@ -408,10 +420,11 @@ func (e *Enforcer) Verify() error {
 	if want == nil {
 		return nil
 	}
-	c, err := e.conn()
+	c, err := e.readConn()
 	if err != nil {
 		return err
 	}
+	defer func() { _ = c.CloseLasting() }()
 	got, err := e.readTable(c)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrDrift, err)

@@ -21,10 +21,11 @@ var ErrNoTable = errors.New("table not found")
 // Compile produces, so that what was committed and what the kernel holds
 // compare directly (Verify) and print the same way (`nftpol dump`).
 func (e *Enforcer) ReadTable() (*Ruleset, error) {
-	c, err := e.conn()
+	c, err := e.readConn()
 	if err != nil {
 		return nil, err
 	}
+	defer func() { _ = c.CloseLasting() }()
 	return e.readTable(c)
 }
 

@@ -12,7 +12,7 @@ import (
 )
 
 // scrape returns the samples of a Prometheus text page by series text.
-func scrape(t *testing.T, url string) map[string]float64 {
+func scrape(t testing.TB, url string) map[string]float64 {
 	t.Helper()
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
 	if err != nil {

@@ -1,0 +1,386 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/selectorstest"
+	"github.com/nftpol/nftpol/test/testbed"
+)
+
+// BenchmarkScale measures the agent black-box, at cluster scale: a real
+// API server holding pods/50 namespaces, the pods and the policies of
+// selectorstest.ScaleCluster (API objects; 110 on the agent's node), plus
+// two real pods in network namespaces on two nodes. With one agent on the
+// server's node it measures:
+//   - the agent's memory once its cache is warm (RSS, Go heap);
+//   - policy-to-enforcement latency: from the API write of a policy that
+//     isolates the server to the first probe the kernel refuses, and from
+//     its deletion to the first probe that connects again (25 each);
+//   - one pod change (a remote pod joining peer sets, relabeled out of
+//     them, deleted): the sync's duration and the elements it changed, from
+//     the agent's own metrics.
+//
+// Run it with `make bench` or
+//
+//	go test -run '^$' -bench Scale -benchtime 1x -timeout 60m ./test/
+//
+// NFTPOL_SCALE_SIZES=10000 limits the sizes (default 10000,100000).
+func BenchmarkScale(b *testing.B) {
+	sizes := []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 10_000}}
+	if env := os.Getenv("NFTPOL_SCALE_SIZES"); env == "10000" {
+		sizes = sizes[:1]
+	}
+	for _, size := range sizes {
+		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies), func(b *testing.B) {
+			for b.Loop() {
+				runScale(b, size.pods, size.policies)
+			}
+		})
+	}
+}
+
+func runScale(b *testing.B, nPods, nPolicies int) {
+	ctx := context.Background()
+	cp := testbed.StartControlPlaneT(b)
+	bed := testbed.NewT(b, cp, testbed.Options{Prefix: "nftpol-scale", Nodes: 2})
+	local := bed.Nodes[0].Name
+
+	// A clientset of its own without client-side throttling: the writes
+	// are the setup, not what is measured.
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.QPS, cfg.Burst = 5000, 10000
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	state := selectorstest.ScaleCluster(nPods, nPolicies, 110)
+	if err := writeCluster(ctx, cs, state, local); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("wrote %d pods, %d namespaces, %d policies in %s", len(state.Pods), len(state.Namespaces), len(state.Policies), time.Since(start).Round(time.Second))
+
+	if err := bed.EnsureNamespace(ctx, "lat", map[string]string{"ns": "lat"}); err != nil {
+		b.Fatal(err)
+	}
+	server, err := bed.AddPod(ctx, testbed.PodSpec{Namespace: "lat", Name: "server", Node: local, Labels: map[string]string{"app": "lat-server"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, err := bed.AddPod(ctx, testbed.PodSpec{Namespace: "lat", Name: "client", Node: bed.Nodes[1].Name, Labels: map[string]string{"app": "lat-client"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	start = time.Now()
+	agent := testbed.StartAgentT(b, cp, bed.Nodes[0], "--deny-action", "reject", "--profiling")
+	ready := time.Since(start)
+	time.Sleep(3 * time.Second) // let the first syncs and the GC settle
+	metricsURL := "http://" + agent.MetricsAddr + "/metrics"
+	warm := scrape(b, metricsURL)
+	rss, err := agent.RSSBytes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(rss)/(1<<20), "agent-RSS-MiB")
+	b.ReportMetric(warm["go_memstats_heap_inuse_bytes"]/(1<<20), "agent-heap-MiB")
+	b.ReportMetric(ready.Seconds(), "start-to-ready-s")
+
+	// NFTPOL_SCALE_PROFILE=file saves a 20 s CPU profile of the agent
+	// taken while the measurements below run.
+	profileDone := make(chan struct{})
+	if path := os.Getenv("NFTPOL_SCALE_PROFILE"); path != "" {
+		go func() {
+			defer close(profileDone)
+			if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/profile?seconds=20", path); err != nil {
+				b.Errorf("profile: %v", err)
+			}
+		}()
+	} else {
+		close(profileDone)
+	}
+	defer func() { <-profileDone }()
+
+	// Policy to enforcement, both ways.
+	var apply, remove []time.Duration
+	pol := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "lat", Name: "isolate-server"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "lat-server"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+		},
+	}
+	policies := cs.NetworkingV1().NetworkPolicies("lat")
+	for rep := 0; rep < 25; rep++ {
+		t0 := time.Now()
+		if _, err := policies.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		if err := waitProbe(client, server, false); err != nil {
+			b.Fatalf("rep %d: the policy did not take effect: %v", rep, err)
+		}
+		apply = append(apply, time.Since(t0))
+		t0 = time.Now()
+		if err := policies.Delete(ctx, pol.Name, metav1.DeleteOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		if err := waitProbe(client, server, true); err != nil {
+			b.Fatalf("rep %d: the deletion did not take effect: %v", rep, err)
+		}
+		remove = append(remove, time.Since(t0))
+	}
+	b.ReportMetric(ms(percentile(apply, 50)), "apply-p50-ms")
+	b.ReportMetric(ms(percentile(apply, 90)), "apply-p90-ms")
+	b.ReportMetric(ms(percentile(remove, 50)), "delete-p50-ms")
+	b.ReportMetric(ms(percentile(remove, 90)), "delete-p90-ms")
+	b.Logf("policy to enforcement over %d reps: apply p50 %s p90 %s max %s; delete p50 %s p90 %s max %s",
+		len(apply), percentile(apply, 50), percentile(apply, 90), percentile(apply, 100),
+		percentile(remove, 50), percentile(remove, 90), percentile(remove, 100))
+
+	// One pod change at a time: a remote api pod joins the peer sets of
+	// its team's policies, leaves them by a relabel, comes back, is
+	// deleted.
+	changes := []*syncSamples{{name: "add"}, {name: "relabel"}, {name: "delete"}}
+	pods := cs.CoreV1().Pods("ns-1")
+	for rep := 0; rep < 10; rep++ {
+		name := fmt.Sprintf("probe-pod-%d", rep)
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns-1", Name: name, Labels: map[string]string{"app": "app-1", "tier": "api"}},
+			Spec:       corev1.PodSpec{NodeName: "elsewhere", Containers: []corev1.Container{{Name: "c", Image: "none"}}},
+		}
+		created, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		settle(b, metricsURL)
+		ip4, ip6 := fmt.Sprintf("10.254.0.%d", rep+1), fmt.Sprintf("fd00:254::%x", rep+1)
+		created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip4, PodIPs: []corev1.PodIP{{IP: ip4}, {IP: ip6}}}
+		measureSync(b, metricsURL, changes[0], func() error {
+			created, err = pods.UpdateStatus(ctx, created, metav1.UpdateOptions{})
+			return err
+		})
+		measureSync(b, metricsURL, changes[1], func() error {
+			created.Labels = map[string]string{"app": "app-1", "tier": "db"}
+			created, err = pods.Update(ctx, created, metav1.UpdateOptions{})
+			return err
+		})
+		created.Labels = map[string]string{"app": "app-1", "tier": "api"}
+		if _, err := pods.Update(ctx, created, metav1.UpdateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		settle(b, metricsURL)
+		zero := int64(0)
+		measureSync(b, metricsURL, changes[2], func() error {
+			return pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+		})
+	}
+	for _, c := range changes {
+		b.ReportMetric(ms(percentile(c.durs, 50)), "pod-"+c.name+"-sync-p50-ms")
+		sort.Float64s(c.elements)
+		b.ReportMetric(c.elements[len(c.elements)/2], "pod-"+c.name+"-elements")
+		b.Logf("one pod %s: sync p50 %s p90 %s, elements changed %v", c.name, percentile(c.durs, 50), percentile(c.durs, 90), c.elements)
+	}
+	final := scrape(b, metricsURL)
+	b.Logf("table: %v sets, %v elements, %v rules; %v local policies; agent RSS %.1f MiB, Go heap %.1f MiB",
+		final["nftpol_sets"], final["nftpol_set_elements"], final["nftpol_rules"], final["nftpol_policies"],
+		float64(rss)/(1<<20), warm["go_memstats_heap_inuse_bytes"]/(1<<20))
+}
+
+// syncSamples are the syncs that followed one kind of change.
+type syncSamples struct {
+	name     string
+	durs     []time.Duration
+	elements []float64
+}
+
+// measureSync runs one change and waits for the sync it causes, then
+// records that sync's duration and the elements it changed, read from the
+// agent's histograms.
+func measureSync(b *testing.B, url string, into *syncSamples, change func() error) {
+	b.Helper()
+	before := scrape(b, url)
+	if err := change(); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for attempt := 0; ; attempt++ {
+		after := scrape(b, url)
+		if n := after["nftpol_syncs_total"] - before["nftpol_syncs_total"]; n >= 1 {
+			count := after["nftpol_sync_duration_seconds_count"] - before["nftpol_sync_duration_seconds_count"]
+			sum := after["nftpol_sync_duration_seconds_sum"] - before["nftpol_sync_duration_seconds_sum"]
+			elems := after[`nftpol_sync_changes_sum{kind="elements"}`] - before[`nftpol_sync_changes_sum{kind="elements"}`]
+			into.durs = append(into.durs, time.Duration(sum/count*float64(time.Second)))
+			into.elements = append(into.elements, elems/n)
+			return
+		}
+		if time.Now().After(deadline) || attempt > 500 {
+			b.Fatalf("no sync within 10 s after a pod %s", into.name)
+		}
+		// Not faster: every scrape reads the kernel's counters.
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// settle waits until the agent's sync count stays put for 300 ms.
+func settle(b *testing.B, url string) {
+	b.Helper()
+	last := scrape(b, url)["nftpol_syncs_total"]
+	for attempt := 0; attempt < 50; attempt++ {
+		time.Sleep(300 * time.Millisecond)
+		now := scrape(b, url)["nftpol_syncs_total"]
+		if now == last {
+			return
+		}
+		last = now
+	}
+	b.Fatal("the agent keeps syncing")
+}
+
+// waitProbe probes from client to server (TCP 80, IPv4) until the outcome
+// is the wanted one, for at most 5 s.
+func waitProbe(client, server *testbed.Pod, wantConnect bool) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for attempt := 0; attempt < 20000; attempt++ {
+		err := testbed.Probe(client, server.IPv4, testbed.TCP, 80, server.Key(), 200*time.Millisecond)
+		if (err == nil) == wantConnect {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("still connect=%v after 5 s: %v", !wantConnect, err)
+		}
+	}
+	return errors.New("probe budget exhausted")
+}
+
+func saveProfile(url, path string) error {
+	resp, err := (&http.Client{Timeout: time.Minute}).Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	return s[max(0, min(len(s)-1, i-1))]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// writeCluster writes the namespaces, pods (with their status) and
+// policies of s to the API server with parallel writers; pods of
+// selectorstest.ScaleNode go to node.
+func writeCluster(ctx context.Context, cs kubernetes.Interface, s *selectors.State, node string) error {
+	run := func(n int, write func(i int) error) error {
+		const workers = 32
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		next := make(chan int)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					if err := write(i); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		var err error
+	feed:
+		for i := 0; i < n; i++ {
+			select {
+			case next <- i:
+			case err = <-errs:
+				break feed
+			}
+		}
+		close(next)
+		wg.Wait()
+		if err == nil {
+			select {
+			case err = <-errs:
+			default:
+			}
+		}
+		return err
+	}
+	if err := run(len(s.Namespaces), func(i int) error {
+		ns := s.Namespaces[i]
+		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.Name, Labels: ns.Labels}}, metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		return fmt.Errorf("writing namespaces: %w", err)
+	}
+	if err := run(len(s.Pods), func(i int) error {
+		p := s.Pods[i]
+		nodeName := p.NodeName
+		if nodeName == selectorstest.ScaleNode {
+			nodeName = node
+		}
+		obj := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels},
+			Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "none", Ports: containerPorts(p.Ports)}}},
+		}
+		created, err := cs.CoreV1().Pods(p.Namespace).Create(ctx, obj, metav1.CreateOptions{})
+		if err != nil {
+			return err
+		}
+		created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.IPs[0].String()}
+		for _, ip := range p.IPs {
+			created.Status.PodIPs = append(created.Status.PodIPs, corev1.PodIP{IP: ip.String()})
+		}
+		_, err = cs.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		return fmt.Errorf("writing pods: %w", err)
+	}
+	if err := run(len(s.Policies), func(i int) error {
+		_, err := cs.NetworkingV1().NetworkPolicies(s.Policies[i].Namespace).Create(ctx, s.Policies[i], metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		return fmt.Errorf("writing policies: %w", err)
+	}
+	return nil
+}
+
+func containerPorts(ports []selectors.NamedPort) []corev1.ContainerPort {
+	var out []corev1.ContainerPort
+	for _, p := range ports {
+		out = append(out, corev1.ContainerPort{Name: p.Name, ContainerPort: int32(p.Port), Protocol: corev1.Protocol(strings.ToUpper(p.Protocol.String()))})
+	}
+	return out
+}
