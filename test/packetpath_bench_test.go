@@ -1,0 +1,400 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpol/nftpol/test/testbed"
+)
+
+// The packet-path scenario: a client pod on node 1 connects to a server
+// pod on node 2, so every connection crosses both nodes' forward hooks.
+// Node 2 carries 1,000 policies (they select 100 API-only pods there);
+// 10 of them select the server, and the one allowing the client sorts
+// last, so a new connection walks all 10 policy chains before it is
+// accepted. The worst case selects the server by all 1,000.
+const (
+	pathPrefix   = "nftpol-path"
+	pathPolicies = 1000
+	pathGroups   = 100 // policy i selects group i/10; one API-only pod per group
+	pathSinkPort = 5201
+	pathWindow   = 2 * time.Second
+	pathWorkers  = 4
+	// pathProbeTimeout is short: with --deny-action drop a denied probe
+	// lasts exactly this long.
+	pathProbeTimeout = 500 * time.Millisecond
+)
+
+// pathPhase is what the nodes hold while a window is measured.
+type pathPhase int
+
+const (
+	phaseNoTable pathPhase = iota // A: no agent, no table
+	phaseTen                      // B: 1,000 policies, 10 select the server
+	phaseAll                      // C: 1,000 policies, all select the server
+	pathPhases
+)
+
+func (p pathPhase) String() string {
+	return [...]string{"A no table", "B 1k policies, 10 on the server", "C 1k policies, all on the server"}[p]
+}
+
+// pathResults are one family's windows, per phase in round order.
+type pathResults struct {
+	connRate [pathPhases][]float64 // connections per second
+	mbps     [pathPhases][]float64 // MB/s (10^6 bytes), A and B only
+}
+
+type pathBench struct {
+	b              *testing.B
+	cp             *testbed.ControlPlane
+	bed            *testbed.Bed
+	bin            string
+	client, other  *testbed.Pod // on node 1; other is allowed by no policy
+	server         *testbed.Pod // on node 2
+	agents         []*testbed.Agent
+	agentsUp       bool
+	serverSelected pathPhase // whose labels the server has
+}
+
+// BenchmarkPacketPath measures new TCP connections per second and a long
+// flow's throughput between two pods across two nodes, with no table
+// against 1,000 policies on the server's node, in the same run. It
+// reports the figures and their ratios; the targets (connection rate at
+// least 90% of no table, throughput at least 98%) are read, not asserted:
+// wall-clock figures on a shared machine are too noisy to fail on.
+//
+//	go test -run '^$' -bench PacketPath -benchtime 1x ./test/
+func BenchmarkPacketPath(b *testing.B) {
+	pb := setUpPacketPath(b)
+	ctx := context.Background()
+	families := []int{4, 6}
+	results := map[int]*pathResults{4: {}, 6: {}}
+	// The rounds interleave the phases (ABC CBA ABC) so a drift of the
+	// machine over the run weighs on every phase alike.
+	orders := [][]pathPhase{
+		{phaseNoTable, phaseTen, phaseAll},
+		{phaseAll, phaseTen, phaseNoTable},
+		{phaseNoTable, phaseTen, phaseAll},
+	}
+	for round, order := range orders {
+		for _, phase := range order {
+			pb.enter(phase)
+			for _, fam := range families {
+				to := pb.server.Addr(fam)
+				conns, err := testbed.ConnectRate(ctx, pb.client, to, 80, pathWorkers, pathWindow)
+				if err != nil {
+					b.Fatalf("round %d, %s, IPv%d: connect rate (%d connections): %v", round+1, phase, fam, conns, err)
+				}
+				r := results[fam]
+				r.connRate[phase] = append(r.connRate[phase], float64(conns)/pathWindow.Seconds())
+				if phase == phaseAll {
+					// An established flow never reaches the policy
+					// chains; B already measures the table's cost on it.
+					continue
+				}
+				bps, err := testbed.Throughput(ctx, pb.client, to, pathSinkPort, pathWindow)
+				if err != nil {
+					b.Fatalf("round %d, %s, IPv%d: throughput: %v", round+1, phase, fam, err)
+				}
+				r.mbps[phase] = append(r.mbps[phase], bps/1e6)
+			}
+		}
+	}
+	for _, fam := range families {
+		r := results[fam]
+		// The measurement ran once above; the sub-benchmarks only report
+		// it, one line per family. A leaf benchmark's log is printed
+		// without -v, but once per run of it: log on the first only.
+		logged := false
+		b.Run(fmt.Sprintf("IPv%d", fam), func(b *testing.B) {
+			if !logged {
+				b.Logf("\n%s", r.table(fam))
+				logged = true
+			}
+			a, ten, all := median(r.connRate[phaseNoTable]), median(r.connRate[phaseTen]), median(r.connRate[phaseAll])
+			ma, mten := median(r.mbps[phaseNoTable]), median(r.mbps[phaseTen])
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(a, "A-conn/s")
+			b.ReportMetric(ten, "B-conn/s")
+			b.ReportMetric(all, "C-conn/s")
+			b.ReportMetric(ten/a, "B/A-conn")
+			b.ReportMetric(all/a, "C/A-conn")
+			b.ReportMetric(ma, "A-MB/s")
+			b.ReportMetric(mten, "B-MB/s")
+			b.ReportMetric(mten/ma, "B/A-MB/s")
+		})
+	}
+}
+
+func setUpPacketPath(b *testing.B) *pathBench {
+	b.Helper()
+	ctx := context.Background()
+	cp := testbed.StartControlPlaneT(b)
+	bed := testbed.NewT(b, cp, testbed.Options{Prefix: pathPrefix, Nodes: 2})
+	bin, err := testbed.AgentBinary()
+	if err != nil {
+		b.Fatal(err)
+	}
+	pb := &pathBench{b: b, cp: cp, bed: bed, bin: bin, serverSelected: phaseTen}
+	for _, ns := range []string{"cli", "srv"} {
+		if err := bed.EnsureNamespace(ctx, ns, map[string]string{"ns": ns}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	n1, n2 := bed.Nodes[0].Name, bed.Nodes[1].Name
+	for _, spec := range []struct {
+		pod  **testbed.Pod
+		spec testbed.PodSpec
+	}{
+		{&pb.client, testbed.PodSpec{Namespace: "cli", Name: "client", Node: n1, Labels: map[string]string{"app": "client"}}},
+		{&pb.other, testbed.PodSpec{Namespace: "cli", Name: "other", Node: n1, Labels: map[string]string{"app": "other"}}},
+		{&pb.server, testbed.PodSpec{Namespace: "srv", Name: "server", Node: n2, Labels: serverLabels(phaseTen)}},
+	} {
+		if *spec.pod, err = bed.AddPod(ctx, spec.spec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	stopSink, err := testbed.StartSink(pb.server, pathSinkPort)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(stopSink)
+
+	start := time.Now()
+	if err := createBulkPods(ctx, cp, n2); err != nil {
+		b.Fatal(err)
+	}
+	for i := range pathPolicies {
+		if _, err := cp.Clientset.NetworkingV1().NetworkPolicies("srv").Create(ctx, pathPolicy(i), metav1.CreateOptions{}); err != nil {
+			b.Fatalf("creating policy %d: %v", i, err)
+		}
+	}
+	b.Logf("%d API-only pods and %d policies written in %s", pathGroups, pathPolicies, time.Since(start).Round(time.Millisecond))
+	return pb
+}
+
+// createBulkPods writes the API-only pods on node: pod i is in group i
+// (so the 10 policies of the group select it) and has one of 13 roles
+// (so the policies' pod peers resolve to real addresses). Their addresses
+// come from ranges the testbed never routes.
+func createBulkPods(ctx context.Context, cp *testbed.ControlPlane, node string) error {
+	pods := cp.Clientset.CoreV1().Pods("srv")
+	for i := range pathGroups {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "srv", Name: fmt.Sprintf("bulk-%03d", i),
+				Labels: map[string]string{pathGroup(i): "y", "role": fmt.Sprintf("r%d", i%13)}},
+			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "none"}}},
+		}
+		created, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("creating pod %s: %w", pod.Name, err)
+		}
+		v4, v6 := fmt.Sprintf("10.250.0.%d", i+1), fmt.Sprintf("fd00:250::%x", i+1)
+		created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: v4, PodIPs: []corev1.PodIP{{IP: v4}, {IP: v6}}}
+		if _, err := pods.UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("writing status of pod %s: %w", pod.Name, err)
+		}
+	}
+	return nil
+}
+
+// pathGroup is the label key of group g: a pod with it set is selected
+// by the 10 policies of the group.
+func pathGroup(g int) string { return fmt.Sprintf("g%02d", g) }
+
+// pathPolicy is policy i of srv. The last one (srv/pol-0999, last in key
+// order) is the only one to allow the client; the others allow other
+// namespaces, pods of srv by role, and some address blocks, none of which
+// the client is.
+func pathPolicy(i int) *networkingv1.NetworkPolicy {
+	p := policy("srv", fmt.Sprintf("pol-%04d", i), sel(pathGroup(i/10), "y"), ingressOnly)
+	if i == pathPolicies-1 {
+		return withIngress(p, ingressPorts(from(nsPodPeer(selPtr("ns", "cli"), selPtr("app", "client"))),
+			port(tcp, 80), port(tcp, pathSinkPort)))
+	}
+	withIngress(p,
+		ingressPorts(from(nsPeer(selPtr("ns", fmt.Sprintf("other-%d", i%20)))), port(tcp, 80)),
+		ingressPorts(from(podPeer(selPtr("role", fmt.Sprintf("r%d", i%13)))), port(tcp, 80), port(tcp, pathSinkPort)))
+	if i%4 == 0 {
+		withIngress(p, from(blockPeer(fmt.Sprintf("10.251.%d.0/24", i%250)), blockPeer(fmt.Sprintf("fd00:251:%x:1::/64", i))))
+	}
+	return p
+}
+
+// serverLabels select the server by the last group's 10 policies, or by
+// every group's.
+func serverLabels(phase pathPhase) map[string]string {
+	labels := map[string]string{"app": "server", pathGroup(pathGroups - 1): "y"}
+	if phase == phaseAll {
+		for g := range pathGroups {
+			labels[pathGroup(g)] = "y"
+		}
+	}
+	return labels
+}
+
+// enter brings the nodes into a phase and checks it is in force.
+func (pb *pathBench) enter(phase pathPhase) {
+	b := pb.b
+	b.Helper()
+	ctx := context.Background()
+	if phase == phaseNoTable {
+		pb.stopAgents()
+		for _, n := range pb.bed.Nodes {
+			if out, err := exec.Command(pb.bin, "cleanup", "--netns", n.NetNSPath).CombinedOutput(); err != nil {
+				b.Fatalf("removing the table of %s: %v: %s", n.Name, err, out)
+			}
+		}
+		// Nothing isolates the server any more: the pod no policy
+		// allows reaches it.
+		for _, fam := range []int{4, 6} {
+			if err := testbed.Probe(pb.other, pb.server.Addr(fam), testbed.TCP, 80, pb.server.Key(), pathProbeTimeout); err != nil {
+				b.Fatalf("%s: cli/other cannot reach the server over IPv%d: %v", phase, fam, err)
+			}
+		}
+		return
+	}
+	if pb.serverSelected != phase {
+		if err := pb.bed.SetPodLabels(ctx, "srv", "server", serverLabels(phase)); err != nil {
+			b.Fatal(err)
+		}
+		pb.serverSelected = phase
+	}
+	pb.startAgents()
+	want := 10
+	if phase == phaseAll {
+		want = pathPolicies
+	}
+	pb.waitTable(phase, want)
+	for _, fam := range []int{4, 6} {
+		if err := testbed.Probe(pb.client, pb.server.Addr(fam), testbed.TCP, 80, pb.server.Key(), 2*time.Second); err != nil {
+			b.Fatalf("%s: the client cannot reach the server over IPv%d: %v", phase, fam, err)
+		}
+		if err := testbed.Probe(pb.other, pb.server.Addr(fam), testbed.TCP, 80, "", pathProbeTimeout); err == nil {
+			b.Fatalf("%s: cli/other reaches the server over IPv%d: the table is not in force", phase, fam)
+		}
+	}
+}
+
+func (pb *pathBench) startAgents() {
+	b := pb.b
+	b.Helper()
+	if pb.agentsUp {
+		return
+	}
+	if pb.agents == nil {
+		for _, n := range pb.bed.Nodes {
+			pb.agents = append(pb.agents, testbed.StartAgentT(b, pb.cp, n, "--deny-action", "drop"))
+		}
+	} else {
+		for _, a := range pb.agents {
+			if err := a.Restart(); err != nil {
+				b.Fatal(err)
+			}
+			if err := a.WaitReady(context.Background(), 30*time.Second); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	pb.agentsUp = true
+}
+
+func (pb *pathBench) stopAgents() {
+	if !pb.agentsUp {
+		return
+	}
+	for _, a := range pb.agents {
+		if err := a.Stop(); err != nil {
+			pb.b.Fatal(err)
+		}
+	}
+	pb.agentsUp = false
+}
+
+// waitTable waits until the server's node holds a chain for every policy
+// and the server's isolation walks want of them.
+func (pb *pathBench) waitTable(phase pathPhase, want int) {
+	b := pb.b
+	b.Helper()
+	node := pb.bed.Node(pb.server.Node)
+	var chains, longest int
+	var err error
+	for attempt := 0; attempt < 300; attempt++ {
+		chains, longest, err = tableShape(pb.bin, node.NetNSPath)
+		if err == nil && chains == pathPolicies && longest == want {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b.Fatalf("%s: the table of %s has %d policy chains and at most %d policies on one pod, want %d and %d (%v)",
+		phase, node.Name, chains, longest, pathPolicies, want, err)
+}
+
+// tableShape reads a node's table with `nftpol dump`: how many policy
+// chains it has and the most policies one isolation chain walks.
+func tableShape(bin, netns string) (policyChains, longest int, err error) {
+	out, err := exec.Command(bin, "dump", "--netns", netns).Output()
+	if err != nil {
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return 0, 0, fmt.Errorf("nftpol dump: %w: %s", err, exit.Stderr)
+		}
+		return 0, 0, fmt.Errorf("nftpol dump: %w", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "# allows of ") {
+			policyChains++
+		}
+		if rest, ok := strings.CutPrefix(line, "# isolation by "); ok {
+			longest = max(longest, strings.Count(rest, ", ")+1)
+		}
+	}
+	return policyChains, longest, nil
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// table is a family's figures for the log: every round and the median.
+func (r *pathResults) table(family int) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "IPv%d, %s windows, %d connect workers (rounds in run order, then median)\n", family, pathWindow, pathWorkers)
+	row := func(name string, xs []float64, unit string) {
+		fmt.Fprintf(&sb, "  %-42s", name+" "+unit)
+		for _, x := range xs {
+			fmt.Fprintf(&sb, " %9.1f", x)
+		}
+		fmt.Fprintf(&sb, "   median %9.1f\n", median(xs))
+	}
+	for p := range pathPhases {
+		row(p.String(), r.connRate[p], "conn/s")
+	}
+	for _, p := range []pathPhase{phaseNoTable, phaseTen} {
+		row(p.String(), r.mbps[p], "MB/s")
+	}
+	a := median(r.connRate[phaseNoTable])
+	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f; MB/s B/A %.3f\n",
+		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.mbps[phaseTen])/median(r.mbps[phaseNoTable]))
+	return sb.String()
+}
