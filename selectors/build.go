@@ -3,6 +3,7 @@ package selectors
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -207,7 +208,7 @@ func describePeer(pe *peer, ns string) string {
 }
 
 func sortAddrs(as []netip.Addr) []netip.Addr {
-	sort.Slice(as, func(i, j int) bool { return as[i].Less(as[j]) })
+	slices.SortFunc(as, netip.Addr.Compare)
 	out := as[:0]
 	for i, a := range as {
 		if i > 0 && a == as[i-1] {
@@ -309,7 +310,7 @@ func (b *modelBuilder) egressCandidates(cp *policy, r *rule) []*Pod {
 		case peerPods, peerNsPods:
 			b.ix.peerPods(pe, cp.namespace, add)
 		case peerIPBlock:
-			for ip, p := range b.ix.podByIP {
+			for ip, p := range b.ix.podByIP() {
 				if pe.block.contains(ip) {
 					add(p)
 				}

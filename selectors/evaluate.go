@@ -71,7 +71,7 @@ func Evaluate(s *State, p Packet) Verdict {
 	}
 	sort.Slice(policies, func(i, j int) bool { return policies[i].key < policies[j].key })
 
-	src, dst := ix.podByIP[p.Src], ix.podByIP[p.Dst]
+	src, dst := ix.podByIP()[p.Src], ix.podByIP()[p.Dst]
 	v := Verdict{Packet: p}
 	v.Egress = decide(ix, policies, Egress, src, p.Dst, dst, p)
 	if dst != nil && fromOwnNode(s, dst, p.Src) {

@@ -10,17 +10,19 @@ import (
 // namespace and by address, namespace labels by name.
 type index struct {
 	podsByNamespace map[string][]*Pod
-	podByIP         map[netip.Addr]*Pod
 	namespaceLabels map[string]labels.Set
 	// namespaceNames is every namespace known from objects or pods.
 	namespaceNames []string
+	// byIP is built on first use (the evaluator, ipBlock egress peers with
+	// named ports): most syncs never need it, and at 100k pods it is the
+	// largest map of the index.
+	byIP map[netip.Addr]*Pod
 }
 
 func newIndex(s *State) *index {
 	ix := &index{
 		podsByNamespace: map[string][]*Pod{},
-		podByIP:         map[netip.Addr]*Pod{},
-		namespaceLabels: map[string]labels.Set{},
+		namespaceLabels: make(map[string]labels.Set, len(s.Namespaces)),
 	}
 	for _, ns := range s.Namespaces {
 		if ns == nil {
@@ -36,11 +38,23 @@ func newIndex(s *State) *index {
 			ix.addNamespace(p.Namespace, nil)
 		}
 		ix.podsByNamespace[p.Namespace] = append(ix.podsByNamespace[p.Namespace], p)
-		for _, ip := range p.IPs {
-			ix.podByIP[ip] = p
-		}
 	}
 	return ix
+}
+
+// podByIP returns the endpoint pod of each address.
+func (ix *index) podByIP() map[netip.Addr]*Pod {
+	if ix.byIP == nil {
+		ix.byIP = map[netip.Addr]*Pod{}
+		for _, pods := range ix.podsByNamespace {
+			for _, p := range pods {
+				for _, ip := range p.IPs {
+					ix.byIP[ip] = p
+				}
+			}
+		}
+	}
+	return ix.byIP
 }
 
 // addNamespace records a namespace's labels, with the name label the API

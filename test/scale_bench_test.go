@@ -234,7 +234,7 @@ func measureSync(b *testing.B, url string, into *syncSamples, change func() erro
 			b.Fatalf("no sync within 10 s after a pod %s", into.name)
 		}
 		// Not faster: every scrape reads the kernel's counters.
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
