@@ -241,7 +241,7 @@ func Compile(m *selectors.Model, cfg Config) *Ruleset {
 				if ip.Is6() {
 					m = maps[1]
 				}
-				rs.sets[m].elems[string(ip.AsSlice())] = iso
+				rs.sets[m].elems[addrKey(ip)] = iso
 			}
 		}
 	}
@@ -317,19 +317,25 @@ func compileAddrSet(rs *Ruleset, s *selectors.AddrSet) {
 		case fam == 6:
 			kind = kindAddr6
 		}
-		spec := &setSpec{name: addrSetName(s.ID, fam), kind: kind, comment: truncateComment(s.Description), elems: map[string]string{}}
+		n := len(s.Ranges)
+		for _, a := range s.Addrs {
+			if familyOf(a) == fam {
+				n++
+			}
+		}
+		spec := &setSpec{name: addrSetName(s.ID, fam), kind: kind, comment: truncateComment(s.Description), elems: make(map[string]string, n)}
 		for _, a := range s.Addrs {
 			if familyOf(a) == fam {
 				if interval {
-					spec.elems[string(a.AsSlice())+string(a.AsSlice())] = ""
+					spec.elems[rangeKey(a, a)] = ""
 				} else {
-					spec.elems[string(a.AsSlice())] = ""
+					spec.elems[addrKey(a)] = ""
 				}
 			}
 		}
 		for _, r := range s.Ranges {
 			if familyOf(r.First) == fam {
-				spec.elems[string(r.First.AsSlice())+string(r.Last.AsSlice())] = ""
+				spec.elems[rangeKey(r.First, r.Last)] = ""
 			}
 		}
 		rs.sets[spec.name] = spec
@@ -350,6 +356,28 @@ func compilePortSet(rs *Ruleset, s *selectors.PortSet) {
 		}
 		rs.sets[spec.name] = spec
 	}
+}
+
+// addrKey is the key of an address element: its bytes, as the kernel
+// takes them. (Built from an array: one allocation per element, which
+// counts at 100k elements per sync.)
+func addrKey(a netip.Addr) string {
+	if a.Is4() {
+		b := a.As4()
+		return string(b[:])
+	}
+	b := a.As16()
+	return string(b[:])
+}
+
+// rangeKey is the key of an interval element [first, last].
+func rangeKey(first, last netip.Addr) string {
+	if first.Is4() {
+		f, l := first.As4(), last.As4()
+		return string(append(f[:], l[:]...))
+	}
+	f, l := first.As16(), last.As16()
+	return string(append(f[:], l[:]...))
 }
 
 // portKey is the key of a concatenated (address . protocol . port) element:
