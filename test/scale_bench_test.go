@@ -103,10 +103,14 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 	b.ReportMetric(warm["go_memstats_heap_inuse_bytes"]/(1<<20), "agent-heap-MiB")
 	b.ReportMetric(ready.Seconds(), "start-to-ready-s")
 
-	// NFTPOL_SCALE_PROFILE=file saves a 20 s CPU profile of the agent
-	// taken while the measurements below run.
+	// NFTPOL_SCALE_PROFILE=file saves a heap profile of the warm agent
+	// (file.heap) and a 20 s CPU profile taken while the measurements
+	// below run.
 	profileDone := make(chan struct{})
 	if path := os.Getenv("NFTPOL_SCALE_PROFILE"); path != "" {
+		if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/heap", path+".heap"); err != nil {
+			b.Errorf("heap profile: %v", err)
+		}
 		go func() {
 			defer close(profileDone)
 			if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/profile?seconds=20", path); err != nil {
@@ -198,9 +202,14 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 		b.Logf("one pod %s: sync p50 %s p90 %s, elements changed %v", c.name, percentile(c.durs, 50), percentile(c.durs, 90), c.elements)
 	}
 	final := scrape(b, metricsURL)
-	b.Logf("table: %v sets, %v elements, %v rules; %v local policies; agent RSS %.1f MiB, Go heap %.1f MiB",
+	rssEnd, err := agent.RSSBytes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(rssEnd)/(1<<20), "agent-RSS-end-MiB")
+	b.Logf("table: %v sets, %v elements, %v rules; %v local policies; agent RSS %.1f MiB warm, %.1f MiB at the end; Go heap %.1f MiB warm, %.1f MiB at the end",
 		final["nftpol_sets"], final["nftpol_set_elements"], final["nftpol_rules"], final["nftpol_policies"],
-		float64(rss)/(1<<20), warm["go_memstats_heap_inuse_bytes"]/(1<<20))
+		float64(rss)/(1<<20), float64(rssEnd)/(1<<20), warm["go_memstats_heap_inuse_bytes"]/(1<<20), final["go_memstats_heap_inuse_bytes"]/(1<<20))
 }
 
 // syncSamples are the syncs that followed one kind of change.
