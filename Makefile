@@ -3,6 +3,10 @@ KUBERNETES_VERSION ?= v1.37.2
 ETCD_VERSION       ?= v3.7.3
 ENVTEST_ASSETS     ?= $(CURDIR)/.cache/envtest/k8s-$(KUBERNETES_VERSION)-etcd-$(ETCD_VERSION)
 
+# Recipes that pipe (make bench) must fail when the command fails.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
 IMG     ?= nftpol:dev
 BIN     := $(CURDIR)/bin
 GO      ?= go
@@ -41,8 +45,18 @@ unit:
 demo: envtest-assets build
 	$(GO) run ./test/demo
 
+# The benchmark suite (BENCHMARKS.md): compute, kernel commits, the agent
+# at cluster scale and the packet path, then a table of figures and
+# targets. BENCH_SCALE_SIZES=10000 skips the 100k-pod run (the longest).
+BENCH_OUT         ?= $(CURDIR)/.cache/bench
+BENCH_SCALE_SIZES ?= 10000,100000
 bench: envtest-assets build
-	$(GO) test -run '^$$' -bench . -benchmem ./selectors/... ./nft/...
+	@mkdir -p $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 10x ./selectors/ | tee $(BENCH_OUT)/selectors.txt
+	$(GO) test -run '^$$' -bench 'FullSyncCompute|Compile|Diff|Sync|Commit' -benchmem -benchtime 5x -timeout 30m ./nft/ | tee $(BENCH_OUT)/nft.txt
+	NFTPOL_SCALE_SIZES=$(BENCH_SCALE_SIZES) $(GO) test -run '^$$' -bench 'Scale|PacketPath' -benchtime 1x -timeout 90m ./test/ | tee $(BENCH_OUT)/e2e.txt
+	@echo
+	@$(GO) run ./test/benchtable $(BENCH_OUT)/selectors.txt $(BENCH_OUT)/nft.txt $(BENCH_OUT)/e2e.txt
 
 # Longer fuzz runs; new failing inputs land in <package>/testdata/fuzz.
 fuzz:

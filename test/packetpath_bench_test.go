@@ -28,7 +28,7 @@ const (
 	pathPolicies = 1000
 	pathGroups   = 100 // policy i selects group i/10; one API-only pod per group
 	pathSinkPort = 5201
-	pathWindow   = 2 * time.Second
+	pathWindow   = 3 * time.Second
 	pathWorkers  = 4
 	// pathProbeTimeout is short: with --deny-action drop a denied probe
 	// lasts exactly this long.

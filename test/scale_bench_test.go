@@ -41,11 +41,13 @@ import (
 //
 //	go test -run '^$' -bench Scale -benchtime 1x -timeout 60m ./test/
 //
-// NFTPOL_SCALE_SIZES=10000 limits the sizes (default 10000,100000).
+// NFTPOL_SCALE_SIZES=10000 (or 100000) runs one size only (default both).
 func BenchmarkScale(b *testing.B) {
 	sizes := []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 10_000}}
 	if env := os.Getenv("NFTPOL_SCALE_SIZES"); env == "10000" {
 		sizes = sizes[:1]
+	} else if env == "100000" {
+		sizes = sizes[1:]
 	}
 	for _, size := range sizes {
 		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies), func(b *testing.B) {

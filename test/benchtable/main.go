@@ -1,0 +1,142 @@
+// Command benchtable reads the output of `go test -bench` (files named on
+// the command line, or standard input) and prints the figures issue #4
+// asks for next to their targets, as a Markdown table: `make bench` ends
+// with it, and BENCHMARKS.md records its output.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// results maps a benchmark name (without the -N CPU suffix) to its values
+// by unit; the last run of a name wins.
+type results map[string]map[string]float64
+
+func parse(r io.Reader, into results) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 4 || !strings.HasPrefix(fields[0], "Benchmark") {
+			continue
+		}
+		name := fields[0]
+		if i := strings.LastIndexByte(name, '-'); i > 0 {
+			if _, err := strconv.Atoi(name[i+1:]); err == nil {
+				name = name[:i]
+			}
+		}
+		values := map[string]float64{}
+		// fields[1] is the iteration count; then value-unit pairs.
+		for i := 2; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err != nil {
+				break
+			}
+			values[fields[i+1]] = v
+		}
+		into[name] = values
+	}
+	return sc.Err()
+}
+
+// row is one line of the table: how to read the figure and its target.
+type row struct {
+	what   string
+	bench  string
+	unit   string
+	scale  float64 // multiplies the value (ns -> ms, ...)
+	format string
+	target string
+	// ok says whether the figure meets the target; nil means no target.
+	ok func(v float64) bool
+}
+
+func rows() []row {
+	below := func(limit float64) func(float64) bool { return func(v float64) bool { return v < limit } }
+	atLeast := func(limit float64) func(float64) bool { return func(v float64) bool { return v >= limit } }
+	return []row{
+		{"full-sync compute, 10k pods / 1k policies", "BenchmarkFullSyncCompute/pods=10000/policies=1000", "ns/op", 1e-6, "%.1f ms", "< 100 ms", below(100)},
+		{"full-sync compute, 100k pods / 10k policies", "BenchmarkFullSyncCompute/pods=100000/policies=10000", "ns/op", 1e-6, "%.1f ms", "< 1000 ms", below(1000)},
+		{"BuildModel alone, 10k / 1k", "BenchmarkBuildModel/pods=10000/policies=1000", "ns/op", 1e-6, "%.1f ms", "", nil},
+		{"BuildModel alone, 100k / 10k", "BenchmarkBuildModel/pods=100000/policies=10000", "ns/op", 1e-6, "%.1f ms", "", nil},
+		{"policy to enforcement p50 (10k / 1k)", "BenchmarkScale/pods=10000/policies=1000", "apply-p50-ms", 1, "%.1f ms", "< 50 ms", below(50)},
+		{"policy to enforcement p90 (10k / 1k)", "BenchmarkScale/pods=10000/policies=1000", "apply-p90-ms", 1, "%.1f ms", "< 150 ms", below(150)},
+		{"policy deletion to enforcement p50 (10k / 1k)", "BenchmarkScale/pods=10000/policies=1000", "delete-p50-ms", 1, "%.1f ms", "", nil},
+		{"policy to enforcement p50 (100k / 10k)", "BenchmarkScale/pods=100000/policies=10000", "apply-p50-ms", 1, "%.1f ms", "", nil},
+		{"one pod add: sync p50 (10k)", "BenchmarkScale/pods=10000/policies=1000", "pod-add-sync-p50-ms", 1, "%.1f ms", "< 5 ms", below(5)},
+		{"one pod add: elements in the batch", "BenchmarkScale/pods=10000/policies=1000", "pod-add-elements", 1, "%.0f", "a handful", below(10)},
+		{"one pod relabel: sync p50 (10k)", "BenchmarkScale/pods=10000/policies=1000", "pod-relabel-sync-p50-ms", 1, "%.1f ms", "< 5 ms", below(5)},
+		{"one pod relabel: elements in the batch", "BenchmarkScale/pods=10000/policies=1000", "pod-relabel-elements", 1, "%.0f", "a handful", below(10)},
+		{"one pod delete: sync p50 (10k)", "BenchmarkScale/pods=10000/policies=1000", "pod-delete-sync-p50-ms", 1, "%.1f ms", "< 5 ms", below(5)},
+		{"one peer joins a 100k-element table (kernel)", "BenchmarkSyncPodJoin", "ns/op", 1e-6, "%.2f ms", "", nil},
+		{"agent RSS, cache warm, 10k pods", "BenchmarkScale/pods=10000/policies=1000", "agent-RSS-MiB", 1, "%.1f MiB", "< 100 MB (95.4 MiB)", below(95.4)},
+		{"agent RSS at the end of the run, 10k pods", "BenchmarkScale/pods=10000/policies=1000", "agent-RSS-end-MiB", 1, "%.1f MiB", "< 100 MB (95.4 MiB)", below(95.4)},
+		{"agent RSS, cache warm, 100k pods", "BenchmarkScale/pods=100000/policies=10000", "agent-RSS-MiB", 1, "%.1f MiB", "< 400 MB (381 MiB)", below(381.5)},
+		{"new connections/s, 1k policies vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "B/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
+		{"new connections/s, 1k policies vs no table (IPv6)", "BenchmarkPacketPath/IPv6", "B/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
+		{"new connections/s, worst case: 1k policies on the pod (IPv4)", "BenchmarkPacketPath/IPv4", "C/A-conn", 1, "%.2f", "", nil},
+		{"long flow throughput vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "B/A-MB/s", 1, "%.2f", ">= 0.98", atLeast(0.98)},
+		{"long flow throughput vs no table (IPv6)", "BenchmarkPacketPath/IPv6", "B/A-MB/s", 1, "%.2f", ">= 0.98", atLeast(0.98)},
+		{"commit 1k chains / 10k elements: netlink", "BenchmarkCommitNetlink/1k-chains-10k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
+		{"commit 1k chains / 10k elements: nft -f", "BenchmarkCommitNftFile/1k-chains-10k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
+		{"commit 10k chains / 100k elements: netlink", "BenchmarkCommitNetlink/10k-chains-100k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
+		{"commit 10k chains / 100k elements: nft -f", "BenchmarkCommitNftFile/10k-chains-100k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
+	}
+}
+
+func main() {
+	res := results{}
+	if len(os.Args) < 2 {
+		if err := parse(os.Stdin, res); err != nil {
+			fmt.Fprintln(os.Stderr, "benchtable:", err)
+			os.Exit(1)
+		}
+	}
+	for _, path := range os.Args[1:] {
+		f, err := os.Open(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchtable:", err)
+			os.Exit(1)
+		}
+		err = parse(f, res)
+		f.Close()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "benchtable: %s: %v\n", path, err)
+			os.Exit(1)
+		}
+	}
+	fmt.Println("| figure | measured | target | |")
+	fmt.Println("|---|---|---|---|")
+	for _, r := range rows() {
+		v, ok := res[r.bench][r.unit]
+		measured, verdict := "not run", ""
+		if ok {
+			measured = fmt.Sprintf(r.format, v*r.scale)
+			if r.ok != nil {
+				verdict = "met"
+				if !r.ok(v * r.scale) {
+					verdict = "**missed**"
+				}
+			}
+		}
+		fmt.Printf("| %s | %s | %s | %s |\n", r.what, measured, r.target, verdict)
+	}
+	// The commit ratio, when both sides ran.
+	for _, size := range []string{"1k-chains-10k-elems", "10k-chains-100k-elems"} {
+		ours, ok1 := res["BenchmarkCommitNetlink/"+size]["ns/op"]
+		theirs, ok2 := res["BenchmarkCommitNftFile/"+size]["ns/op"]
+		if ok1 && ok2 {
+			verdict := "met"
+			if ours > theirs {
+				verdict = "**missed**"
+			}
+			fmt.Printf("| commit %s: netlink / nft -f | %.2f | <= 1 | %s |\n", size, ours/theirs, verdict)
+		}
+	}
+}
