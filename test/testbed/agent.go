@@ -235,7 +235,8 @@ func BuildAgent(dir, version string) (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "nftpol-"+version)
-	cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", bin, ".")
+	// -trimpath as in the Makefile, so the build cache of `make build` serves.
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version="+version, "-o", bin, ".")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
