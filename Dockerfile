@@ -4,7 +4,8 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /nftpol .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" -o /nftpol .
 
 # distroless static: no shell, no nft binary (the agent speaks netlink).
 # The agent runs as uid 0 with only CAP_NET_ADMIN (see the DaemonSet).

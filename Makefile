@@ -22,8 +22,11 @@ export NFTPOL_BIN := $(BIN)/nftpol
 
 all: build
 
+# The version the agent logs and `nftpol version` prints.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/nftpol .
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN)/nftpol .
 
 envtest-assets:
 	bash test/envtest/build-assets.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(ENVTEST_ASSETS)
@@ -64,7 +67,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzCompiledTablesAgreeWithEvaluate -fuzztime 10m ./nft
 
 docker-build:
-	docker build -t $(IMG) .
+	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
 
 
 clean:
