@@ -89,3 +89,35 @@ func BenchmarkSyncPodJoin(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkOnePodChangeCompute is the compute of the sync that follows
+// one pod change (a remote pod relabeled in and out of peer sets), without
+// the kernel: the whole model is rebuilt, then only the changed sets are
+// compiled and compared.
+func BenchmarkOnePodChangeCompute(b *testing.B) {
+	for _, size := range []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 10_000}} {
+		s := selectorstest.ScaleCluster(size.pods, size.policies, 110)
+		var remote *selectors.Pod
+		for _, p := range s.Pods {
+			if p.NodeName != selectorstest.ScaleNode && p.Labels["tier"] == "api" {
+				remote = p
+				break
+			}
+		}
+		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies), func(b *testing.B) {
+			cfg := Config{}
+			prevModel, _ := selectors.BuildModel(selectorstest.ScaleNode, s)
+			prev := Compile(prevModel, cfg)
+			var changed int
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				remote.Labels = map[string]string{"app": remote.Labels["app"], "tier": []string{"db", "api"}[i%2]}
+				m, _ := selectors.BuildModel(selectorstest.ScaleNode, s)
+				desired := compileReusing(m, cfg, prev, prevModel)
+				changed = Diff(prev, desired).Stats(desired).ElementsAdded
+				prev, prevModel = desired, m
+			}
+			b.ReportMetric(float64(changed), "elements-changed")
+		})
+	}
+}

@@ -46,6 +46,9 @@ func Diff(committed, desired *Ruleset) *Plan {
 	for _, name := range desired.sortedSetNames() {
 		want := desired.sets[name]
 		have, ok := committed.sets[name]
+		if ok && have == want {
+			continue // shared by compileReusing: unchanged
+		}
 		if ok && (have.kind != want.kind || have.comment != want.comment) {
 			// Same name, other shape: cannot happen with derived names,
 			// but if it does, replace the set.

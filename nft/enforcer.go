@@ -51,6 +51,9 @@ type Enforcer struct {
 	// nil when unknown (start, failed commit, drift), so that the next
 	// Sync replaces the table whole.
 	committed *Ruleset
+	// committedModel is the model committed was compiled from; the next
+	// compile reuses the sets it did not change.
+	committedModel *selectors.Model
 }
 
 // NewEnforcer opens the network namespace (if any). It does not touch the
@@ -142,7 +145,7 @@ func (e *Enforcer) Sync(m *selectors.Model) (SyncStats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	start := time.Now()
-	desired := Compile(m, e.cfg)
+	desired := compileReusing(m, e.cfg, e.committed, e.committedModel)
 	plan := Diff(e.committed, desired)
 	stats := SyncStats{PlanStats: plan.Stats(desired)}
 	stats.Chains, stats.Rules, stats.Sets, stats.Elements = desired.Counts()
@@ -164,9 +167,25 @@ func (e *Enforcer) Sync(m *selectors.Model) (SyncStats, error) {
 		e.committed = nil
 		return stats, fmt.Errorf("committing table inet %s: %w", e.cfg.Table, err)
 	}
-	e.committed = desired
+	e.committed, e.committedModel = desired, setsOf(m)
 	stats.Duration = time.Since(start)
 	return stats, nil
+}
+
+// setsOf copies the sets of m: the next compile compares them with its
+// model's, and a caller may reuse and change the model it passed.
+func setsOf(m *selectors.Model) *selectors.Model {
+	out := &selectors.Model{
+		AddrSets: make([]selectors.AddrSet, len(m.AddrSets)),
+		PortSets: make([]selectors.PortSet, len(m.PortSets)),
+	}
+	for i, s := range m.AddrSets {
+		out.AddrSets[i] = selectors.AddrSet{ID: s.ID, Description: s.Description, Addrs: slices.Clone(s.Addrs), Ranges: slices.Clone(s.Ranges)}
+	}
+	for i, s := range m.PortSets {
+		out.PortSets[i] = selectors.PortSet{ID: s.ID, Description: s.Description, Entries: slices.Clone(s.Entries)}
+	}
+	return out
 }
 
 // apply queues the plan on c in an order the kernel accepts inside one

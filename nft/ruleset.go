@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -168,6 +169,16 @@ func portSetName(id string, family int) string {
 
 // Compile returns the table that enforces m.
 func Compile(m *selectors.Model, cfg Config) *Ruleset {
+	return compileReusing(m, cfg, nil, nil)
+}
+
+// compileReusing is Compile that takes the compiled sets of prev (the
+// table compiled from prevModel) for every address and port set whose
+// content did not change. A sync after one pod change then compiles the
+// few sets that changed, not every element of the table, and Diff skips
+// the sets it shares with the committed table. Specs are never modified
+// once compiled, so sharing them is safe.
+func compileReusing(m *selectors.Model, cfg Config, prev *Ruleset, prevModel *selectors.Model) *Ruleset {
 	table := cfg.Table
 	if table == "" {
 		table = "nftpol"
@@ -207,11 +218,46 @@ func Compile(m *selectors.Model, cfg Config) *Ruleset {
 		{family: 6, vmapOn: fieldSaddr, vmap: MapEgressV6},
 	}}
 
-	for _, s := range m.AddrSets {
-		compileAddrSet(rs, &s)
+	var prevAddr map[string]*selectors.AddrSet
+	var prevPort map[string]*selectors.PortSet
+	if prev != nil && prevModel != nil {
+		prevAddr = make(map[string]*selectors.AddrSet, len(prevModel.AddrSets))
+		for i := range prevModel.AddrSets {
+			prevAddr[prevModel.AddrSets[i].ID] = &prevModel.AddrSets[i]
+		}
+		prevPort = make(map[string]*selectors.PortSet, len(prevModel.PortSets))
+		for i := range prevModel.PortSets {
+			prevPort[prevModel.PortSets[i].ID] = &prevModel.PortSets[i]
+		}
 	}
-	for _, s := range m.PortSets {
-		compilePortSet(rs, &s)
+	reuse := func(names ...string) bool {
+		for _, n := range names {
+			if prev.sets[n] == nil {
+				return false
+			}
+		}
+		for _, n := range names {
+			rs.sets[n] = prev.sets[n]
+		}
+		return true
+	}
+	for i := range m.AddrSets {
+		s := &m.AddrSets[i]
+		if p := prevAddr[s.ID]; p != nil && p.Description == s.Description &&
+			slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges) &&
+			reuse(addrSetName(s.ID, 4), addrSetName(s.ID, 6)) {
+			continue
+		}
+		compileAddrSet(rs, s)
+	}
+	for i := range m.PortSets {
+		s := &m.PortSets[i]
+		if p := prevPort[s.ID]; p != nil && p.Description == s.Description &&
+			slices.Equal(p.Entries, s.Entries) &&
+			reuse(portSetName(s.ID, 4), portSetName(s.ID, 6)) {
+			continue
+		}
+		compilePortSet(rs, s)
 	}
 	used := map[string]bool{} // policy chains that some pod jumps to
 	for _, pod := range m.Pods {
