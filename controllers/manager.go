@@ -88,7 +88,7 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		HealthProbeBindAddress: opts.HealthProbeBindAddress,
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}:                 {Transform: TrimPod},
+				&corev1.Pod{}:                 {Transform: newPodTrimmer().Transform},
 				&corev1.Namespace{}:           {Transform: TrimMeta},
 				&networkingv1.NetworkPolicy{}: {Transform: TrimMeta},
 			},

@@ -1,6 +1,10 @@
 package controllers
 
 import (
+	"sort"
+	"strings"
+	"sync"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,7 +16,57 @@ import (
 // and addresses). Everything else of a pod (most of its bytes: images,
 // env, volumes, managed fields, conditions) never reaches the cache, so the
 // agent's memory grows with the number of pods, not with their size.
-func TrimPod(obj any) (any, error) {
+func TrimPod(obj any) (any, error) { return trimPod(obj, nil) }
+
+// podTrimmer is TrimPod that also shares one labels map among all pods
+// with equal labels: the pods of one workload carry the same labels, and
+// their maps are a third of a trimmed pod's memory.
+type podTrimmer struct {
+	mu     sync.Mutex
+	labels map[string]map[string]string
+}
+
+// maxInternedLabelSets bounds the interner: past it, it starts over (the
+// maps already shared stay shared; new pods are interned anew).
+const maxInternedLabelSets = 50_000
+
+func newPodTrimmer() *podTrimmer {
+	return &podTrimmer{labels: map[string]map[string]string{}}
+}
+
+// Transform is the cache transform.
+func (t *podTrimmer) Transform(obj any) (any, error) { return trimPod(obj, t.intern) }
+
+func (t *podTrimmer) intern(l map[string]string) map[string]string {
+	if len(l) == 0 {
+		return l
+	}
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(l[k])
+		b.WriteByte(0)
+	}
+	key := b.String()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if shared, ok := t.labels[key]; ok {
+		return shared
+	}
+	if len(t.labels) >= maxInternedLabelSets {
+		t.labels = map[string]map[string]string{}
+	}
+	t.labels[key] = l
+	return l
+}
+
+func trimPod(obj any, intern func(map[string]string) map[string]string) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
 		// Tombstones and other types pass through untouched.
@@ -25,7 +79,7 @@ func TrimPod(obj any) (any, error) {
 			Namespace:         pod.Namespace,
 			UID:               pod.UID,
 			ResourceVersion:   pod.ResourceVersion,
-			Labels:            pod.Labels,
+			Labels:            labelsOf(pod, intern),
 			DeletionTimestamp: pod.DeletionTimestamp,
 		},
 		Spec: corev1.PodSpec{
@@ -41,6 +95,13 @@ func TrimPod(obj any) (any, error) {
 		},
 	}
 	return trimmed, nil
+}
+
+func labelsOf(pod *corev1.Pod, intern func(map[string]string) map[string]string) map[string]string {
+	if intern == nil {
+		return pod.Labels
+	}
+	return intern(pod.Labels)
 }
 
 // namedPortsOnly keeps, per container, only the ports that have a name: only

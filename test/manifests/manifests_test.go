@@ -78,6 +78,10 @@ func TestDaemonSetProperties(t *testing.T) {
 	spec := ds.Spec.Template.Spec
 	c := spec.Containers[0]
 	sc := c.SecurityContext
+	env := map[string]*corev1.EnvVarSource{}
+	for _, e := range c.Env {
+		env[e.Name] = e.ValueFrom
+	}
 	checks := []struct {
 		what string
 		ok   bool
@@ -87,7 +91,9 @@ func TestDaemonSetProperties(t *testing.T) {
 		{"system-node-critical", spec.PriorityClassName == "system-node-critical"},
 		{"tolerates every taint", len(spec.Tolerations) == 1 && spec.Tolerations[0].Operator == corev1.TolerationOpExists && spec.Tolerations[0].Key == ""},
 		{"service account", spec.ServiceAccountName == "nftpol"},
-		{"NODE_NAME from spec.nodeName", len(c.Env) == 1 && c.Env[0].ValueFrom != nil && c.Env[0].ValueFrom.FieldRef.FieldPath == "spec.nodeName"},
+		{"NODE_NAME from spec.nodeName", env["NODE_NAME"] != nil && env["NODE_NAME"].FieldRef != nil && env["NODE_NAME"].FieldRef.FieldPath == "spec.nodeName"},
+		{"GOMEMLIMIT from limits.memory", env["GOMEMLIMIT"] != nil && env["GOMEMLIMIT"].ResourceFieldRef != nil && env["GOMEMLIMIT"].ResourceFieldRef.Resource == "limits.memory"},
+		{"no other environment", len(env) == 2 && len(c.Env) == 2},
 		{"not privileged", sc != nil && sc.Privileged != nil && !*sc.Privileged},
 		{"drop ALL, add NET_ADMIN only", sc != nil && sc.Capabilities != nil && fmt.Sprint(sc.Capabilities.Drop) == "[ALL]" && fmt.Sprint(sc.Capabilities.Add) == "[NET_ADMIN]"},
 		{"no privilege escalation", sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation},

@@ -1,0 +1,65 @@
+package controllers
+
+import (
+	"reflect"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpol/nftpol/selectors"
+)
+
+func TestTrimPodKeepsWhatTheModelReads(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", UID: "u1", ResourceVersion: "7",
+			Labels: map[string]string{"app": "a"}, Annotations: map[string]string{"big": "value"}},
+		Spec: corev1.PodSpec{NodeName: "n1", HostNetwork: false,
+			Containers: []corev1.Container{{Name: "c", Image: "img", Env: []corev1.EnvVar{{Name: "E", Value: "v"}},
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80}, {ContainerPort: 9000}}}},
+			InitContainers: []corev1.Container{
+				{Name: "setup", Ports: []corev1.ContainerPort{{Name: "init", ContainerPort: 81}}},
+				{Name: "sidecar", RestartPolicy: &always, Ports: []corev1.ContainerPort{{Name: "proxy", ContainerPort: 15001}}},
+			}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}, {IP: "fd00::1"}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}},
+	}
+	out, err := newPodTrimmer().Transform(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trimmed := out.(*corev1.Pod)
+	if got, want := selectors.PodFromObject(trimmed), selectors.PodFromObject(pod); !reflect.DeepEqual(got, want) {
+		t.Fatalf("the model reads %+v from the trimmed pod, %+v from the pod", got, want)
+	}
+	if trimmed.Annotations != nil || trimmed.Status.Conditions != nil || trimmed.Spec.Containers[0].Image != "" || len(trimmed.Spec.InitContainers) != 1 {
+		t.Fatalf("trimmed pod keeps more than it needs: %+v", trimmed)
+	}
+}
+
+func TestPodTrimmerSharesEqualLabels(t *testing.T) {
+	tr := newPodTrimmer()
+	trim := func(labels map[string]string) map[string]string {
+		out, err := tr.Transform(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: labels}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.(*corev1.Pod).Labels
+	}
+	same := func(a, b map[string]string) bool { return reflect.ValueOf(a).Pointer() == reflect.ValueOf(b).Pointer() }
+	a := trim(map[string]string{"app": "web", "tier": "front"})
+	b := trim(map[string]string{"tier": "front", "app": "web"})
+	c := trim(map[string]string{"app": "web", "tier": "back"})
+	// A value that would collide if keys and values were joined naively.
+	d := trim(map[string]string{"app": "web\x00tier"})
+	if !same(a, b) {
+		t.Fatal("equal labels are not shared")
+	}
+	if same(a, c) || same(a, d) || !reflect.DeepEqual(c, map[string]string{"app": "web", "tier": "back"}) {
+		t.Fatal("different labels are shared")
+	}
+	if got := trim(nil); got != nil {
+		t.Fatalf("no labels became %v", got)
+	}
+}
