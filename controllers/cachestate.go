@@ -6,7 +6,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -15,26 +14,16 @@ import (
 )
 
 // cacheState reads the cluster for a sync straight from the agent's
-// informer stores: no list copies the objects, and a pod is converted to
-// the model's form once per version, not once per sync. At 10k pods this
-// was half of every sync's time (profile in BENCHMARKS.md).
+// informer stores: no list copies the objects, and the pods there are
+// already in the model's form (cachedPod), converted once per version.
+// Reading the cache through the client instead was half of every sync's
+// time at 10k pods (profile in BENCHMARKS.md).
 type cacheState struct {
 	cache cache.Cache
-	// pods remembers the conversion of every pod by UID, with the version
-	// it was made from; gen marks the entries seen by the current read so
-	// that the rest (deleted pods) can be dropped.
-	pods map[types.UID]*convertedPod
-	gen  uint64
-}
-
-type convertedPod struct {
-	resourceVersion string
-	pod             *selectors.Pod
-	gen             uint64
 }
 
 func newCacheState(c cache.Cache) *cacheState {
-	return &cacheState{cache: c, pods: map[types.UID]*convertedPod{}}
+	return &cacheState{cache: c}
 }
 
 // storeOf returns the store behind the informer of obj's type.
@@ -71,25 +60,9 @@ func (c *cacheState) Read(ctx context.Context) (*selectors.State, error) {
 		Namespaces: make([]*selectors.Namespace, 0, len(nsObjs)),
 		Policies:   make([]*networkingv1.NetworkPolicy, 0, len(polObjs)),
 	}
-	c.gen++
 	for _, o := range podObjs {
-		p, ok := o.(*corev1.Pod)
-		if !ok {
-			continue
-		}
-		conv := c.pods[p.UID]
-		if conv == nil || conv.resourceVersion != p.ResourceVersion {
-			conv = &convertedPod{resourceVersion: p.ResourceVersion, pod: selectors.PodFromObject(p)}
-			c.pods[p.UID] = conv
-		}
-		conv.gen = c.gen
-		state.Pods = append(state.Pods, conv.pod)
-	}
-	if len(c.pods) > len(state.Pods) {
-		for uid, conv := range c.pods {
-			if conv.gen != c.gen {
-				delete(c.pods, uid)
-			}
+		if p, ok := modelPod(o); ok {
+			state.Pods = append(state.Pods, p)
 		}
 	}
 	for _, o := range nsObjs {

@@ -26,10 +26,11 @@ func modelInputChanged() predicate.Predicate {
 }
 
 func modelInputDiffers(old, new client.Object) bool {
+	if o, ok := modelPod(old); ok {
+		n, ok := modelPod(new)
+		return !ok || !reflect.DeepEqual(o, n)
+	}
 	switch o := old.(type) {
-	case *corev1.Pod:
-		n, ok := new.(*corev1.Pod)
-		return !ok || !reflect.DeepEqual(selectors.PodFromObject(o), selectors.PodFromObject(n))
 	case *corev1.Namespace:
 		n, ok := new.(*corev1.Namespace)
 		return !ok || !reflect.DeepEqual(selectors.NamespaceFromObject(o), selectors.NamespaceFromObject(n))

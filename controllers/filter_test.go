@@ -61,6 +61,16 @@ func TestModelInputDiffers(t *testing.T) {
 			if got := modelInputDiffers(tt.old, tt.new); got != tt.want {
 				t.Fatalf("modelInputDiffers = %v, want %v", got, tt.want)
 			}
+			// The agent's predicate sees what the cache keeps: the same
+			// pods after the transform must be told apart the same way.
+			if _, isPod := tt.old.(*corev1.Pod); isPod {
+				tr := newPodTrimmer()
+				old, _ := tr.Transform(tt.old)
+				new, _ := tr.Transform(tt.new)
+				if got := modelInputDiffers(old.(client.Object), new.(client.Object)); got != tt.want {
+					t.Fatalf("modelInputDiffers of cached pods = %v, want %v", got, tt.want)
+				}
+			}
 		})
 	}
 }

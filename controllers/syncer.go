@@ -46,6 +46,9 @@ type Syncer struct {
 	metrics *syncMetrics
 	// cached, when set, reads the agent's informers instead of Reader.
 	cached *cacheState
+	// builder reuses, from one sync to the next, the peer sets of the
+	// namespaces where no pod changed. Created on first use.
+	builder *selectors.Builder
 	// lookup names pods for the denied-packet log; replaced after every
 	// successful sync.
 	lookup atomic.Pointer[podLookup]
@@ -85,7 +88,10 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		s.metrics.observe(start, 0, nil, nft.SyncStats{}, err)
 		return reconcile.Result{}, err
 	}
-	model, problems := selectors.BuildModel(s.NodeName, state)
+	if s.builder == nil {
+		s.builder = selectors.NewBuilder()
+	}
+	model, problems := s.builder.Build(s.NodeName, state)
 	compute := time.Since(start)
 	s.Problems.Report(ctx, problems)
 

@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -8,19 +10,61 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpol/nftpol/selectors"
 )
 
-// TrimPod is the cache transform for pods: it keeps only what the policy
-// model reads (identity, labels, node, host networking, named ports, phase
-// and addresses). Everything else of a pod (most of its bytes: images,
-// env, volumes, managed fields, conditions) never reaches the cache, so the
-// agent's memory grows with the number of pods, not with their size.
-func TrimPod(obj any) (any, error) { return trimPod(obj, nil) }
+// cachedPod is all the agent's cache keeps of a pod: the identity the
+// informer keys and versions it by, and the pod as the policy model reads
+// it (labels, node, host networking, phase, addresses, named ports).
+// Everything else of a pod (most of its bytes: images, env, volumes,
+// managed fields, conditions) never reaches the cache, and neither do the
+// empty structs of a corev1.Pod: a cachedPod is about 350 bytes where the
+// smallest *corev1.Pod is 1.2 KB before its containers. The informer store
+// holds these, so a sync reads the model's pods without converting any.
+type cachedPod struct {
+	metav1.ObjectMeta
+	// Model is shared with every sync that reads it and never changed:
+	// an update of the pod brings a new cachedPod.
+	Model *selectors.Pod
+}
 
-// podTrimmer is TrimPod that also shares one labels map among all pods
-// with equal labels: the pods of one workload carry the same labels, and
-// their maps are a third of a trimmed pod's memory.
+// GetObjectKind implements runtime.Object; the cache needs no kind.
+func (p *cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+// DeepCopyObject implements runtime.Object.
+func (p *cachedPod) DeepCopyObject() runtime.Object {
+	out := &cachedPod{}
+	p.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	if p.Model != nil {
+		m := *p.Model
+		m.Labels = maps.Clone(m.Labels)
+		m.IPs = slices.Clone(m.IPs)
+		m.Ports = slices.Clone(m.Ports)
+		out.Model = &m
+	}
+	return out
+}
+
+// modelPod returns the pod as the model reads it from a cache entry or a
+// pod, and false for anything else.
+func modelPod(obj any) (*selectors.Pod, bool) {
+	switch p := obj.(type) {
+	case *cachedPod:
+		return p.Model, true
+	case *corev1.Pod:
+		return selectors.PodFromObject(p), true
+	}
+	return nil, false
+}
+
+// podTrimmer is the cache transform for pods: it turns each into a
+// cachedPod, and shares one labels map among all pods with equal labels
+// (the pods of one workload carry the same labels).
 type podTrimmer struct {
 	mu     sync.Mutex
 	labels map[string]map[string]string
@@ -34,12 +78,29 @@ func newPodTrimmer() *podTrimmer {
 	return &podTrimmer{labels: map[string]map[string]string{}}
 }
 
-// Transform is the cache transform.
-func (t *podTrimmer) Transform(obj any) (any, error) { return trimPod(obj, t.intern) }
+// Transform is the cache transform. Tombstones and other types pass
+// through untouched.
+func (t *podTrimmer) Transform(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	model := selectors.PodFromObject(pod)
+	model.Labels = t.intern(model.Labels)
+	return &cachedPod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            pod.Name,
+			Namespace:       pod.Namespace,
+			UID:             pod.UID,
+			ResourceVersion: pod.ResourceVersion,
+		},
+		Model: model,
+	}, nil
+}
 
 func (t *podTrimmer) intern(l map[string]string) map[string]string {
 	if len(l) == 0 {
-		return l
+		return nil
 	}
 	keys := make([]string, 0, len(l))
 	for k := range l {
@@ -66,69 +127,6 @@ func (t *podTrimmer) intern(l map[string]string) map[string]string {
 	return l
 }
 
-func trimPod(obj any, intern func(map[string]string) map[string]string) (any, error) {
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		// Tombstones and other types pass through untouched.
-		return obj, nil
-	}
-	trimmed := &corev1.Pod{
-		TypeMeta: pod.TypeMeta,
-		ObjectMeta: metav1.ObjectMeta{
-			Name:              pod.Name,
-			Namespace:         pod.Namespace,
-			UID:               pod.UID,
-			ResourceVersion:   pod.ResourceVersion,
-			Labels:            labelsOf(pod, intern),
-			DeletionTimestamp: pod.DeletionTimestamp,
-		},
-		Spec: corev1.PodSpec{
-			NodeName:       pod.Spec.NodeName,
-			HostNetwork:    pod.Spec.HostNetwork,
-			Containers:     namedPortsOnly(pod.Spec.Containers, false),
-			InitContainers: namedPortsOnly(pod.Spec.InitContainers, true),
-		},
-		Status: corev1.PodStatus{
-			Phase:  pod.Status.Phase,
-			PodIP:  pod.Status.PodIP,
-			PodIPs: pod.Status.PodIPs,
-		},
-	}
-	return trimmed, nil
-}
-
-func labelsOf(pod *corev1.Pod, intern func(map[string]string) map[string]string) map[string]string {
-	if intern == nil {
-		return pod.Labels
-	}
-	return intern(pod.Labels)
-}
-
-// namedPortsOnly keeps, per container, only the ports that have a name: only
-// those can be referenced by a policy. Init containers count only when they
-// are sidecars (restartPolicy Always), since the others have exited by the
-// time the pod serves traffic.
-func namedPortsOnly(containers []corev1.Container, sidecarsOnly bool) []corev1.Container {
-	var out []corev1.Container
-	for i := range containers {
-		c := &containers[i]
-		if sidecarsOnly && (c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
-			continue
-		}
-		var ports []corev1.ContainerPort
-		for _, p := range c.Ports {
-			if p.Name != "" {
-				ports = append(ports, corev1.ContainerPort{Name: p.Name, ContainerPort: p.ContainerPort, Protocol: p.Protocol})
-			}
-		}
-		if len(ports) == 0 {
-			continue
-		}
-		out = append(out, corev1.Container{Name: c.Name, Ports: ports, RestartPolicy: c.RestartPolicy})
-	}
-	return out
-}
-
 // TrimMeta drops the parts of namespaces and policies the agent never reads:
 // managed fields and annotations (kubectl's last-applied copy doubles the
 // size of every applied object).
@@ -147,6 +145,7 @@ func TrimMeta(obj any) (any, error) {
 }
 
 var (
-	_ toolscache.TransformFunc = TrimPod
+	_ toolscache.TransformFunc = newPodTrimmer().Transform
 	_ toolscache.TransformFunc = TrimMeta
+	_ client.Object            = &cachedPod{}
 )

@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	toolscache "k8s.io/client-go/tools/cache"
 
 	"github.com/nftpol/nftpol/selectors"
 )
@@ -29,12 +30,24 @@ func TestTrimPodKeepsWhatTheModelReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trimmed := out.(*corev1.Pod)
-	if got, want := selectors.PodFromObject(trimmed), selectors.PodFromObject(pod); !reflect.DeepEqual(got, want) {
-		t.Fatalf("the model reads %+v from the trimmed pod, %+v from the pod", got, want)
+	cached := out.(*cachedPod)
+	if got, want := cached.Model, selectors.PodFromObject(pod); !reflect.DeepEqual(got, want) {
+		t.Fatalf("the cache keeps %+v of the pod, the model reads %+v", got, want)
 	}
-	if trimmed.Annotations != nil || trimmed.Status.Conditions != nil || trimmed.Spec.Containers[0].Image != "" || len(trimmed.Spec.InitContainers) != 1 {
-		t.Fatalf("trimmed pod keeps more than it needs: %+v", trimmed)
+	if cached.Namespace != "x" || cached.Name != "a" || cached.UID != "u1" || cached.ResourceVersion != "7" || cached.Annotations != nil {
+		t.Fatalf("the cache keys the pod by %+v", cached.ObjectMeta)
+	}
+	// A copy shares nothing the caller could change.
+	cp := cached.DeepCopyObject().(*cachedPod)
+	cp.Model.Labels["app"] = "changed"
+	cp.Model.IPs[0] = cp.Model.IPs[1]
+	if cached.Model.Labels["app"] != "a" || cached.Model.IPs[0] == cached.Model.IPs[1] {
+		t.Fatal("DeepCopyObject shares the model's labels or addresses")
+	}
+	// Tombstones and other types pass through.
+	tomb := toolscache.DeletedFinalStateUnknown{Key: "x/a", Obj: cached}
+	if out, _ := newPodTrimmer().Transform(tomb); out != tomb {
+		t.Fatalf("a tombstone became %v", out)
 	}
 }
 
@@ -45,7 +58,7 @@ func TestPodTrimmerSharesEqualLabels(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return out.(*corev1.Pod).Labels
+		return out.(*cachedPod).Model.Labels
 	}
 	same := func(a, b map[string]string) bool { return reflect.ValueOf(a).Pointer() == reflect.ValueOf(b).Pointer() }
 	a := trim(map[string]string{"app": "web", "tier": "front"})

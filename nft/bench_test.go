@@ -92,27 +92,32 @@ func BenchmarkSyncPodJoin(b *testing.B) {
 
 // BenchmarkOnePodChangeCompute is the compute of the sync that follows
 // one pod change (a remote pod relabeled in and out of peer sets), without
-// the kernel: the whole model is rebuilt, then only the changed sets are
+// the kernel, as the agent's syncs do it: the Builder resolves again only
+// the peers of the pod's namespace, then only the changed sets are
 // compiled and compared.
 func BenchmarkOnePodChangeCompute(b *testing.B) {
 	for _, size := range []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 10_000}} {
 		s := selectorstest.ScaleCluster(size.pods, size.policies, 110)
-		var remote *selectors.Pod
-		for _, p := range s.Pods {
+		remote := -1
+		for i, p := range s.Pods {
 			if p.NodeName != selectorstest.ScaleNode && p.Labels["tier"] == "api" {
-				remote = p
+				remote = i
 				break
 			}
 		}
 		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies), func(b *testing.B) {
 			cfg := Config{}
-			prevModel, _ := selectors.BuildModel(selectorstest.ScaleNode, s)
+			builder := selectors.NewBuilder()
+			prevModel, _ := builder.Build(selectorstest.ScaleNode, s)
 			prev := Compile(prevModel, cfg)
 			var changed int
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
-				remote.Labels = map[string]string{"app": remote.Labels["app"], "tier": []string{"db", "api"}[i%2]}
-				m, _ := selectors.BuildModel(selectorstest.ScaleNode, s)
+				// As in the agent's cache, a changed pod is a new object.
+				p := *s.Pods[remote]
+				p.Labels = map[string]string{"app": p.Labels["app"], "tier": []string{"db", "api"}[i%2]}
+				s.Pods[remote] = &p
+				m, _ := builder.Build(selectorstest.ScaleNode, s)
 				desired := compileReusing(m, cfg, prev, prevModel)
 				changed = Diff(prev, desired).Stats(desired).ElementsAdded
 				prev, prevModel = desired, m

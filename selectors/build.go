@@ -17,7 +17,12 @@ import (
 // cost follows what the node needs, not the size of the cluster. Equal
 // input gives an equal Model.
 func BuildModel(node string, s *State) (*Model, []Problem) {
-	ix := newIndex(s)
+	return buildModel(node, newIndex(s), s, nil)
+}
+
+// buildModel builds the model from ix, the index of s. changes, when not
+// nil, lets it reuse peer sets of the build before (see Builder).
+func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model, []Problem) {
 	localByNamespace := map[string][]*Pod{}
 	for _, pods := range ix.podsByNamespace {
 		for _, p := range pods {
@@ -26,7 +31,7 @@ func BuildModel(node string, s *State) (*Model, []Problem) {
 			}
 		}
 	}
-	b := &modelBuilder{ix: ix, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, problemSeen: map[Problem]bool{}}
+	b := &modelBuilder{ix: ix, changes: changes, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, problemSeen: map[Problem]bool{}}
 	model := &Model{}
 	isolation := map[*Pod]*[2][]string{}
 
@@ -44,7 +49,7 @@ func BuildModel(node string, s *State) (*Model, []Problem) {
 	})
 
 	for _, np := range policies {
-		cp := compilePolicy(np)
+		cp := changes.compile(np)
 		var selected []*Pod
 		for _, pod := range localByNamespace[np.Namespace] {
 			if cp.selectsPod(pod) {
@@ -101,6 +106,7 @@ func BuildModel(node string, s *State) (*Model, []Problem) {
 
 type modelBuilder struct {
 	ix          *index
+	changes     *buildChanges
 	addrSets    map[string]*AddrSet
 	portSets    map[string]*PortSet
 	problems    []Problem
@@ -192,9 +198,16 @@ func (b *modelBuilder) addrSet(cp *policy, pe *peer) string {
 		set.Description = "ipBlock " + strings.ReplaceAll(strings.TrimPrefix(pe.id, "cidr="), "|except=", " except ")
 		set.Ranges = append([]AddrRange(nil), pe.block.ranges...)
 	case peerPods, peerNsPods:
+		if reused := b.changes.reusable(pe); reused != nil {
+			b.addrSets[pe.id] = reused
+			return pe.id
+		}
 		set.Description = describePeer(pe, cp.namespace)
-		b.ix.peerPods(pe, cp.namespace, func(p *Pod) { set.Addrs = append(set.Addrs, p.IPs...) })
+		var namespaces []string
+		b.ix.peerPods(pe, cp.namespace, func(ns string) { namespaces = append(namespaces, ns) },
+			func(p *Pod) { set.Addrs = append(set.Addrs, p.IPs...) })
 		set.Addrs = sortAddrs(set.Addrs)
+		b.changes.remember(pe, set, namespaces)
 	}
 	b.addrSets[pe.id] = set
 	return pe.id
@@ -308,7 +321,7 @@ func (b *modelBuilder) egressCandidates(cp *policy, r *rule) []*Pod {
 		pe := &r.peers[i]
 		switch pe.kind {
 		case peerPods, peerNsPods:
-			b.ix.peerPods(pe, cp.namespace, add)
+			b.ix.peerPods(pe, cp.namespace, func(string) {}, add)
 		case peerIPBlock:
 			for ip, p := range b.ix.podByIP() {
 				if pe.block.contains(ip) {

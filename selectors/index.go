@@ -79,9 +79,11 @@ func (p *policy) selectsPod(pod *Pod) bool {
 	return p.podSel != nil && pod.Namespace == p.namespace && p.podSel.Matches(labels.Set(pod.Labels))
 }
 
-// peerPods calls fn for every endpoint pod a selector peer matches.
-func (ix *index) peerPods(pe *peer, policyNamespace string, fn func(*Pod)) {
+// peerPods calls fn for every endpoint pod a selector peer matches, and
+// covers for every namespace it takes pods from, whether it has any.
+func (ix *index) peerPods(pe *peer, policyNamespace string, covers func(ns string), fn func(*Pod)) {
 	matchPods := func(ns string) {
+		covers(ns)
 		for _, pod := range ix.podsByNamespace[ns] {
 			if pe.podSel == nil || pe.podSel.Matches(labels.Set(pod.Labels)) {
 				fn(pod)

@@ -9,7 +9,7 @@ import (
 )
 
 // Pod is the part of a pod the policy model reads. The agent's cache keeps
-// only these fields (see controllers.TrimPod).
+// only these fields (see the pod cache transform in controllers).
 type Pod struct {
 	Namespace, Name, NodeName string
 	Labels                    map[string]string
