@@ -69,6 +69,8 @@ func rows() []row {
 		{"policy to enforcement p90 (10k / 1k)", "BenchmarkScale/pods=10000/policies=1000", "apply-p90-ms", 1, "%.1f ms", "< 150 ms", below(150)},
 		{"policy deletion to enforcement p50 (10k / 1k)", "BenchmarkScale/pods=10000/policies=1000", "delete-p50-ms", 1, "%.1f ms", "", nil},
 		{"policy to enforcement p50 (100k / 10k)", "BenchmarkScale/pods=100000/policies=10000", "apply-p50-ms", 1, "%.1f ms", "", nil},
+		{"one pod change: compute (Builder + compile), 10k / 1k", "BenchmarkOnePodChangeCompute/pods=10000/policies=1000", "ns/op", 1e-6, "%.1f ms", "", nil},
+		{"one pod change: compute (Builder + compile), 100k / 10k", "BenchmarkOnePodChangeCompute/pods=100000/policies=10000", "ns/op", 1e-6, "%.1f ms", "", nil},
 		{"one pod add: sync p50 (10k)", "BenchmarkScale/pods=10000/policies=1000", "pod-add-sync-p50-ms", 1, "%.1f ms", "< 5 ms", below(5)},
 		{"one pod add: elements in the batch", "BenchmarkScale/pods=10000/policies=1000", "pod-add-elements", 1, "%.0f", "a handful", below(10)},
 		{"one pod relabel: sync p50 (10k)", "BenchmarkScale/pods=10000/policies=1000", "pod-relabel-sync-p50-ms", 1, "%.1f ms", "< 5 ms", below(5)},
