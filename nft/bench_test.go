@@ -112,10 +112,15 @@ func BenchmarkOnePodChangeCompute(b *testing.B) {
 			prev := Compile(prevModel, cfg)
 			var changed int
 			b.ReportAllocs()
-			for i := 0; b.Loop(); i++ {
-				// As in the agent's cache, a changed pod is a new object.
+			for b.Loop() {
+				// As in the agent's cache, a changed pod is a new object;
+				// it moves in or out of the "api" peer sets every time.
 				p := *s.Pods[remote]
-				p.Labels = map[string]string{"app": p.Labels["app"], "tier": []string{"db", "api"}[i%2]}
+				tier := "api"
+				if p.Labels["tier"] == "api" {
+					tier = "db"
+				}
+				p.Labels = map[string]string{"app": p.Labels["app"], "tier": tier}
 				s.Pods[remote] = &p
 				m, _ := builder.Build(selectorstest.ScaleNode, s)
 				desired := compileReusing(m, cfg, prev, prevModel)
