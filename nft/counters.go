@@ -1,11 +1,13 @@
 package nft
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nftpol/nftpol/selectors"
 )
@@ -29,33 +31,19 @@ func (e *Enforcer) Counters() ([]PolicyCounter, error) {
 	if committed == nil {
 		return nil, nil
 	}
-	c, err := e.readConn()
+	perChain, err := e.chainCounters()
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = c.CloseLasting() }()
 	type key struct {
 		policy string
 		dir    selectors.Direction
 	}
 	sums := map[key]*PolicyCounter{}
-	for _, name := range committed.sortedChainNames() {
+	for name, ctr := range perChain {
 		spec := committed.chains[name]
-		if len(spec.policies) == 0 {
+		if spec == nil {
 			continue
-		}
-		rules, err := c.GetRules(e.table, &nftables.Chain{Name: name, Table: e.table})
-		if err != nil {
-			return nil, fmt.Errorf("reading chain %s: %w", name, err)
-		}
-		var packets, bytes uint64
-		for _, r := range rules {
-			for _, x := range r.Exprs {
-				if ctr, ok := x.(*expr.Counter); ok {
-					packets += ctr.Packets
-					bytes += ctr.Bytes
-				}
-			}
 		}
 		for _, p := range spec.policies {
 			k := key{p, spec.dir}
@@ -65,11 +53,11 @@ func (e *Enforcer) Counters() ([]PolicyCounter, error) {
 				sums[k] = pc
 			}
 			if spec.isolates {
-				pc.DeniedPackets += packets
-				pc.DeniedBytes += bytes
+				pc.DeniedPackets += ctr.packets
+				pc.DeniedBytes += ctr.bytes
 			} else {
-				pc.AllowedPackets += packets
-				pc.AllowedBytes += bytes
+				pc.AllowedPackets += ctr.packets
+				pc.AllowedBytes += ctr.bytes
 			}
 		}
 	}
@@ -84,4 +72,129 @@ func (e *Enforcer) Counters() ([]PolicyCounter, error) {
 		return out[i].Direction < out[j].Direction
 	})
 	return out, nil
+}
+
+type counterSum struct{ packets, bytes uint64 }
+
+// chainCounters sums the counter expressions of every rule in our table,
+// by chain, with one netlink dump. google/nftables only dumps the rules of
+// one chain per request, and a request per policy chain made a metrics
+// scrape cost as much CPU as the syncs it ran next to (10k pods: ~400
+// chains per scrape).
+func (e *Enforcer) chainCounters() (map[string]counterSum, error) {
+	cfg := &netlink.Config{}
+	if e.netns != nil {
+		cfg.NetNS = int(e.netns.Fd())
+	}
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink: %w", err)
+	}
+	defer c.Close()
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: []byte(e.table.Name + "\x00")},
+	})
+	if err != nil {
+		return nil, err
+	}
+	// nfgenmsg: family, version, resource id (big endian).
+	header := []byte{byte(e.table.Family), unix.NFNETLINK_V0, 0, 0}
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append(header, attrs...),
+	}
+	msgs, err := c.Execute(req)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("dumping the rules of table %s: %w", e.table.Name, err)
+	}
+	out := map[string]counterSum{}
+	for _, m := range msgs {
+		chain, ctr, err := decodeRuleCounters(m.Data)
+		if err != nil {
+			return nil, fmt.Errorf("decoding a rule of table %s: %w", e.table.Name, err)
+		}
+		sum := out[chain]
+		sum.packets += ctr.packets
+		sum.bytes += ctr.bytes
+		out[chain] = sum
+	}
+	return out, nil
+}
+
+// decodeRuleCounters returns the chain of one NFT_MSG_NEWRULE message and
+// the sum of its counter expressions.
+func decodeRuleCounters(data []byte) (string, counterSum, error) {
+	var chain string
+	var sum counterSum
+	if len(data) < 4 {
+		return "", sum, errors.New("message shorter than its nfgenmsg header")
+	}
+	ad, err := netlink.NewAttributeDecoder(data[4:])
+	if err != nil {
+		return "", sum, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_RULE_CHAIN:
+			chain = ad.String()
+		case unix.NFTA_RULE_EXPRESSIONS:
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				for list.Next() {
+					if list.Type() != unix.NFTA_LIST_ELEM {
+						continue
+					}
+					list.Nested(func(ex *netlink.AttributeDecoder) error {
+						return addCounter(ex, &sum)
+					})
+				}
+				return nil
+			})
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return "", sum, err
+	}
+	return chain, sum, nil
+}
+
+// addCounter adds one expression's counts to sum if it is a counter.
+func addCounter(ex *netlink.AttributeDecoder, sum *counterSum) error {
+	ex.ByteOrder = binary.BigEndian
+	var name string
+	var data []byte
+	for ex.Next() {
+		switch ex.Type() {
+		case unix.NFTA_EXPR_NAME:
+			name = ex.String()
+		case unix.NFTA_EXPR_DATA:
+			data = ex.Bytes()
+		}
+	}
+	if err := ex.Err(); err != nil {
+		return err
+	}
+	if name != "counter" || data == nil {
+		return nil
+	}
+	cd, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return fmt.Errorf("counter expression: %w", err)
+	}
+	cd.ByteOrder = binary.BigEndian
+	for cd.Next() {
+		switch cd.Type() {
+		case unix.NFTA_COUNTER_BYTES:
+			sum.bytes += cd.Uint64()
+		case unix.NFTA_COUNTER_PACKETS:
+			sum.packets += cd.Uint64()
+		}
+	}
+	return cd.Err()
 }

@@ -323,3 +323,54 @@ func TestLargeCommit(t *testing.T) {
 		t.Fatalf("verify: %v", err)
 	}
 }
+
+// TestCountersSumRulesOfOneDump gives rules in a policy chain and an
+// isolation chain known counts (nft can create a counter with a start
+// value) and checks that Counters, which reads the whole table in one
+// netlink dump, attributes them to the right policies and verdicts.
+func TestCountersSumRulesOfOneDump(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	if _, err := e.Sync(sampleModel()); err != nil {
+		t.Fatal(err)
+	}
+	var policyChain, isolationChain string
+	for _, name := range e.committed.sortedChainNames() {
+		spec := e.committed.chains[name]
+		if spec.dir != selectors.Ingress {
+			continue
+		}
+		switch {
+		case !spec.isolates && len(spec.policies) == 1 && spec.policies[0] == "x/p1":
+			policyChain = name
+		case spec.isolates && len(spec.policies) == 2 && isolationChain == "":
+			isolationChain = name
+		}
+	}
+	if policyChain == "" || isolationChain == "" {
+		t.Fatalf("no ingress chain of x/p1 (%q) or isolation chain of two policies (%q)", policyChain, isolationChain)
+	}
+	nftIn(t, ns, "add", "rule", "inet", "nftpol", policyChain, "meta", "l4proto", "tcp", "counter", "packets", "7", "bytes", "700")
+	nftIn(t, ns, "add", "rule", "inet", "nftpol", policyChain, "meta", "l4proto", "udp", "counter", "packets", "1", "bytes", "100")
+	nftIn(t, ns, "add", "rule", "inet", "nftpol", isolationChain, "counter", "packets", "3", "bytes", "300")
+	counters, err := e.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]PolicyCounter{}
+	for _, pc := range counters {
+		got[pc.Policy+" "+pc.Direction.String()] = pc
+	}
+	want := map[string]PolicyCounter{
+		"x/p1 ingress": {Policy: "x/p1", Direction: selectors.Ingress, AllowedPackets: 8, AllowedBytes: 800, DeniedPackets: 3, DeniedBytes: 300},
+		"x/p2 ingress": {Policy: "x/p2", Direction: selectors.Ingress, DeniedPackets: 3, DeniedBytes: 300},
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: got %+v, want %+v", k, got[k], w)
+		}
+	}
+	if g := got["x/p2 egress"]; g.AllowedPackets+g.DeniedPackets != 0 {
+		t.Errorf("x/p2 egress counted packets nobody sent: %+v", g)
+	}
+}

@@ -76,6 +76,8 @@ func rows() []row {
 		{"one pod relabel: sync p50 (10k)", "BenchmarkScale/pods=10000/policies=1000", "pod-relabel-sync-p50-ms", 1, "%.1f ms", "< 5 ms", below(5)},
 		{"one pod relabel: elements in the batch", "BenchmarkScale/pods=10000/policies=1000", "pod-relabel-elements", 1, "%.0f", "a handful", below(10)},
 		{"one pod delete: sync p50 (10k)", "BenchmarkScale/pods=10000/policies=1000", "pod-delete-sync-p50-ms", 1, "%.1f ms", "< 5 ms", below(5)},
+		{"metrics scrape: counters of 1k chains, one dump", "BenchmarkCounters/one-dump", "ns/op", 1e-6, "%.1f ms", "", nil},
+		{"metrics scrape: counters of 1k chains, chain by chain (before)", "BenchmarkCounters/per-chain", "ns/op", 1e-6, "%.1f ms", "", nil},
 		{"one peer joins a 100k-element table (kernel)", "BenchmarkSyncPodJoin", "ns/op", 1e-6, "%.2f ms", "", nil},
 		{"agent RSS, cache warm, 10k pods", "BenchmarkScale/pods=10000/policies=1000", "agent-RSS-MiB", 1, "%.1f MiB", "< 100 MB (95.4 MiB)", below(95.4)},
 		{"agent RSS at the end of the run, 10k pods", "BenchmarkScale/pods=10000/policies=1000", "agent-RSS-end-MiB", 1, "%.1f MiB", "< 100 MB (95.4 MiB)", below(95.4)},
