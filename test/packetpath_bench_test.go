@@ -42,12 +42,27 @@ const (
 	phaseNoTable pathPhase = iota // A: no agent, no table
 	phaseTen                      // B: 1,000 policies, 10 select the server
 	phaseAll                      // C: 1,000 policies, all select the server
+	// K: no agent, but a foreign table with one stateful rule on each
+	// node, as kube-proxy and most CNIs leave on a real node. A has no
+	// connection tracking at all; K splits B's cost into what tracking
+	// connections costs and what our rules add to it.
+	phaseConntrack
 	pathPhases
 )
 
 func (p pathPhase) String() string {
-	return [...]string{"A no table", "B 1k policies, 10 on the server", "C 1k policies, all on the server"}[p]
+	return [...]string{"A no table", "B 1k policies, 10 on the server", "C 1k policies, all on the server", "K no table, conntrack on"}[p]
 }
+
+// conntrackTable is phase K's foreign table: connection tracking on in the
+// forward path, every packet accepted.
+const conntrackTable = `table inet nftpol-bench-conntrack {
+	chain forward {
+		type filter hook forward priority 10; policy accept;
+		ct state established,related accept
+	}
+}
+`
 
 // pathResults are one family's windows, per phase in round order.
 type pathResults struct {
@@ -83,9 +98,9 @@ func BenchmarkPacketPath(b *testing.B) {
 	// The rounds interleave the phases (ABC CBA ABC) so a drift of the
 	// machine over the run weighs on every phase alike.
 	orders := [][]pathPhase{
-		{phaseNoTable, phaseTen, phaseAll},
-		{phaseAll, phaseTen, phaseNoTable},
-		{phaseNoTable, phaseTen, phaseAll},
+		{phaseNoTable, phaseConntrack, phaseTen, phaseAll},
+		{phaseAll, phaseTen, phaseConntrack, phaseNoTable},
+		{phaseNoTable, phaseConntrack, phaseTen, phaseAll},
 	}
 	for round, order := range orders {
 		for _, phase := range order {
@@ -98,7 +113,7 @@ func BenchmarkPacketPath(b *testing.B) {
 				}
 				r := results[fam]
 				r.connRate[phase] = append(r.connRate[phase], float64(conns)/pathWindow.Seconds())
-				if phase == phaseAll {
+				if phase == phaseAll || phase == phaseConntrack {
 					// An established flow never reaches the policy
 					// chains; B already measures the table's cost on it.
 					continue
@@ -123,6 +138,7 @@ func BenchmarkPacketPath(b *testing.B) {
 				logged = true
 			}
 			a, ten, all := median(r.connRate[phaseNoTable]), median(r.connRate[phaseTen]), median(r.connRate[phaseAll])
+			ct := median(r.connRate[phaseConntrack])
 			ma, mten := median(r.mbps[phaseNoTable]), median(r.mbps[phaseTen])
 			b.ReportMetric(0, "ns/op")
 			b.ReportMetric(a, "A-conn/s")
@@ -130,6 +146,9 @@ func BenchmarkPacketPath(b *testing.B) {
 			b.ReportMetric(all, "C-conn/s")
 			b.ReportMetric(ten/a, "B/A-conn")
 			b.ReportMetric(all/a, "C/A-conn")
+			b.ReportMetric(ct, "K-conn/s")
+			b.ReportMetric(ct/a, "K/A-conn")
+			b.ReportMetric(ten/ct, "B/K-conn")
 			b.ReportMetric(ma, "A-MB/s")
 			b.ReportMetric(mten, "B-MB/s")
 			b.ReportMetric(mten/ma, "B/A-MB/s")
@@ -249,7 +268,8 @@ func (pb *pathBench) enter(phase pathPhase) {
 	b := pb.b
 	b.Helper()
 	ctx := context.Background()
-	if phase == phaseNoTable {
+	pb.setConntrackTable(phase == phaseConntrack)
+	if phase == phaseNoTable || phase == phaseConntrack {
 		pb.stopAgents()
 		for _, n := range pb.bed.Nodes {
 			if out, err := exec.Command(pb.bin, "cleanup", "--netns", n.NetNSPath).CombinedOutput(); err != nil {
@@ -283,6 +303,25 @@ func (pb *pathBench) enter(phase pathPhase) {
 		}
 		if err := testbed.Probe(pb.other, pb.server.Addr(fam), testbed.TCP, 80, "", pathProbeTimeout); err == nil {
 			b.Fatalf("%s: cli/other reaches the server over IPv%d: the table is not in force", phase, fam)
+		}
+	}
+}
+
+// setConntrackTable adds or removes phase K's foreign table on both nodes.
+func (pb *pathBench) setConntrackTable(on bool) {
+	b := pb.b
+	b.Helper()
+	for _, n := range pb.bed.Nodes {
+		// Adding an empty table first makes the delete valid when it is
+		// not there.
+		script := "table inet nftpol-bench-conntrack\ndelete table inet nftpol-bench-conntrack\n"
+		if on {
+			script += conntrackTable
+		}
+		cmd := exec.Command("nsenter", "--net="+n.NetNSPath, "nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("setting the conntrack table of %s (on=%v): %v: %s", n.Name, on, err, out)
 		}
 	}
 }
@@ -394,7 +433,8 @@ func (r *pathResults) table(family int) string {
 		row(p.String(), r.mbps[p], "MB/s")
 	}
 	a := median(r.connRate[phaseNoTable])
-	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f; MB/s B/A %.3f\n",
-		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.mbps[phaseTen])/median(r.mbps[phaseNoTable]))
+	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f, K/A %.3f, B/K %.3f; MB/s B/A %.3f\n",
+		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.connRate[phaseConntrack])/a,
+		median(r.connRate[phaseTen])/median(r.connRate[phaseConntrack]), median(r.mbps[phaseTen])/median(r.mbps[phaseNoTable]))
 	return sb.String()
 }
