@@ -124,7 +124,8 @@ func BenchmarkOnePodChangeCompute(b *testing.B) {
 				s.Pods[remote] = &p
 				m, _ := builder.Build(selectorstest.ScaleNode, s)
 				desired := compileReusing(m, cfg, prev, prevModel)
-				changed = Diff(prev, desired).Stats(desired).ElementsAdded
+				stats := Diff(prev, desired).Stats(desired)
+				changed = stats.ElementsAdded + stats.ElementsDeleted
 				prev, prevModel = desired, m
 			}
 			b.ReportMetric(float64(changed), "elements-changed")
