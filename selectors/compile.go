@@ -18,22 +18,6 @@ import (
 // form, so the two share one reading of the API and differ only in how
 // they apply it (sets for the kernel vs. a direct check of one packet).
 
-// Direction is ingress or egress.
-type Direction uint8
-
-// The two directions of a policy.
-const (
-	Ingress Direction = iota
-	Egress
-)
-
-func (d Direction) String() string {
-	if d == Egress {
-		return "egress"
-	}
-	return "ingress"
-}
-
 type policy struct {
 	key       string
 	namespace string

@@ -43,6 +43,14 @@ func (p *PodRules) IngressIsolated() bool { return len(p.Ingress) > 0 }
 // EgressIsolated reports whether any policy isolates the pod for egress.
 func (p *PodRules) EgressIsolated() bool { return len(p.Egress) > 0 }
 
+// Isolating returns the keys of the policies that isolate the pod in dir.
+func (p *PodRules) Isolating(dir Direction) []string {
+	if dir == Egress {
+		return p.Egress
+	}
+	return p.Ingress
+}
+
 // PolicyRules are the allow rules of one NetworkPolicy, per direction.
 // Traffic of an isolated pod passes a direction when any rule of any of
 // its policies for that direction matches.
@@ -55,6 +63,33 @@ type PolicyRules struct {
 	Ingress []Rule
 	// Egress rules match on the destination address and destination port.
 	Egress []Rule
+}
+
+// Rules returns the policy's rules for dir.
+func (p *PolicyRules) Rules(dir Direction) []Rule {
+	if dir == Egress {
+		return p.Egress
+	}
+	return p.Ingress
+}
+
+// Direction is ingress or egress.
+type Direction uint8
+
+// The two directions of a policy.
+const (
+	Ingress Direction = iota
+	Egress
+)
+
+// Directions lists both directions, ingress first.
+var Directions = [2]Direction{Ingress, Egress}
+
+func (d Direction) String() string {
+	if d == Egress {
+		return "egress"
+	}
+	return "ingress"
 }
 
 // Rule matches a packet when its peer matches Peers and its destination
