@@ -189,7 +189,7 @@ func startAgentVerifying(t *testing.T, node string, verify time.Duration) *agent
 
 	netns := newNetns(t)
 	log := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(testWriter{t})))
-	enforcer, err := nft.NewEnforcer(nft.Config{Table: "nftpol", NetNSPath: netns, Deny: nft.DenyDrop, Logger: log})
+	enforcer, err := nft.NewEnforcer(nft.Config{Table: "nftpol", NetNSPath: netns, Deny: nft.DenyDrop})
 	if err != nil {
 		t.Fatalf("creating the enforcer: %v", err)
 	}
