@@ -2,6 +2,8 @@ package nft
 
 import (
 	"net/netip"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
@@ -155,6 +157,10 @@ func TestBatchOfTypicalChanges(t *testing.T) {
 			if stats != tt.want || messages != tt.messages {
 				t.Fatalf("the commit carries %d messages, %+v; want %d, %+v", messages, stats, tt.messages, tt.want)
 			}
+			// The transaction itself, in nft syntax, is pinned too.
+			cfg := Config{Deny: DenyReject}
+			plan := Diff(Compile(mb, cfg), Compile(ma, cfg))
+			golden(t, filepath.Join("plans", strings.ReplaceAll(tt.name, " ", "-")+".nft"), plan.String())
 		})
 	}
 }
