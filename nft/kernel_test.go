@@ -404,3 +404,37 @@ func TestCountersNeverDecrease(t *testing.T) {
 	}
 	atLeast("after a full replace", second, read())
 }
+
+// TestSetWhoseShapeChangesIsReplacedWithTheTable: when a set keeps its
+// name but its comment (or kind) changes while unchanged chains still use
+// it, deleting and re-adding it in one transaction fails ("device or
+// resource busy") and would leave the agent retrying full replaces; the
+// plan replaces the table whole instead, and the commit succeeds.
+func TestSetWhoseShapeChangesIsReplacedWithTheTable(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	m := sampleModel()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	for i, change := range []func(m *selectors.Model){
+		func(m *selectors.Model) { m.PortSets[0].Description = "named ports, described anew" },
+		func(m *selectors.Model) { m.AddrSets[1].Description = "pods b, described anew" },
+		func(m *selectors.Model) {
+			// An address set turns into an interval set.
+			m.AddrSets[1].Ranges = []selectors.AddrRange{{First: netip.MustParseAddr("10.7.0.0"), Last: netip.MustParseAddr("10.7.0.255")}}
+		},
+	} {
+		change(m)
+		stats, err := e.Sync(m)
+		if err != nil {
+			t.Fatalf("change %d: %v", i, err)
+		}
+		if !stats.Full {
+			t.Fatalf("change %d: %+v, want a full replace", i, stats.PlanStats)
+		}
+		if err := e.Verify(); err != nil {
+			t.Fatalf("change %d: %v", i, err)
+		}
+	}
+}
