@@ -2,6 +2,7 @@ package nft
 
 import (
 	"errors"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,5 +87,40 @@ func TestVerifyDetectsEveryTampering(t *testing.T) {
 				t.Fatalf("after the repair: %v", err)
 			}
 		})
+	}
+}
+
+// TestPlanTextIsTheTransaction loads a table, then the text of the plan
+// to the next one with `nft -f`: the kernel must then hold exactly the
+// next table. So Plan.String, which the agent logs at high verbosity, is
+// the transaction it commits, not a description of it.
+func TestPlanTextIsTheTransaction(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	r := rand.New(rand.NewSource(11))
+	prev := Compile(everyKindModel(), Config{})
+	load := func(text string) {
+		t.Helper()
+		file := filepath.Join(t.TempDir(), "plan.nft")
+		if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		nftIn(t, ns, "-f", file)
+	}
+	load(prev.NftText())
+	for step := 0; step < 25; step++ {
+		next := Compile(randomModel(r), Config{})
+		plan := Diff(prev, next)
+		if plan.Empty() {
+			continue
+		}
+		load(plan.String())
+		e.mu.Lock()
+		e.committed = next
+		e.mu.Unlock()
+		if err := e.Verify(); err != nil {
+			t.Fatalf("step %d: after loading the plan\n%s\n%v", step, plan, err)
+		}
+		prev = next
 	}
 }
