@@ -157,7 +157,7 @@ func explain(cl *reference.Cluster, from, to string, family int, port int32, pro
 		// A stale object may claim the address of a newer pod: policies
 		// then see the newer pod there, and so does the evaluator.
 		if owner := cl.OwnerOf(end.addr); owner != nil && end.name != "" && owner.Namespace+"/"+owner.Name != end.name {
-			fmt.Fprintf(&b, "(%s is also claimed by %s/%s, created later, which owns it: policies see that pod there)\n", end.addr, owner.Namespace, owner.Name)
+			fmt.Fprintf(&b, "(%s is also claimed by %s/%s, which owns it (the newest creationTimestamp wins, then namespace/name): policies see that pod there)\n", end.addr, owner.Namespace, owner.Name)
 		}
 	}
 	v := reference.Evaluate(cl, reference.Packet{Src: src, Dst: dst, Protocol: proto, Port: port})
