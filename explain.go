@@ -10,13 +10,17 @@ import (
 	"strconv"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	"github.com/nftpol/nftpol/controllers"
-	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/reference"
 )
 
 // runExplain answers "would this connection pass, and which policy decides
-// it?" with the reference evaluator, from the cluster state the API server
-// holds now.
+// it?" with the reference evaluator, from the objects the API server holds
+// now: the evaluator reads them itself, not the agent's model of them.
 func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("nftpol explain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -24,12 +28,15 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fromArg := fs.String("from", "", "source pod NAMESPACE/NAME")
 	toArg := fs.String("to", "", "destination pod NAMESPACE/NAME, or an IP address")
 	portArg := fs.String("port", "", "destination PORT[/PROTO], PROTO tcp (default), udp or sctp")
-	family := fs.Int("family", 4, "IP family when both ends are pods with both: 4 or 6")
+	family := fs.Int("family", 0, "IP family, 4 or 6 (default: IPv4 when both ends have it, else IPv6)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *fromArg == "" || *toArg == "" || *portArg == "" {
 		return errors.New("explain needs --from, --to and --port")
+	}
+	if *family != 0 && *family != 4 && *family != 6 {
+		return fmt.Errorf("--family %d: want 4 or 6", *family)
 	}
 	port, proto, err := parsePort(*portArg)
 	if err != nil {
@@ -43,65 +50,188 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	state, err := controllers.ReadState(ctx, reader)
+	cl, err := readCluster(ctx, reader)
 	if err != nil {
 		return err
 	}
-	src, err := resolveEnd(state, *fromArg, *family, false)
+	out, err := explain(cl, *fromArg, *toArg, *family, port, proto)
 	if err != nil {
-		return fmt.Errorf("--from: %w", err)
+		return err
 	}
-	dst, err := resolveEnd(state, *toArg, *family, true)
-	if err != nil {
-		return fmt.Errorf("--to: %w", err)
-	}
-	v := selectors.Evaluate(state, selectors.Packet{Src: src, Dst: dst, Protocol: proto, Port: port})
-	fmt.Fprintf(stdout, "%s -> %s\n%s", *fromArg, *toArg, v.Explain())
-	return nil
+	_, err = io.WriteString(stdout, out)
+	return err
 }
 
-func parsePort(s string) (uint16, selectors.Protocol, error) {
+// readCluster lists the objects the reference evaluator reads. Node
+// addresses are left out: they only matter for traffic from a node, and
+// explain's source is always a pod.
+func readCluster(ctx context.Context, r client.Reader) (*reference.Cluster, error) {
+	var pods corev1.PodList
+	if err := r.List(ctx, &pods); err != nil {
+		return nil, fmt.Errorf("listing pods: %w", err)
+	}
+	var namespaces corev1.NamespaceList
+	if err := r.List(ctx, &namespaces); err != nil {
+		return nil, fmt.Errorf("listing namespaces: %w", err)
+	}
+	var policies networkingv1.NetworkPolicyList
+	if err := r.List(ctx, &policies); err != nil {
+		return nil, fmt.Errorf("listing network policies: %w", err)
+	}
+	cl := &reference.Cluster{}
+	for i := range pods.Items {
+		cl.Pods = append(cl.Pods, &pods.Items[i])
+	}
+	for i := range namespaces.Items {
+		cl.Namespaces = append(cl.Namespaces, &namespaces.Items[i])
+	}
+	for i := range policies.Items {
+		cl.Policies = append(cl.Policies, &policies.Items[i])
+	}
+	return cl, nil
+}
+
+func parsePort(s string) (int32, corev1.Protocol, error) {
 	num, protoName, _ := strings.Cut(s, "/")
 	n, err := strconv.ParseUint(num, 10, 16)
 	if err != nil || n == 0 {
-		return 0, 0, fmt.Errorf("--port %q: want a port number 1-65535, optionally /tcp, /udp or /sctp", s)
+		return 0, "", fmt.Errorf("--port %q: want a port number 1-65535, optionally /tcp, /udp or /sctp", s)
 	}
 	switch strings.ToLower(protoName) {
 	case "", "tcp":
-		return uint16(n), selectors.ProtocolTCP, nil
+		return int32(n), corev1.ProtocolTCP, nil
 	case "udp":
-		return uint16(n), selectors.ProtocolUDP, nil
+		return int32(n), corev1.ProtocolUDP, nil
 	case "sctp":
-		return uint16(n), selectors.ProtocolSCTP, nil
+		return int32(n), corev1.ProtocolSCTP, nil
 	}
-	return 0, 0, fmt.Errorf("--port %q: unknown protocol %q", s, protoName)
+	return 0, "", fmt.Errorf("--port %q: unknown protocol %q", s, protoName)
 }
 
-// resolveEnd turns NAMESPACE/NAME into the pod's address of the family, or
-// parses an IP (allowed for the destination only).
-func resolveEnd(state *selectors.State, arg string, family int, ipAllowed bool) (netip.Addr, error) {
-	if ipAllowed {
-		if a, err := netip.ParseAddr(arg); err == nil {
-			return a.Unmap(), nil
+// explain decides the connection from the pod from to to (a pod or an
+// address) and says why. family is 4, 6, or 0 to choose: the two ends'
+// addresses must be of one family, and a dual-stack pod talking to a
+// single-stack one can only use the family they share.
+func explain(cl *reference.Cluster, from, to string, family int, port int32, proto corev1.Protocol) (string, error) {
+	srcPod, err := findEndpoint(cl, from)
+	if err != nil {
+		return "", fmt.Errorf("--from: %w", err)
+	}
+	srcAddrs := reference.Addresses(srcPod)
+	var note string
+	var src, dst netip.Addr
+	dstKey := "" // the destination pod, when --to names one
+	if ip, err := netip.ParseAddr(to); err == nil {
+		dst = ip.Unmap()
+		if family != 0 && family != familyOf(dst) {
+			return "", fmt.Errorf("--to %s is an IPv%d address, not of --family %d", to, familyOf(dst), family)
+		}
+		var ok bool
+		if src, ok = addressOf(srcAddrs, familyOf(dst)); !ok {
+			return "", fmt.Errorf("%s has no IPv%d address (it has %s), so it cannot reach %s", from, familyOf(dst), listAddrs(srcAddrs), to)
+		}
+	} else {
+		dstPod, err := findEndpoint(cl, to)
+		if err != nil {
+			return "", fmt.Errorf("--to: %w", err)
+		}
+		dstKey = to
+		dstAddrs := reference.Addresses(dstPod)
+		fam, why, err := chooseFamily(from, srcAddrs, to, dstAddrs, family)
+		if err != nil {
+			return "", err
+		}
+		note = why
+		src, _ = addressOf(srcAddrs, fam)
+		dst, _ = addressOf(dstAddrs, fam)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s -> %s\n", from, to)
+	if note != "" {
+		fmt.Fprintf(&b, "(%s)\n", note)
+	}
+	for _, end := range []struct {
+		name string
+		addr netip.Addr
+	}{{from, src}, {dstKey, dst}} {
+		// A stale object may claim the address of a newer pod: policies
+		// then see the newer pod there, and so does the evaluator.
+		if owner := cl.OwnerOf(end.addr); owner != nil && end.name != "" && owner.Namespace+"/"+owner.Name != end.name {
+			fmt.Fprintf(&b, "(%s is also claimed by %s/%s, which owns it (the newest creationTimestamp wins, then namespace/name): policies see that pod there)\n", end.addr, owner.Namespace, owner.Name)
 		}
 	}
+	v := reference.Evaluate(cl, reference.Packet{Src: src, Dst: dst, Protocol: proto, Port: port})
+	b.WriteString(v.Explain())
+	return b.String(), nil
+}
+
+// chooseFamily picks the IP family of a connection between two pods: the
+// one asked for, which both must have; else IPv4 when both have it; else
+// IPv6 when both have it. Pods without a common family cannot talk.
+func chooseFamily(from string, srcAddrs []netip.Addr, to string, dstAddrs []netip.Addr, family int) (int, string, error) {
+	has := func(addrs []netip.Addr, fam int) bool { _, ok := addressOf(addrs, fam); return ok }
+	if family != 0 {
+		for _, end := range []struct {
+			name  string
+			addrs []netip.Addr
+		}{{from, srcAddrs}, {to, dstAddrs}} {
+			if !has(end.addrs, family) {
+				return 0, "", fmt.Errorf("--family %d: %s has no IPv%d address (it has %s)", family, end.name, family, listAddrs(end.addrs))
+			}
+		}
+		return family, "", nil
+	}
+	v4, v6 := has(srcAddrs, 4) && has(dstAddrs, 4), has(srcAddrs, 6) && has(dstAddrs, 6)
+	switch {
+	case v4 && v6:
+		return 4, "", nil // the default of the flag; both families said nothing surprising
+	case v4:
+		return 4, fmt.Sprintf("over IPv4, the only family both %s (%s) and %s (%s) have", from, listAddrs(srcAddrs), to, listAddrs(dstAddrs)), nil
+	case v6:
+		return 6, fmt.Sprintf("over IPv6, the only family both %s (%s) and %s (%s) have", from, listAddrs(srcAddrs), to, listAddrs(dstAddrs)), nil
+	}
+	return 0, "", fmt.Errorf("%s (%s) and %s (%s) share no IP family: no connection between them is possible", from, listAddrs(srcAddrs), to, listAddrs(dstAddrs))
+}
+
+// findEndpoint returns the pod NAMESPACE/NAME, which must be one policies
+// apply to.
+func findEndpoint(cl *reference.Cluster, arg string) (*corev1.Pod, error) {
 	ns, name, ok := strings.Cut(arg, "/")
 	if !ok {
-		return netip.Addr{}, fmt.Errorf("%q is not NAMESPACE/NAME", arg)
+		return nil, fmt.Errorf("%q is not NAMESPACE/NAME", arg)
 	}
-	for _, p := range state.Pods {
+	for _, p := range cl.Pods {
 		if p.Namespace != ns || p.Name != name {
 			continue
 		}
-		if !p.IsEndpoint() {
-			return netip.Addr{}, fmt.Errorf("pod %s has no address policies apply to (host network, finished, or no IP yet)", arg)
+		if !reference.IsEndpoint(p) {
+			return nil, fmt.Errorf("pod %s has no address policies apply to (host network, finished, or no IP yet)", arg)
 		}
-		for _, ip := range p.IPs {
-			if (family == 6) == ip.Is6() {
-				return ip, nil
-			}
-		}
-		return p.IPs[0], nil
+		return p, nil
 	}
-	return netip.Addr{}, fmt.Errorf("no pod %s", arg)
+	return nil, fmt.Errorf("no pod %s", arg)
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+func addressOf(addrs []netip.Addr, family int) (netip.Addr, bool) {
+	for _, a := range addrs {
+		if familyOf(a) == family {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func listAddrs(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
 }

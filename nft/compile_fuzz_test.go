@@ -8,17 +8,20 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/selectors/selectorstest"
 )
 
-// checkTablesAgree compiles the table of every node of s and runs every
+// checkTablesAgree compiles the table of every node of cl and runs every
 // packet of selectorstest.Packets through the tables of the nodes it
 // passes, with the interpreter: the verdict must be the reference
-// evaluator's. It also checks what every table must let through whatever
-// the policies: packets of established connections, and neighbour
-// discovery from a pod to its node.
-func checkTablesAgree(t *testing.T, s *selectors.State, cfg Config) {
+// evaluator's, which reads the API objects themselves while the model is
+// built from the agent's conversion of them. It also checks what every
+// table must let through whatever the policies: packets of established
+// connections, and neighbour discovery from a pod to its node.
+func checkTablesAgree(t *testing.T, cl *reference.Cluster, cfg Config) {
 	t.Helper()
+	s := selectorstest.State(cl)
 	tables := map[string]*kernelTable{}
 	rulesets := map[string]*Ruleset{}
 	for _, node := range selectorstest.Nodes() {
@@ -26,9 +29,9 @@ func checkTablesAgree(t *testing.T, s *selectors.State, cfg Config) {
 		rulesets[node] = Compile(m, cfg)
 		tables[node] = toKernel(rulesets[node])
 	}
-	places := selectorstest.Places(s)
-	for _, pk := range selectorstest.Packets(s) {
-		want := selectors.Evaluate(s, pk)
+	places := selectorstest.Places(cl)
+	for _, pk := range selectorstest.Packets(cl) {
+		want := reference.Evaluate(cl, pk.Reference())
 		for _, established := range []bool{false, true} {
 			w := newWirePacket(pk)
 			if established {
@@ -50,8 +53,8 @@ func checkTablesAgree(t *testing.T, s *selectors.State, cfg Config) {
 			case established && !got:
 				t.Fatalf("an established packet %s is dropped at %s:\n%s", pk, where, describeTrace(trace))
 			case !established && got != want.Allowed:
-				t.Fatalf("the tables say allowed=%v (dropped at %q), the evaluator %v for %s\nrules that matched:\n%s\nevaluator:\n%s\ntables:\n%s",
-					got, where, want.Allowed, pk, describeTrace(trace), want.Explain(), describeTables(rulesets))
+				t.Fatalf("the tables say allowed=%v (dropped at %q), the evaluator %v for %s\nrules that matched:\n%s\nevaluator:\n%s\ntables:\n%s\ncluster:%s",
+					got, where, want.Allowed, pk, describeTrace(trace), want.Explain(), describeTables(rulesets), selectorstest.Describe(cl))
 			}
 		}
 	}
@@ -60,7 +63,7 @@ func checkTablesAgree(t *testing.T, s *selectors.State, cfg Config) {
 			continue
 		}
 		for _, ip := range p.IPs {
-			for _, nodeIP := range s.NodeIPs[p.NodeName] {
+			for _, nodeIP := range cl.NodeAddresses[p.NodeName] {
 				if !ip.Is6() || !nodeIP.Is6() {
 					continue
 				}
@@ -83,12 +86,12 @@ func describeTables(rulesets map[string]*Ruleset) string {
 }
 
 // configFor varies what the compiler is told: deny action and logging.
-func configFor(r *rand.Rand) Config {
+func configFor(c *selectorstest.Choices) Config {
 	cfg := Config{Table: "nftpol", Deny: DenyDrop}
-	if r.Intn(2) == 0 {
+	if c.Intn(2) == 1 {
 		cfg.Deny = DenyReject
 	}
-	if r.Intn(2) == 0 {
+	if c.Intn(2) == 1 {
 		cfg.LogDenied, cfg.LogGroup, cfg.LogRate = true, 100, 10
 	}
 	return cfg
@@ -97,15 +100,18 @@ func configFor(r *rand.Rand) Config {
 func TestCompiledTablesAgreeWithEvaluator(t *testing.T) {
 	r := rand.New(rand.NewSource(1))
 	for i := 0; i < 300; i++ {
-		checkTablesAgree(t, selectorstest.RandomCluster(r), configFor(r))
+		c := selectorstest.RandomChoices(r, 1024)
+		checkTablesAgree(t, selectorstest.RandomCluster(c), configFor(c))
 	}
 }
 
 // FuzzCompiledTablesAgreeWithEvaluate: the compiled nftables table decides
-// like the reference evaluator on random clusters and packets.
+// like the reference evaluator on random clusters and packets. The
+// fuzzer's bytes are the generator's choices (selectorstest.Choices), then
+// the compiler's configuration, so coverage guidance steers both.
 func FuzzCompiledTablesAgreeWithEvaluate(f *testing.F) {
-	f.Fuzz(func(t *testing.T, seed int64) {
-		r := rand.New(rand.NewSource(seed))
-		checkTablesAgree(t, selectorstest.RandomCluster(r), configFor(r))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := selectorstest.NewChoices(data)
+		checkTablesAgree(t, selectorstest.RandomCluster(c), configFor(c))
 	})
 }

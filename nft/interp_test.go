@@ -13,7 +13,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
-	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/selectorstest"
 )
 
 // This file is a small interpreter of our own table, for tests: it runs a
@@ -95,7 +95,7 @@ type wirePacket struct {
 
 // newWirePacket lays out the first packet of p's connection: an IPv4 or
 // IPv6 header with its addresses and a transport header with its ports.
-func newWirePacket(p selectors.Packet) wirePacket {
+func newWirePacket(p selectorstest.Packet) wirePacket {
 	w := wirePacket{l4proto: byte(p.Protocol), ctState: expr.CtStateBitNEW}
 	if p.Src.Is4() {
 		w.nfproto = unix.NFPROTO_IPV4
@@ -389,7 +389,7 @@ func describeTrace(trace []string) string {
 
 // ndPacket is an ICMPv6 neighbour solicitation from src to dst.
 func ndPacket(src, dst netip.Addr) wirePacket {
-	w := newWirePacket(selectors.Packet{Src: src, Dst: dst})
+	w := newWirePacket(selectorstest.Packet{Src: src, Dst: dst})
 	w.l4proto = unix.IPPROTO_ICMPV6
 	w.network[6] = unix.IPPROTO_ICMPV6
 	w.transport = []byte{ndNeighborSolicit, 0, 0, 0, 0, 0, 0, 0}

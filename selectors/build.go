@@ -13,7 +13,7 @@ import (
 // BuildModel returns what node enforces: its endpoint pods that some policy
 // isolates, the rules of those policies with peers and named ports resolved,
 // and the problems found in those policies (once per policy and reason).
-// Policies that select no pod of the node are not compiled at all, so the
+// Policies that select no pod of the node are not parsed at all, so the
 // cost follows what the node needs, not the size of the cluster. Equal
 // input gives an equal Model.
 func BuildModel(node string, s *State) (*Model, []Problem) {
@@ -31,7 +31,7 @@ func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model
 			}
 		}
 	}
-	b := &modelBuilder{ix: ix, changes: changes, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, problemSeen: map[Problem]bool{}}
+	b := &modelBuilder{ix: ix, changes: changes, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, portSetProblems: map[string][]string{}, problemSeen: map[Problem]bool{}}
 	model := &Model{}
 	isolation := map[*Pod]*[2][]string{}
 
@@ -49,7 +49,7 @@ func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model
 	})
 
 	for _, np := range policies {
-		cp := changes.compile(np)
+		cp := changes.parse(np)
 		var selected []*Pod
 		for _, pod := range localByNamespace[np.Namespace] {
 			if cp.selectsPod(pod) {
@@ -105,12 +105,14 @@ func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model
 }
 
 type modelBuilder struct {
-	ix          *index
-	changes     *buildChanges
-	addrSets    map[string]*AddrSet
-	portSets    map[string]*PortSet
-	problems    []Problem
-	problemSeen map[Problem]bool
+	ix       *index
+	changes  *buildChanges
+	addrSets map[string]*AddrSet
+	portSets map[string]*PortSet
+	// portSetProblems are the unresolved named ports of each port set.
+	portSetProblems map[string][]string
+	problems        []Problem
+	problemSeen     map[Problem]bool
 }
 
 func (b *modelBuilder) problem(policy, reason string) {
@@ -195,7 +197,7 @@ func (b *modelBuilder) addrSet(cp *policy, pe *peer) string {
 	set := &AddrSet{ID: pe.id}
 	switch pe.kind {
 	case peerIPBlock:
-		set.Description = "ipBlock " + strings.ReplaceAll(strings.TrimPrefix(pe.id, "cidr="), "|except=", " except ")
+		set.Description = describePeer(pe, cp.namespace)
 		set.Ranges = append([]AddrRange(nil), pe.block.ranges...)
 	case peerPods, peerNsPods:
 		if reused := b.changes.reusable(pe); reused != nil {
@@ -213,7 +215,13 @@ func (b *modelBuilder) addrSet(cp *policy, pe *peer) string {
 	return pe.id
 }
 
+// describePeer says in words what defines the members of pe, a peer of a
+// policy in namespace ns: only what its ID is made of, so every policy
+// sharing the set describes it alike.
 func describePeer(pe *peer, ns string) string {
+	if pe.kind == peerIPBlock {
+		return "ipBlock " + strings.ReplaceAll(strings.TrimPrefix(pe.id, "cidr="), "|except=", " except ")
+	}
 	if pe.kind == peerPods {
 		return fmt.Sprintf("pods in namespace %s matching %s", ns, selectorID(pe.podSel))
 	}
@@ -261,9 +269,14 @@ func (b *modelBuilder) portSet(cp *policy, dir Direction, r *rule, named []port,
 		candidates = b.egressCandidates(cp, r)
 	}
 	if _, ok := b.portSets[id]; ok {
+		// Every policy sharing the set hears of its unresolved names, not
+		// only the one that happened to build it.
+		for _, reason := range b.portSetProblems[id] {
+			b.problem(cp.key, reason)
+		}
 		return id
 	}
-	set := &PortSet{ID: id, Description: fmt.Sprintf("named ports %s of %s", strings.Join(names, ","), describeCandidates(dir, cp))}
+	set := &PortSet{ID: id, Description: fmt.Sprintf("named ports %s of %s", strings.Join(names, ","), describeCandidates(dir, cp, r))}
 	for _, p := range named {
 		found := false
 		for _, pod := range candidates {
@@ -292,11 +305,25 @@ func (b *modelBuilder) portSet(cp *policy, dir Direction, r *rule, named []port,
 	return id
 }
 
-func describeCandidates(dir Direction, cp *policy) string {
+// describeCandidates says which pods the named ports of rule r of cp are
+// resolved on, from what the port set's ID is made of and nothing else:
+// two policies that share the set must describe it alike, so that deleting
+// the one seen first changes nothing of the set.
+func describeCandidates(dir Direction, cp *policy, r *rule) string {
 	if dir == Ingress {
-		return "the pods selected in namespace " + cp.namespace
+		return "the pods selected by " + selectorID(cp.podSel) + " in namespace " + cp.namespace
 	}
-	return "the egress peers of " + cp.key
+	var peers []string
+	if r.allPeers {
+		peers = []string{"every pod"}
+	}
+	for i := range r.peers {
+		if r.peers[i].kind != peerNone {
+			peers = append(peers, describePeer(&r.peers[i], cp.namespace))
+		}
+	}
+	sort.Strings(peers)
+	return "the egress peers " + strings.Join(slices.Compact(peers), "; ")
 }
 
 // egressCandidates returns the endpoint pods an egress rule's peers cover:

@@ -10,7 +10,7 @@ import (
 // Builder builds one node's models one after another, as the agent's syncs
 // do, and reuses from one build to the next the address set of every
 // selector peer whose namespaces hold the same endpoint pods and labels as
-// at the build before, and every policy object it compiled before. One pod
+// at the build before, and every policy object it parsed before. One pod
 // change then resolves only the peers of its namespace instead of every
 // peer of every local policy.
 //
@@ -29,13 +29,13 @@ type Builder struct {
 	nsLabels map[string]labels.Set
 	// peerSets are the address sets of selector peers by peer ID.
 	peerSets map[string]*peerSetMemo
-	// policies are the compiled policies by object: the informer hands
+	// policies are the parsed policies by object: the informer hands
 	// the same object until the policy changes.
 	policies map[*networkingv1.NetworkPolicy]*policyMemo
 }
 
 type policyMemo struct {
-	compiled        *policy
+	parsed          *policy
 	resourceVersion string
 	gen             uint64
 }
@@ -151,19 +151,19 @@ func (ch *buildChanges) reusable(pe *peer) *AddrSet {
 	return memo.set
 }
 
-// compile returns the compiled np, from the last build when it is the same
+// parse returns the parsed np, from the last build when it is the same
 // object at the same version.
-func (ch *buildChanges) compile(np *networkingv1.NetworkPolicy) *policy {
+func (ch *buildChanges) parse(np *networkingv1.NetworkPolicy) *policy {
 	if ch == nil {
-		return compilePolicy(np)
+		return parsePolicy(np)
 	}
 	memo := ch.builder.policies[np]
 	if memo == nil || memo.resourceVersion != np.ResourceVersion {
-		memo = &policyMemo{compiled: compilePolicy(np), resourceVersion: np.ResourceVersion}
+		memo = &policyMemo{parsed: parsePolicy(np), resourceVersion: np.ResourceVersion}
 		ch.builder.policies[np] = memo
 	}
 	memo.gen = ch.builder.gen
-	return memo.compiled
+	return memo.parsed
 }
 
 // remember keeps the set of a selector peer for the next build.

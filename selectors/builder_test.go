@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/selectors/selectorstest"
@@ -21,7 +22,7 @@ func TestBuilderAgreesWithBuildModel(t *testing.T) {
 	const seeds, steps = 300, 25
 	for seed := int64(0); seed < seeds; seed++ {
 		r := rand.New(rand.NewSource(seed))
-		s := selectorstest.RandomCluster(r)
+		s := selectorstest.State(selectorstest.RandomCluster(selectorstest.RandomChoices(r, 1024)))
 		builders := map[string]*selectors.Builder{}
 		for _, node := range selectorstest.Nodes() {
 			builders[node] = selectors.NewBuilder()
@@ -46,7 +47,6 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) *selectors.State {
 		Pods:       slices.Clone(s.Pods),
 		Namespaces: slices.Clone(s.Namespaces),
 		Policies:   slices.Clone(s.Policies),
-		NodeIPs:    s.NodeIPs,
 	}
 	// The cache lists objects in no fixed order.
 	r.Shuffle(len(out.Pods), func(i, j int) { out.Pods[i], out.Pods[j] = out.Pods[j], out.Pods[i] })
@@ -57,7 +57,7 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) *selectors.State {
 		out.Pods[i] = &p
 		return &p
 	}
-	switch op := r.Intn(9); {
+	switch op := r.Intn(10); {
 	case op == 0 || len(out.Pods) == 0: // a new pod, like another one
 		var p selectors.Pod
 		if len(out.Pods) > 0 {
@@ -104,7 +104,12 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) *selectors.State {
 			out.Namespaces[i] = &selectors.Namespace{Name: ns, Labels: l}
 		}
 	case op == 6: // other policies
-		out.Policies = selectorstest.RandomCluster(r).Policies
+		out.Policies = selectorstest.RandomCluster(selectorstest.RandomChoices(r, 1024)).Policies
+	case op == 7: // a pod claims the address of another (a stale object during reuse)
+		from := out.Pods[r.Intn(len(out.Pods))]
+		p := copyPod(r.Intn(len(out.Pods)))
+		p.IPs = slices.Clone(from.IPs)
+		p.Created = from.Created.Add(time.Duration(r.Intn(3)-1) * time.Minute)
 	default: // nothing changed: a sync for another reason
 	}
 	return out

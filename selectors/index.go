@@ -13,9 +13,8 @@ type index struct {
 	namespaceLabels map[string]labels.Set
 	// namespaceNames is every namespace known from objects or pods.
 	namespaceNames []string
-	// byIP is built on first use (the evaluator, ipBlock egress peers with
-	// named ports): most syncs never need it, and at 100k pods it is the
-	// largest map of the index.
+	// byIP is the owner of every address (AddressOwners). Every pod in
+	// the index holds only the addresses it owns.
 	byIP map[netip.Addr]*Pod
 }
 
@@ -23,6 +22,7 @@ func newIndex(s *State) *index {
 	ix := &index{
 		podsByNamespace: map[string][]*Pod{},
 		namespaceLabels: make(map[string]labels.Set, len(s.Namespaces)),
+		byIP:            AddressOwners(s.Pods),
 	}
 	for _, ns := range s.Namespaces {
 		if ns == nil {
@@ -34,6 +34,9 @@ func newIndex(s *State) *index {
 		if p == nil || !p.IsEndpoint() {
 			continue
 		}
+		if p = ix.ownedPart(p); p == nil {
+			continue
+		}
 		if _, ok := ix.namespaceLabels[p.Namespace]; !ok {
 			ix.addNamespace(p.Namespace, nil)
 		}
@@ -42,20 +45,34 @@ func newIndex(s *State) *index {
 	return ix
 }
 
-// podByIP returns the endpoint pod of each address.
-func (ix *index) podByIP() map[netip.Addr]*Pod {
-	if ix.byIP == nil {
-		ix.byIP = map[netip.Addr]*Pod{}
-		for _, pods := range ix.podsByNamespace {
-			for _, p := range pods {
-				for _, ip := range p.IPs {
-					ix.byIP[ip] = p
-				}
-			}
+// ownedPart returns p as the model sees it: p itself when it owns all its
+// addresses, nil when it owns none, else a copy with the addresses it owns
+// (which then owns them in byIP). A pod's labels and named ports thus never
+// reach a set for an address another pod owns. Copies cost the Builder its
+// reuse of the namespace while the conflict lasts, which is rare and short.
+func (ix *index) ownedPart(p *Pod) *Pod {
+	var owned []netip.Addr
+	for _, ip := range p.IPs {
+		if ix.byIP[ip] == p {
+			owned = append(owned, ip)
 		}
 	}
-	return ix.byIP
+	switch len(owned) {
+	case len(p.IPs):
+		return p
+	case 0:
+		return nil
+	}
+	part := *p
+	part.IPs = owned
+	for _, ip := range owned {
+		ix.byIP[ip] = &part
+	}
+	return &part
 }
+
+// podByIP returns the endpoint pod that owns each address.
+func (ix *index) podByIP() map[netip.Addr]*Pod { return ix.byIP }
 
 // addNamespace records a namespace's labels, with the name label the API
 // server always sets, so selectors on it work even for a namespace whose
@@ -100,19 +117,4 @@ func (ix *index) peerPods(pe *peer, policyNamespace string, covers func(ns strin
 			}
 		}
 	}
-}
-
-// peerMatchesPod reports whether a selector peer matches pod.
-func (ix *index) peerMatchesPod(pe *peer, policyNamespace string, pod *Pod) bool {
-	switch pe.kind {
-	case peerPods:
-		return pod.Namespace == policyNamespace && pe.podSel.Matches(labels.Set(pod.Labels))
-	case peerNsPods:
-		nsLabels, ok := ix.namespaceLabels[pod.Namespace]
-		if !ok || !pe.nsSel.Matches(nsLabels) {
-			return false
-		}
-		return pe.podSel == nil || pe.podSel.Matches(labels.Set(pod.Labels))
-	}
-	return false
 }

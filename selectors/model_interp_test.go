@@ -1,12 +1,12 @@
 package selectors_test
 
 import (
-	"fmt"
 	"math/rand"
 	"net/netip"
 	"testing"
 
 	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/selectors/selectorstest"
 )
 
@@ -14,7 +14,7 @@ import (
 // Models of the nodes it passes: at each hop, the source pod's egress if it
 // lives on that node, and on forward the destination pod's ingress if it
 // does.
-func decideByModel(models map[string]*selectors.Model, places map[netip.Addr]selectorstest.Place, p selectors.Packet) bool {
+func decideByModel(models map[string]*selectors.Model, places map[netip.Addr]selectorstest.Place, p selectorstest.Packet) bool {
 	side := func(m *selectors.Model, dir selectors.Direction, own netip.Addr, remote netip.Addr) bool {
 		for i := range m.Pods {
 			pr := &m.Pods[i]
@@ -72,7 +72,7 @@ func policyRules(m *selectors.Model, key string, dir selectors.Direction) []sele
 	return nil
 }
 
-func modelRuleMatches(m *selectors.Model, r selectors.Rule, remote netip.Addr, p selectors.Packet) bool {
+func modelRuleMatches(m *selectors.Model, r selectors.Rule, remote netip.Addr, p selectorstest.Packet) bool {
 	peerOK := r.Peers.All
 	for _, id := range r.Peers.Sets {
 		for _, s := range m.AddrSets {
@@ -113,43 +113,40 @@ func modelRuleMatches(m *selectors.Model, r selectors.Rule, remote netip.Addr, p
 	return false
 }
 
-// checkAgreement compares the model interpreter with selectors.Evaluate on every
-// packet selectorstest.Packets lists.
-func checkAgreement(t *testing.T, s *selectors.State) {
+// checkAgreement compares the model interpreter with the reference
+// evaluator on every packet selectorstest.Packets lists. The builder reads
+// the cluster through its own conversion (selectorstest.State), the
+// evaluator reads the API objects.
+func checkAgreement(t *testing.T, cl *reference.Cluster) {
 	t.Helper()
+	s := selectorstest.State(cl)
 	models := map[string]*selectors.Model{}
 	for _, node := range selectorstest.Nodes() {
 		m, _ := selectors.BuildModel(node, s)
 		models[node] = m
 	}
-	places := selectorstest.Places(s)
-	for _, pk := range selectorstest.Packets(s) {
-		want := selectors.Evaluate(s, pk)
+	places := selectorstest.Places(cl)
+	for _, pk := range selectorstest.Packets(cl) {
+		want := reference.Evaluate(cl, pk.Reference())
 		if got := decideByModel(models, places, pk); got != want.Allowed {
-			t.Fatalf("model says %v, evaluator says %v for %s\n%s\npolicies: %s",
-				got, want.Allowed, pk, want.Explain(), describePolicies(s))
+			t.Fatalf("model says %v, evaluator says %v for %s\n%s\ncluster:%s",
+				got, want.Allowed, pk, want.Explain(), selectorstest.Describe(cl))
 		}
 	}
-}
-
-func describePolicies(s *selectors.State) string {
-	out := ""
-	for _, p := range s.Policies {
-		out += fmt.Sprintf("\n%s/%s: %+v", p.Namespace, p.Name, p.Spec)
-	}
-	return out
 }
 
 func TestModelAgreesWithEvaluator(t *testing.T) {
 	r := rand.New(rand.NewSource(1))
 	for i := 0; i < 300; i++ {
-		s := selectorstest.RandomCluster(r)
-		checkAgreement(t, s)
+		checkAgreement(t, selectorstest.RandomCluster(selectorstest.RandomChoices(r, 1024)))
 	}
 }
 
+// FuzzModelAgreesWithEvaluate: the fuzzer's bytes are the generator's
+// choices (selectorstest.Choices), so coverage guidance steers the
+// clusters it draws.
 func FuzzModelAgreesWithEvaluate(f *testing.F) {
-	f.Fuzz(func(t *testing.T, seed int64) {
-		checkAgreement(t, selectorstest.RandomCluster(rand.New(rand.NewSource(seed))))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkAgreement(t, selectorstest.RandomCluster(selectorstest.NewChoices(data)))
 	})
 }

@@ -3,6 +3,7 @@ package selectors
 import (
 	"net/netip"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -20,6 +21,9 @@ type Pod struct {
 	// already belong to another pod.
 	Terminal bool
 	Ports    []NamedPort
+	// Created is the pod's creationTimestamp: when two pods claim one
+	// address, the newer owns it (see AddressOwners).
+	Created time.Time
 }
 
 // Key returns "namespace/name".
@@ -50,9 +54,6 @@ type State struct {
 	Pods       []*Pod
 	Namespaces []*Namespace
 	Policies   []*networkingv1.NetworkPolicy
-	// NodeIPs are the addresses of each node, by node name. Traffic from a
-	// node to its own pods is always allowed (kubelet probes).
-	NodeIPs map[string][]netip.Addr
 }
 
 // Problem is a part of a policy that cannot be enforced as written; that
@@ -75,6 +76,7 @@ func PodFromObject(p *corev1.Pod) *Pod {
 		Labels:      p.Labels,
 		HostNetwork: p.Spec.HostNetwork,
 		Terminal:    p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+		Created:     p.CreationTimestamp.Time,
 	}
 	seen := map[netip.Addr]bool{}
 	addIP := func(s string) {
@@ -146,4 +148,36 @@ func (p *Pod) lookupPort(name string, proto Protocol) (uint16, bool) {
 		}
 	}
 	return 0, false
+}
+
+// AddressOwners returns the endpoint pod that owns each address of the
+// endpoint pods. An address is normally one pod's; when several claim it
+// (the object of a finished or deleted pod not yet updated while its
+// address is reused), the newest owns it: the latest Created, ties broken
+// by namespace then name ascending. Only the owner's labels and named
+// ports count for the address, whatever order the pods come in.
+func AddressOwners(pods []*Pod) map[netip.Addr]*Pod {
+	owners := make(map[netip.Addr]*Pod, len(pods))
+	for _, p := range pods {
+		if p == nil || !p.IsEndpoint() {
+			continue
+		}
+		for _, ip := range p.IPs {
+			if o, ok := owners[ip]; !ok || p.claimsBefore(o) {
+				owners[ip] = p
+			}
+		}
+	}
+	return owners
+}
+
+// claimsBefore reports whether p's claim on an address beats q's.
+func (p *Pod) claimsBefore(q *Pod) bool {
+	if !p.Created.Equal(q.Created) {
+		return p.Created.After(q.Created)
+	}
+	if p.Namespace != q.Namespace {
+		return p.Namespace < q.Namespace
+	}
+	return p.Name < q.Name
 }

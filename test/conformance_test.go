@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftpol/nftpol/controllers"
-	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -206,13 +206,13 @@ func (m *modelBed) convergeWithin(s step, bound time.Duration) (map[testbed.Prob
 }
 
 // clusterState reads the cluster as the reference evaluator takes it.
-func (m *modelBed) clusterState(t *testing.T) *selectors.State {
+func (m *modelBed) clusterState(t *testing.T) *reference.Cluster {
 	t.Helper()
 	reader, err := controllers.NewReader(m.cp.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, err := controllers.ReadState(context.Background(), reader)
+	state, err := testbed.ReadCluster(context.Background(), reader)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,43 +1,70 @@
 package selectorstest
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/reference"
 )
 
-// Packets lists the first packets to decide in s: between every two
-// distinct addresses of its pods and nodes of one family, TCP and UDP, to
-// ports 80, 81 and 82 (the ports RandomCluster's policies speak of, and one
-// they never name).
-func Packets(s *selectors.State) []selectors.Packet {
+// Packet is the first packet of a connection, as the compiled forms see
+// it: protocol numbers, as on the wire.
+type Packet struct {
+	Src, Dst netip.Addr
+	Protocol selectors.Protocol
+	Port     uint16 // destination port
+}
+
+func (p Packet) String() string {
+	return fmt.Sprintf("%s -> %s %s/%d", p.Src, p.Dst, p.Protocol, p.Port)
+}
+
+// Reference is the packet as the reference evaluator takes it.
+func (p Packet) Reference() reference.Packet {
+	proto := map[selectors.Protocol]corev1.Protocol{
+		selectors.ProtocolTCP: corev1.ProtocolTCP, selectors.ProtocolUDP: corev1.ProtocolUDP, selectors.ProtocolSCTP: corev1.ProtocolSCTP,
+	}[p.Protocol]
+	return reference.Packet{Src: p.Src, Dst: p.Dst, Protocol: proto, Port: int32(p.Port)}
+}
+
+// Packets lists the first packets to decide in cl: between every two
+// addresses of its pods (any pod, endpoint or not) and nodes of one family,
+// an address to itself included, TCP, UDP and SCTP, to ports 80, 81 and 82
+// (the ports RandomCluster's policies speak of, and one its pods never
+// name).
+func Packets(cl *reference.Cluster) []Packet {
 	var addrs []netip.Addr
 	seen := map[netip.Addr]bool{}
-	add := func(a netip.Addr) {
-		if !seen[a] {
-			seen[a] = true
-			addrs = append(addrs, a)
+	add := func(s string) {
+		if a, err := netip.ParseAddr(s); err == nil && !seen[a.Unmap()] {
+			seen[a.Unmap()] = true
+			addrs = append(addrs, a.Unmap())
 		}
 	}
-	for _, p := range s.Pods {
-		for _, a := range p.IPs {
-			add(a)
+	for _, p := range cl.Pods {
+		add(p.Status.PodIP)
+		for _, ip := range p.Status.PodIPs {
+			add(ip.IP)
 		}
 	}
 	for _, node := range Nodes() {
-		for _, a := range s.NodeIPs[node] {
-			add(a)
+		for _, a := range cl.NodeAddresses[node] {
+			add(a.String())
 		}
 	}
-	var out []selectors.Packet
+	var out []Packet
 	for _, src := range addrs {
 		for _, dst := range addrs {
-			if src == dst || src.Is4() != dst.Is4() {
+			if src.Is4() != dst.Is4() {
 				continue
 			}
-			for _, proto := range []selectors.Protocol{selectors.ProtocolTCP, selectors.ProtocolUDP} {
+			for _, proto := range []selectors.Protocol{selectors.ProtocolTCP, selectors.ProtocolUDP, selectors.ProtocolSCTP} {
 				for _, port := range []uint16{80, 81, 82} {
-					out = append(out, selectors.Packet{Src: src, Dst: dst, Protocol: proto, Port: port})
+					out = append(out, Packet{Src: src, Dst: dst, Protocol: proto, Port: port})
 				}
 			}
 		}
@@ -52,19 +79,20 @@ type Place struct {
 	IsNode bool
 }
 
-// Places maps the addresses of the pod endpoints and nodes of s to where
+// Places maps the addresses of the pod endpoints and nodes of cl to where
 // they live; any other address (a host-network or finished pod's) is
-// outside the cluster as far as policies are concerned.
-func Places(s *selectors.State) map[netip.Addr]Place {
+// outside the cluster as far as policies are concerned. An address two
+// pods claim lives where its owner (reference.Cluster.OwnerOf) runs.
+func Places(cl *reference.Cluster) map[netip.Addr]Place {
 	out := map[netip.Addr]Place{}
-	for _, p := range s.Pods {
-		if p.IsEndpoint() {
-			for _, a := range p.IPs {
-				out[a] = Place{Node: p.NodeName}
+	for _, p := range cl.Pods {
+		for _, a := range reference.Addresses(p) {
+			if owner := cl.OwnerOf(a); owner != nil {
+				out[a] = Place{Node: owner.Spec.NodeName}
 			}
 		}
 	}
-	for node, addrs := range s.NodeIPs {
+	for node, addrs := range cl.NodeAddresses {
 		for _, a := range addrs {
 			out[a] = Place{Node: node, IsNode: true}
 		}
@@ -94,8 +122,12 @@ type Hop struct {
 // (pods behind point-to-point links, nodes routing between them, as in the
 // e2e testbed and kindnet): forward on the source pod's node, then on the
 // destination's node if it is another one, or input where the destination
-// is a node itself.
-func Hops(places map[netip.Addr]Place, p selectors.Packet) []Hop {
+// is a node itself. A packet to its own source address never leaves its
+// pod or node.
+func Hops(places map[netip.Addr]Place, p Packet) []Hop {
+	if p.Src.Unmap() == p.Dst.Unmap() {
+		return nil
+	}
 	src, srcIn := places[p.Src.Unmap()]
 	dst, dstIn := places[p.Dst.Unmap()]
 	arrive := func(node string) Hop {
@@ -117,4 +149,34 @@ func Hops(places map[netip.Addr]Place, p selectors.Packet) []Hop {
 		hops = append(hops, arrive(dst.Node))
 	}
 	return hops
+}
+
+// Describe prints the objects of cl that decide packets, for failure
+// messages: pods with their addresses, phase and ports, namespaces with
+// their labels, policies with their specs.
+func Describe(cl *reference.Cluster) string {
+	var b strings.Builder
+	for _, ns := range cl.Namespaces {
+		fmt.Fprintf(&b, "\nnamespace %s %v", ns.Name, ns.Labels)
+	}
+	for _, p := range cl.Pods {
+		var ports []string
+		for _, c := range p.Spec.Containers {
+			for _, cp := range c.Ports {
+				ports = append(ports, fmt.Sprintf("%s=%s/%d", cp.Name, cp.Protocol, cp.ContainerPort))
+			}
+		}
+		for _, c := range p.Spec.InitContainers {
+			for _, cp := range c.Ports {
+				ports = append(ports, fmt.Sprintf("init(restart=%v):%s=%s/%d", c.RestartPolicy != nil, cp.Name, cp.Protocol, cp.ContainerPort))
+			}
+		}
+		fmt.Fprintf(&b, "\npod %s/%s node=%s %v ip=%s ips=%v phase=%s host=%v created=%s ports=%v",
+			p.Namespace, p.Name, p.Spec.NodeName, p.Labels, p.Status.PodIP, p.Status.PodIPs, p.Status.Phase, p.Spec.HostNetwork,
+			p.CreationTimestamp.Format("15:04"), ports)
+	}
+	for _, np := range cl.Policies {
+		fmt.Fprintf(&b, "\npolicy %s/%s: %+v", np.Namespace, np.Name, np.Spec)
+	}
+	return b.String()
 }

@@ -2,8 +2,8 @@ package selectorstest
 
 import (
 	"fmt"
-	"math/rand"
 	"net/netip"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -11,138 +11,243 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/selectors/reference"
 )
 
 // Nodes returns the names of the nodes of a RandomCluster.
 func Nodes() []string { return []string{"node-0", "node-1"} }
 
-// RandomCluster builds a small random cluster: up to three namespaces, nine
-// pods over two nodes (some dual-stack, some on the host network, some
-// finished), each node with an address inside the ipBlocks the policies
-// draw from, and one to four policies drawn from every feature of the API.
-func RandomCluster(r *rand.Rand) *selectors.State {
-	s := &selectors.State{NodeIPs: map[string][]netip.Addr{}}
+// RandomCluster draws a small cluster of API objects, every choice read
+// from c: up to three namespaces (pods may live in one with no object),
+// nine pods over two nodes (IPv4, IPv6 or both, in podIPs or only the
+// legacy podIP, some on the host network, finished, pending without an
+// address, or claiming an address another pod holds, with named ports in
+// containers, sidecars and plain init containers), each node with an
+// address inside the ipBlocks the policies draw from, and one to four
+// policies drawn from every feature of the API and a few invalid parts.
+//
+// The objects are what the API server would hand out: the model builder
+// reads them through its own conversion (State), the reference evaluator
+// reads them as they are.
+func RandomCluster(c *Choices) *reference.Cluster {
+	cl := &reference.Cluster{NodeAddresses: map[string][]netip.Addr{}}
 	for i, node := range Nodes() {
-		s.NodeIPs[node] = []netip.Addr{
+		cl.NodeAddresses[node] = []netip.Addr{
 			netip.AddrFrom4([4]byte{10, 0, 0, byte(100 + i)}),
 			netip.MustParseAddr(fmt.Sprintf("fd00::%d", 100+i)),
 		}
 	}
 	nsNames := []string{"x", "y", "z"}
-	for _, ns := range nsNames[:1+r.Intn(3)] {
+	for _, ns := range nsNames[:1+c.Intn(3)] {
 		l := map[string]string{"ns": ns}
-		if r.Intn(2) == 0 {
-			l["env"] = []string{"prod", "dev"}[r.Intn(2)]
+		if env := Pick(c, "", "prod", "dev"); env != "" {
+			l["env"] = env
 		}
-		s.Namespaces = append(s.Namespaces, &selectors.Namespace{Name: ns, Labels: l})
+		// The API server always sets the name label; an object without
+		// it checks that the builder supplies it.
+		if c.Intn(4) != 3 {
+			l[corev1.LabelMetadataName] = ns
+		}
+		cl.Namespaces = append(cl.Namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: l}})
 	}
+	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var v4s []string
 	n := 0
 	for _, ns := range nsNames {
 		for _, name := range []string{"a", "b", "c"} {
 			n++
-			pod := &selectors.Pod{Namespace: ns, Name: name, NodeName: Nodes()[r.Intn(2)],
-				Labels: map[string]string{"pod": name}}
-			if r.Intn(3) == 0 {
-				pod.Labels["tier"] = []string{"web", "db"}[r.Intn(2)]
-			}
-			pod.IPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(n)})}
-			if r.Intn(2) == 0 {
-				pod.IPs = append(pod.IPs, netip.MustParseAddr(fmt.Sprintf("fd00::%d", n)))
-			}
-			pod.HostNetwork = r.Intn(12) == 0
-			pod.Terminal = r.Intn(12) == 0
-			for _, port := range []int{80, 81} {
-				if r.Intn(4) != 0 {
-					pod.Ports = append(pod.Ports, selectors.NamedPort{Name: fmt.Sprintf("serve-%d", port), Protocol: selectors.ProtocolTCP, Port: uint16(port + r.Intn(2))})
-				}
-			}
-			s.Pods = append(s.Pods, pod)
+			cl.Pods = append(cl.Pods, randomPod(c, ns, name, n, created, &v4s))
 		}
 	}
-	for i := 0; i < 1+r.Intn(4); i++ {
-		s.Policies = append(s.Policies, randomPolicy(r, nsNames[r.Intn(3)], fmt.Sprintf("p%d", i)))
+	for i := 0; i < 1+c.Intn(4); i++ {
+		cl.Policies = append(cl.Policies, randomPolicy(c, Pick(c, nsNames...), fmt.Sprintf("p%d", i)))
 	}
-	return s
+	return cl
 }
 
-func randomSelector(r *rand.Rand, key string, values ...string) *metav1.LabelSelector {
-	switch r.Intn(5) {
+// randomPod draws the n-th pod. v4s are the IPv4 addresses of the pods
+// before it, for a pod to claim one of them.
+func randomPod(c *Choices, ns, name string, n int, created time.Time, v4s *[]string) *corev1.Pod {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"pod": name},
+			// Few distinct times, so equal timestamps (the API keeps
+			// seconds) decide address ownership by name often.
+			CreationTimestamp: metav1.NewTime(created.Add(time.Duration(c.Intn(3)) * time.Minute))},
+		Spec:   corev1.PodSpec{NodeName: Pick(c, Nodes()...)},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	if tier := Pick(c, "", "web", "db"); tier != "" {
+		pod.Labels["tier"] = tier
+	}
+	v4, v6 := fmt.Sprintf("10.0.0.%d", n), fmt.Sprintf("fd00::%d", n)
+	if len(*v4s) > 0 && c.Intn(6) == 5 {
+		v4 = (*v4s)[c.Intn(len(*v4s))] // a stale object and a new pod on one address
+	}
+	*v4s = append(*v4s, v4)
+	if c.Intn(8) == 7 {
+		v4 = "::ffff:" + v4 // IPv4-mapped form
+	}
+	var ips []string
+	switch c.Intn(4) {
+	case 0, 1:
+		ips = []string{v4}
+	case 2:
+		ips = []string{v4, v6}
+	default:
+		ips = []string{v6}
+	}
+	pod.Status.PodIP = ips[0]
+	if c.Intn(4) != 3 { // else only the legacy field
+		for _, ip := range ips {
+			pod.Status.PodIPs = append(pod.Status.PodIPs, corev1.PodIP{IP: ip})
+		}
+	}
+	switch c.Intn(12) {
+	case 9:
+		pod.Status.Phase = corev1.PodSucceeded
+	case 10:
+		pod.Status.Phase = corev1.PodFailed
+	case 11:
+		pod.Status = corev1.PodStatus{Phase: corev1.PodPending} // no address yet
+	}
+	pod.Spec.HostNetwork = c.Intn(12) == 11
+
+	pod.Spec.Containers = []corev1.Container{{Name: "main"}}
+	always := corev1.ContainerRestartPolicyAlways
+	for _, port := range []int32{80, 81} {
+		cp := corev1.ContainerPort{
+			Name:          fmt.Sprintf("serve-%d", port),
+			ContainerPort: port + int32(c.Intn(2)),
+			Protocol:      Pick(c, "", corev1.ProtocolTCP, corev1.ProtocolUDP),
+		}
+		switch c.Intn(5) {
+		case 0, 1:
+			pod.Spec.Containers[0].Ports = append(pod.Spec.Containers[0].Ports, cp)
+		case 2: // a sidecar: its ports are the pod's
+			pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: "side-" + cp.Name, RestartPolicy: &always, Ports: []corev1.ContainerPort{cp}})
+		case 3: // a plain init container: gone before the pod serves
+			pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: "init-" + cp.Name, Ports: []corev1.ContainerPort{cp}})
+		}
+	}
+	return pod
+}
+
+func randomSelector(c *Choices, key string, values ...string) *metav1.LabelSelector {
+	switch c.Intn(7) {
 	case 0:
 		return &metav1.LabelSelector{}
 	case 1:
-		return &metav1.LabelSelector{MatchLabels: map[string]string{key: values[r.Intn(len(values))]}}
+		return &metav1.LabelSelector{MatchLabels: map[string]string{key: Pick(c, values...)}}
 	case 2:
-		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: metav1.LabelSelectorOpIn, Values: values[:1+r.Intn(len(values))]}}}
+		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: metav1.LabelSelectorOpIn, Values: values[:1+c.Intn(len(values))]}}}
 	case 3:
 		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: metav1.LabelSelectorOpNotIn, Values: values[:1]}}}
+	case 4:
+		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpExists}}}
+	case 5:
+		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpDoesNotExist}},
+			MatchLabels: map[string]string{key: Pick(c, values...)}}
 	}
-	op := []metav1.LabelSelectorOperator{metav1.LabelSelectorOpExists, metav1.LabelSelectorOpDoesNotExist}[r.Intn(2)]
-	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: op}}}
+	// Invalid (In without values): selects nothing.
+	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: metav1.LabelSelectorOpIn}}}
 }
 
-func randomPeers(r *rand.Rand) []networkingv1.NetworkPolicyPeer {
+func randomPeers(c *Choices) []networkingv1.NetworkPolicyPeer {
 	var peers []networkingv1.NetworkPolicyPeer
-	for i := 0; i < r.Intn(3); i++ {
-		switch r.Intn(4) {
-		case 0:
-			peers = append(peers, networkingv1.NetworkPolicyPeer{PodSelector: randomSelector(r, "pod", "a", "b", "c")})
-		case 1:
-			peers = append(peers, networkingv1.NetworkPolicyPeer{NamespaceSelector: randomSelector(r, "ns", "x", "y", "z")})
-		case 2:
-			peers = append(peers, networkingv1.NetworkPolicyPeer{NamespaceSelector: randomSelector(r, "ns", "x", "y"), PodSelector: randomSelector(r, "pod", "a", "b")})
-		default:
-			b := &networkingv1.IPBlock{CIDR: []string{"10.0.0.0/28", "10.0.0.0/24", "0.0.0.0/0", "fd00::/120", "::/0"}[r.Intn(5)]}
-			if r.Intn(2) == 0 {
-				if b.CIDR[0] == 'f' || b.CIDR[0] == ':' {
-					b.Except = []string{"fd00::4/126"}
-				} else {
-					b.Except = []string{"10.0.0.4/30", "10.0.0.6/31"}
-				}
+	for i := c.Intn(3); i > 0; i-- {
+		switch c.Intn(9) {
+		case 0, 1:
+			peers = append(peers, networkingv1.NetworkPolicyPeer{PodSelector: randomSelector(c, "pod", "a", "b", "c")})
+		case 2, 3:
+			peers = append(peers, networkingv1.NetworkPolicyPeer{NamespaceSelector: randomSelector(c, "ns", "x", "y", "z")})
+		case 4, 5:
+			peers = append(peers, networkingv1.NetworkPolicyPeer{NamespaceSelector: randomSelector(c, "ns", "x", "y"), PodSelector: randomSelector(c, "pod", "a", "b")})
+		case 6, 7:
+			peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: randomIPBlock(c)})
+		default: // invalid: an ipBlock with a selector, or an empty peer
+			if c.Intn(2) == 0 {
+				peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: randomIPBlock(c), PodSelector: &metav1.LabelSelector{}})
+			} else {
+				peers = append(peers, networkingv1.NetworkPolicyPeer{})
 			}
-			peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: b})
 		}
 	}
 	return peers
 }
 
-func randomPorts(r *rand.Rand) []networkingv1.NetworkPolicyPort {
+func randomIPBlock(c *Choices) *networkingv1.IPBlock {
+	b := &networkingv1.IPBlock{CIDR: Pick(c, "10.0.0.0/28", "10.0.0.0/24", "0.0.0.0/0", "fd00::/120", "::/0", "10.0.0.8/29", "fd00::/124", "10.0.0.7/29")}
+	for i := c.Intn(3); i > 0; i-- {
+		// Excepts inside the cidr and, now and then, outside it or of the
+		// other family (the API server refuses those; they exclude nothing).
+		b.Except = append(b.Except, Pick(c, "10.0.0.4/30", "fd00::4/126", "10.0.0.6/31", "fd00::1/128", "10.0.0.1/32", "10.0.0.8/30", "fd00::8/125", "10.0.0.0/16"))
+	}
+	return b
+}
+
+func randomPorts(c *Choices) []networkingv1.NetworkPolicyPort {
 	var ports []networkingv1.NetworkPolicyPort
-	for i := 0; i < r.Intn(3); i++ {
-		proto := []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}[r.Intn(2)]
-		np := networkingv1.NetworkPolicyPort{Protocol: &proto}
-		switch r.Intn(4) {
-		case 0:
-			v := intstr.FromInt32(int32(80 + r.Intn(2)))
+	for i := c.Intn(3); i > 0; i-- {
+		var np networkingv1.NetworkPolicyPort
+		if proto := Pick(c, corev1.Protocol(""), corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP); proto != "" {
+			np.Protocol = &proto
+		}
+		switch c.Intn(7) {
+		case 0: // every port of the protocol
+		case 1, 2:
+			v := intstr.FromInt32(int32(80 + c.Intn(3)))
 			np.Port = &v
-		case 1:
-			v := intstr.FromInt32(80)
-			end := int32(81)
+		case 3:
+			first := int32(80 + c.Intn(2))
+			v, end := intstr.FromInt32(first), first+int32(c.Intn(3))-1 // may end before it starts
 			np.Port, np.EndPort = &v, &end
-		case 2:
-			v := intstr.FromString(fmt.Sprintf("serve-%d", 80+r.Intn(2)))
+		case 4, 5:
+			v := intstr.FromString(fmt.Sprintf("serve-%d", 80+c.Intn(2)))
 			np.Port = &v
+		default: // invalid: endPort with a named port, or without a port
+			end := int32(81)
+			if c.Intn(2) == 0 {
+				v := intstr.FromString("serve-80")
+				np.Port = &v
+			}
+			np.EndPort = &end
 		}
 		ports = append(ports, np)
 	}
 	return ports
 }
 
-func randomPolicy(r *rand.Rand, ns, name string) *networkingv1.NetworkPolicy {
+func randomPolicy(c *Choices, ns, name string) *networkingv1.NetworkPolicy {
 	p := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	p.Spec.PodSelector = *randomSelector(r, "pod", "a", "b", "c")
-	switch r.Intn(4) {
-	case 0:
-		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+	p.Spec.PodSelector = *randomSelector(c, "pod", "a", "b", "c")
+	switch c.Intn(4) {
 	case 1:
-		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
+		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
 	case 2:
+		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
+	case 3:
 		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
 	}
-	for i := 0; i < r.Intn(3); i++ {
-		p.Spec.Ingress = append(p.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: randomPeers(r), Ports: randomPorts(r)})
+	for i := c.Intn(3); i > 0; i-- {
+		p.Spec.Ingress = append(p.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: randomPeers(c), Ports: randomPorts(c)})
 	}
-	for i := 0; i < r.Intn(3); i++ {
-		p.Spec.Egress = append(p.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: randomPeers(r), Ports: randomPorts(r)})
+	for i := c.Intn(3); i > 0; i-- {
+		p.Spec.Egress = append(p.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: randomPeers(c), Ports: randomPorts(c)})
 	}
 	return p
+}
+
+// State is the cluster as the model builder takes it, through the
+// conversions the agent uses (selectors.PodFromObject and
+// selectors.NamespaceFromObject): the builder's reading of the objects,
+// not the evaluator's.
+func State(cl *reference.Cluster) *selectors.State {
+	s := &selectors.State{Policies: cl.Policies}
+	for _, p := range cl.Pods {
+		s.Pods = append(s.Pods, selectors.PodFromObject(p))
+	}
+	for _, ns := range cl.Namespaces {
+		s.Namespaces = append(s.Namespaces, selectors.NamespaceFromObject(ns))
+	}
+	return s
 }

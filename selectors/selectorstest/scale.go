@@ -30,7 +30,7 @@ const ScaleNode = "local"
 // draw.
 func ScaleCluster(pods, policies, localPods int) *selectors.State {
 	nNamespaces := max(1, pods/50)
-	s := &selectors.State{NodeIPs: map[string][]netip.Addr{ScaleNode: {netip.MustParseAddr("192.0.2.1")}}}
+	s := &selectors.State{}
 	for i := 0; i < nNamespaces; i++ {
 		s.Namespaces = append(s.Namespaces, &selectors.Namespace{Name: fmt.Sprintf("ns-%d", i), Labels: map[string]string{
 			"kubernetes.io/metadata.name": fmt.Sprintf("ns-%d", i),

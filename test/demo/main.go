@@ -196,7 +196,7 @@ func evaluatorMatrix(ctx context.Context, cp *testbed.ControlPlane, pods []*test
 	if err != nil {
 		return nil, err
 	}
-	state, err := controllers.ReadState(ctx, reader)
+	state, err := testbed.ReadCluster(ctx, reader)
 	if err != nil {
 		return nil, err
 	}

@@ -12,11 +12,13 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-// This file turns a NetworkPolicy into its parsed form: selectors compiled,
-// ipBlocks as address ranges, ports as numbers or names, policy types
-// defaulted. The model builder and the reference evaluator both read this
-// form, so the two share one reading of the API and differ only in how
-// they apply it (sets for the kernel vs. a direct check of one packet).
+// This file parses a NetworkPolicy into the form the model builder
+// resolves: selectors compiled by apimachinery, ipBlocks as address ranges
+// (the cidr minus its excepts, the shape an interval set needs), ports as
+// numbers, ranges or names, policy types defaulted. Only the builder reads
+// it: the reference evaluator (selectors/reference) reads the API objects
+// on its own, so that a misreading here shows up as a disagreement instead
+// of being shared by the oracle.
 
 type policy struct {
 	key       string
@@ -72,13 +74,9 @@ type port struct {
 	name        string // set for a named port
 }
 
-func (p port) matchesNumber(proto Protocol, n uint16) bool {
-	return p.name == "" && p.protocol == proto && p.first <= n && n <= p.last
-}
-
-// compilePolicy parses one policy. It never fails: parts that cannot be
+// parsePolicy parses one policy. It never fails: parts that cannot be
 // enforced are recorded as problems and match nothing.
-func compilePolicy(np *networkingv1.NetworkPolicy) *policy {
+func parsePolicy(np *networkingv1.NetworkPolicy) *policy {
 	p := &policy{key: np.Namespace + "/" + np.Name, namespace: np.Namespace}
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
@@ -105,13 +103,13 @@ func compilePolicy(np *networkingv1.NetworkPolicy) *policy {
 	if p.types[Ingress] {
 		for i := range np.Spec.Ingress {
 			r := &np.Spec.Ingress[i]
-			p.rules[Ingress] = append(p.rules[Ingress], p.compileRule(r.From, r.Ports))
+			p.rules[Ingress] = append(p.rules[Ingress], p.parseRule(r.From, r.Ports))
 		}
 	}
 	if p.types[Egress] {
 		for i := range np.Spec.Egress {
 			r := &np.Spec.Egress[i]
-			p.rules[Egress] = append(p.rules[Egress], p.compileRule(r.To, r.Ports))
+			p.rules[Egress] = append(p.rules[Egress], p.parseRule(r.To, r.Ports))
 		}
 	}
 	return p
@@ -121,13 +119,13 @@ func (p *policy) problem(format string, args ...any) {
 	p.problems = append(p.problems, fmt.Sprintf(format, args...))
 }
 
-func (p *policy) compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) rule {
+func (p *policy) parseRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) rule {
 	r := rule{allPeers: len(peers) == 0, allPorts: len(ports) == 0}
 	for i := range peers {
-		r.peers = append(r.peers, p.compilePeer(&peers[i]))
+		r.peers = append(r.peers, p.parsePeer(&peers[i]))
 	}
 	for i := range ports {
-		if pt, ok := p.compilePort(&ports[i]); ok {
+		if pt, ok := p.parsePort(&ports[i]); ok {
 			r.ports = append(r.ports, pt)
 		}
 	}
@@ -142,14 +140,14 @@ func selectorID(s labels.Selector) string {
 	return s.String()
 }
 
-func (p *policy) compilePeer(np *networkingv1.NetworkPolicyPeer) peer {
+func (p *policy) parsePeer(np *networkingv1.NetworkPolicyPeer) peer {
 	switch {
 	case np.IPBlock != nil:
 		if np.PodSelector != nil || np.NamespaceSelector != nil {
 			p.problem("a peer with ipBlock and a selector matches nothing")
 			return peer{kind: peerNone}
 		}
-		block, id, problems := compileIPBlock(np.IPBlock)
+		block, id, problems := parseIPBlock(np.IPBlock)
 		for _, pr := range problems {
 			p.problem("%s", pr)
 		}
@@ -187,7 +185,7 @@ func (p *policy) compilePeer(np *networkingv1.NetworkPolicyPeer) peer {
 	return peer{kind: peerNone}
 }
 
-func (p *policy) compilePort(np *networkingv1.NetworkPolicyPort) (port, bool) {
+func (p *policy) parsePort(np *networkingv1.NetworkPolicyPort) (port, bool) {
 	var proto Protocol = ProtocolTCP
 	if np.Protocol != nil {
 		var ok bool
@@ -197,6 +195,11 @@ func (p *policy) compilePort(np *networkingv1.NetworkPolicyPort) (port, bool) {
 		}
 	}
 	if np.Port == nil {
+		if np.EndPort != nil {
+			// The API server refuses endPort without port.
+			p.problem("endPort without port matches nothing")
+			return port{}, false
+		}
 		return port{protocol: proto, first: 0, last: 65535}, true
 	}
 	if name := np.Port.StrVal; np.Port.Type == intstr.String {
@@ -215,17 +218,17 @@ func (p *policy) compilePort(np *networkingv1.NetworkPolicyPort) (port, bool) {
 	if np.EndPort != nil {
 		last = int(*np.EndPort)
 	}
-	if first < 0 || first > 65535 || last < first || last > 65535 {
+	if first < 1 || first > 65535 || last < first || last > 65535 {
 		p.problem("port range %d-%d is invalid, it matches nothing", first, last)
 		return port{}, false
 	}
 	return port{protocol: proto, first: uint16(first), last: uint16(last)}, true
 }
 
-// compileIPBlock returns the block's ranges (CIDR minus excepts) and its
+// parseIPBlock returns the block's ranges (CIDR minus excepts) and its
 // canonical id. An except outside the CIDR, or of the other family,
 // removes nothing and is reported.
-func compileIPBlock(b *networkingv1.IPBlock) (ipBlock, string, []string) {
+func parseIPBlock(b *networkingv1.IPBlock) (ipBlock, string, []string) {
 	var problems []string
 	cidr, err := netip.ParsePrefix(strings.TrimSpace(b.CIDR))
 	if err != nil {
