@@ -15,6 +15,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -127,7 +129,18 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := nft.CheckPrivileges(); err != nil {
 		return err
 	}
+	// A kernel without nf_tables is one clear line at start, not a stream
+	// of failed syncs behind a healthy-looking pod.
+	if err := nft.CheckNFTables(f.netns); err != nil {
+		return err
+	}
 	log := textlogger.NewLogger(f.logConfig)
+	if limit, err := softMemoryLimit(os.Getenv); err != nil {
+		return err
+	} else if limit > 0 {
+		debug.SetMemoryLimit(limit)
+		log.Info("Go soft memory limit set from the container's memory limit", "bytes", limit, "percent", memoryLimitPercent)
+	}
 	// controller-runtime's own packages log through its global logger.
 	ctrllog.SetLogger(log)
 	cfg, err := restConfig(f.kubeconfig)
@@ -159,6 +172,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		LogDenied:              f.logDenied,
 		LogGroup:               uint16(f.logDeniedGroup),
 		NetNSPath:              f.netns,
+		// One agent per table and network namespace: a second one (a
+		// stuck old pod, a second install) waits for the first to exit.
+		Lock: func() (io.Closer, error) { return nft.TryLockTable(f.netns, f.tableName) },
 	})
 	if err != nil {
 		return err
@@ -172,9 +188,16 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
+// tableCommand is a table command's opened table.
+type tableCommand struct {
+	enforcer *nft.Enforcer
+	table    string
+	netns    string
+}
+
 // openTable parses the flags every table command shares, plus extra ones,
 // checks the capability and opens the table's namespace.
-func openTable(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*nft.Enforcer, string, error) {
+func openTable(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*tableCommand, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	table := fs.String("table-name", "nftpol", "name of the table")
@@ -183,52 +206,127 @@ func openTable(name string, args []string, stderr io.Writer, extra func(*flag.Fl
 		extra(fs)
 	}
 	if err := fs.Parse(args); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if err := nft.CheckPrivileges(); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	enforcer, err := nft.NewEnforcer(nft.Config{Table: *table, NetNSPath: *netns})
 	if err != nil {
-		return nil, "", fmt.Errorf("opening nftables: %w", err)
+		return nil, fmt.Errorf("opening nftables: %w", err)
 	}
-	return enforcer, *table, nil
+	return &tableCommand{enforcer: enforcer, table: *table, netns: *netns}, nil
 }
 
-// runCleanup removes the agent's table, for uninstalling.
+// cleanupLockRetry is how often `cleanup --wait` tries the table lock.
+const cleanupLockRetry = time.Second
+
+// runCleanup removes the agent's table, for uninstalling. It takes the
+// table lock first: removing the table under a running agent would only
+// open the node's pods until that agent's next verification put it back.
+// Without --wait it refuses while an agent holds the lock; with --wait it
+// waits for that agent to exit (the uninstall DaemonSet starts while the
+// agent pods may still be terminating).
 func runCleanup(ctx context.Context, args []string, stderr io.Writer) error {
 	var wait bool
-	enforcer, table, err := openTable("nftpol cleanup", args, stderr, func(fs *flag.FlagSet) {
-		fs.BoolVar(&wait, "wait", false, "after removing the table, wait for SIGTERM (for a cleanup DaemonSet whose pods must stay up)")
+	tc, err := openTable("nftpol cleanup", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&wait, "wait", false, "wait for a running agent of this table to exit before removing it, and after removing it wait for SIGTERM (for a cleanup DaemonSet whose pods must stay up)")
 	})
 	if err != nil {
 		return err
 	}
-	defer enforcer.Close()
-	if err := enforcer.DeleteTable(); err != nil {
-		return fmt.Errorf("removing table inet %s: %w", table, err)
+	defer tc.enforcer.Close()
+	lock, err := lockForCleanup(ctx, tc, wait, stderr)
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(stderr, "removed table inet %s\n", table)
+	err = tc.enforcer.DeleteTable()
+	// Released at once: an agent installed again must not wait for the
+	// cleanup pod to go.
+	if cerr := lock.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("releasing the table lock: %w", cerr)
+	}
+	if err != nil {
+		return fmt.Errorf("removing table inet %s: %w", tc.table, err)
+	}
+	fmt.Fprintf(stderr, "removed table inet %s\n", tc.table)
 	if wait {
 		<-ctx.Done()
 	}
 	return nil
 }
 
+// lockForCleanup takes the table lock, waiting for it with wait.
+func lockForCleanup(ctx context.Context, tc *tableCommand, wait bool, stderr io.Writer) (*nft.TableLock, error) {
+	lastReason := ""
+	for {
+		lock, err := nft.TryLockTable(tc.netns, tc.table)
+		if err == nil {
+			return lock, nil
+		}
+		var locked *nft.LockedError
+		if !errors.As(err, &locked) {
+			return nil, fmt.Errorf("taking the table lock: %w", err)
+		}
+		if !wait {
+			return nil, fmt.Errorf("%w: not removing the table under a running agent (stop the agent first, or pass --wait to wait for it to exit)", err)
+		}
+		if reason := err.Error(); reason != lastReason {
+			fmt.Fprintf(stderr, "%s; waiting for it to exit\n", reason)
+			lastReason = reason
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: stopped while waiting", err)
+		case <-time.After(cleanupLockRetry):
+		}
+	}
+}
+
 // runDump prints our table read back from the kernel, annotated with the
 // policies its chains come from and the size of every set.
 func runDump(args []string, stdout, stderr io.Writer) error {
-	enforcer, table, err := openTable("nftpol dump", args, stderr, nil)
+	tc, err := openTable("nftpol dump", args, stderr, nil)
 	if err != nil {
 		return err
 	}
-	defer enforcer.Close()
-	rs, err := enforcer.ReadTable()
+	defer tc.enforcer.Close()
+	rs, err := tc.enforcer.ReadTable()
 	if err != nil {
-		return fmt.Errorf("reading table inet %s: %w", table, err)
+		return fmt.Errorf("reading table inet %s: %w", tc.table, err)
 	}
 	_, err = io.WriteString(stdout, rs.String())
 	return err
+}
+
+// memoryLimitPercent is the share of the container's memory limit that the
+// Go runtime's soft limit (GOMEMLIMIT) gets. At 100 % the collector works
+// hard only when the OOM killer is about to strike, and memory the runtime
+// does not count (thread stacks of cgo-free syscalls, page tables,
+// fragmentation) goes over; at 85 % the collector reclaims first.
+const memoryLimitPercent = 85
+
+// memoryLimitEnv carries the container's memory limit in bytes; the
+// DaemonSet sets it from limits.memory through the downward API.
+const memoryLimitEnv = "NFTPOL_MEMORY_LIMIT"
+
+// softMemoryLimit returns the Go soft memory limit to set from
+// $NFTPOL_MEMORY_LIMIT, or 0 to leave the runtime's: when GOMEMLIMIT is set
+// (the runtime applied it already: an explicit choice wins) or no limit is
+// given.
+func softMemoryLimit(getenv func(string) string) (int64, error) {
+	if getenv("GOMEMLIMIT") != "" {
+		return 0, nil
+	}
+	v := strings.TrimSpace(getenv(memoryLimitEnv))
+	if v == "" {
+		return 0, nil
+	}
+	limit, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || limit <= 0 {
+		return 0, fmt.Errorf("$%s must be the container's memory limit in bytes, got %q", memoryLimitEnv, v)
+	}
+	return limit / 100 * memoryLimitPercent, nil
 }
 
 // restConfig loads the kubeconfig at path, or else $KUBECONFIG, or else the

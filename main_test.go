@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -15,6 +13,7 @@ import (
 
 	"github.com/nftpol/nftpol/nft"
 	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/test/kerneltest"
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -67,47 +66,26 @@ func TestVersionCommand(t *testing.T) {
 	}
 }
 
-// testNetns creates a network namespace for one test (removing a leftover
-// of the same name first) and deletes it at the end.
-func testNetns(t *testing.T, name string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root under CI")
-		}
-		t.Skip("needs root to create a network namespace")
-	}
-	_ = exec.Command("ip", "netns", "delete", name).Run()
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", name).Run() })
-	return name
-}
+// netnsPrefix names the network namespaces of this package's tests.
+const netnsPrefix = "nftpol-main"
 
 // TestCleanupRemovesOnlyOurTable runs `nftpol cleanup` on a namespace
 // holding our table and a foreign one.
 func TestCleanupRemovesOnlyOurTable(t *testing.T) {
-	ns := testNetns(t, "nftpol-main-cleanup")
-	nft := func(args ...string) string {
-		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("nft %v: %v: %s", args, err, out)
-		}
-		return string(out)
-	}
-	nft("add", "table", "inet", "nftpol")
-	nft("add", "table", "inet", "foreign")
+	kerneltest.Require(t, kerneltest.NftBinary)
+	ns := kerneltest.Netns(t, netnsPrefix)
+	kerneltest.Nft(t, ns, "add", "table", "inet", "nftpol")
+	kerneltest.Nft(t, ns, "add", "table", "inet", "foreign")
 	var out bytes.Buffer
-	if err := run(context.Background(), []string{"cleanup", "--netns", "/run/netns/" + ns}, &out, &out); err != nil {
+	if err := run(context.Background(), []string{"cleanup", "--netns", ns}, &out, &out); err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
-	tables := nft("list", "tables")
+	tables := kerneltest.Nft(t, ns, "list", "tables")
 	if strings.Contains(tables, "nftpol") || !strings.Contains(tables, "foreign") {
 		t.Fatalf("after cleanup: %s", tables)
 	}
 	// A second cleanup finds nothing to do and succeeds.
-	if err := run(context.Background(), []string{"cleanup", "--netns", "/run/netns/" + ns}, &out, &out); err != nil {
+	if err := run(context.Background(), []string{"cleanup", "--netns", ns}, &out, &out); err != nil {
 		t.Fatalf("second cleanup: %v", err)
 	}
 }
@@ -175,8 +153,8 @@ func TestExplain(t *testing.T) {
 }
 
 func TestDump(t *testing.T) {
-	ns := testNetns(t, "nftpol-main-dump")
-	e, err := nft.NewEnforcer(nft.Config{NetNSPath: "/run/netns/" + ns})
+	ns := kerneltest.Netns(t, netnsPrefix)
+	e, err := nft.NewEnforcer(nft.Config{NetNSPath: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +170,7 @@ func TestDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	if err := run(context.Background(), []string{"dump", "--netns", "/run/netns/" + ns}, &out, &out); err != nil {
+	if err := run(context.Background(), []string{"dump", "--netns", ns}, &out, &out); err != nil {
 		t.Fatalf("dump: %v: %s", err, out.String())
 	}
 	for _, want := range []string{

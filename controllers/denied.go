@@ -70,6 +70,11 @@ type DeniedLogger struct {
 // Start reads denied packets until ctx ends. A failing reader is retried:
 // the log is a diagnosis aid and never stops enforcement.
 func (d *DeniedLogger) Start(ctx context.Context) error {
+	// The NFLOG group belongs to the agent that holds the table lock; a
+	// waiting agent binding it would only fail (EPERM) or steal it.
+	if !d.Syncer.guard.wait(ctx) {
+		return nil
+	}
 	for ctx.Err() == nil {
 		err := nft.ReadDenied(ctx, d.NetNSPath, d.Group, d.handle)
 		if err == nil || ctx.Err() != nil {

@@ -95,7 +95,7 @@ func (a *agentEnv) syncCount(t *testing.T) float64 {
 // nothing the model reads (pod conditions and annotations, namespace and
 // policy annotations), then one relabel: exactly one sync follows.
 func TestUpdatesTheModelIgnoresCostNoSync(t *testing.T) {
-	a := startAgentVerifying(t, "node-a", 0)
+	a := startAgentWith(t, "node-a", func(o *Options) { o.VerifyInterval = 0 })
 	a.createNamespace(t, "filter-x", map[string]string{"team": "x"})
 	pod := a.createPod(t, "filter-x", "server", "node-a", map[string]string{"app": "server"}, "10.2.0.10")
 	pol := &networkingv1.NetworkPolicy{

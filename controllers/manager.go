@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"time"
@@ -19,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -50,6 +50,17 @@ type Options struct {
 	LogDenied bool
 	LogGroup  uint16
 	NetNSPath string
+	// Lock takes the table lock; the agent touches neither the table nor
+	// the NFLOG group before it holds it. Nil: no lock (tests that run
+	// one agent per namespace anyway).
+	Lock TableLocker
+	// LockRetryInterval is how often a waiting agent tries the lock;
+	// 0 is DefaultLockRetryInterval.
+	LockRetryInterval time.Duration
+	// FailuresUntilUnready and SyncStuckAfter are the health thresholds;
+	// 0 means DefaultFailuresUntilUnready and DefaultSyncStuckAfter.
+	FailuresUntilUnready int
+	SyncStuckAfter       time.Duration
 }
 
 // NewScheme returns the scheme of the objects the agent reads.
@@ -61,8 +72,14 @@ func NewScheme() (*runtime.Scheme, error) {
 	return scheme, nil
 }
 
+// healthShutdownTimeout bounds how long the probe server waits for open
+// probe requests at exit.
+const healthShutdownTimeout = 5 * time.Second
+
 // NewManager wires the watches, the syncer, health and readiness into a
-// controller-runtime manager. Start it with mgr.Start(ctx).
+// controller-runtime manager. Start it with mgr.Start(ctx): with
+// opts.Lock set, Start also takes the table lock (waiting for it while
+// another agent holds it) and releases it after everything else stopped.
 func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error) {
 	if opts.NodeName == "" {
 		return nil, nil, fmt.Errorf("node name is required")
@@ -82,10 +99,12 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		}
 	}
 	mgr, err := manager.New(cfg, manager.Options{
-		Scheme:                 scheme,
-		Logger:                 opts.Log,
-		Metrics:                metricsOpts,
-		HealthProbeBindAddress: opts.HealthProbeBindAddress,
+		Scheme:  scheme,
+		Logger:  opts.Log,
+		Metrics: metricsOpts,
+		// Our own probe server (below) instead of controller-runtime's,
+		// which withholds why a check fails.
+		HealthProbeBindAddress: "0",
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:                 {Transform: newPodTrimmer().Transform},
@@ -98,11 +117,20 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		return nil, nil, fmt.Errorf("creating the manager: %w", err)
 	}
 
+	// Events are written with a client of their own: the manager's client
+	// reads through the cache, and a Get of an Event would start a watch
+	// of every Event in the cluster.
+	events, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating the Events client: %w", err)
+	}
 	problems := &ProblemReporter{
-		Reader:   mgr.GetCache(),
-		Recorder: mgr.GetEventRecorder("nftpol"),
-		NodeName: opts.NodeName,
-		Log:      opts.Log.WithName("problems"),
+		Reader: mgr.GetCache(),
+		Events: events,
+		Log:    opts.Log.WithName("problems"),
+	}
+	if err := mgr.Add(manager.RunnableFunc(problems.Run)); err != nil {
+		return nil, nil, fmt.Errorf("adding the Event writer: %w", err)
 	}
 	reg := opts.MetricsRegistry
 	if reg == nil {
@@ -117,10 +145,15 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 			return nil, nil, fmt.Errorf("registering policy counters: %w", err)
 		}
 	}
+	var guard *tableGuard
+	if opts.Lock != nil {
+		guard = newTableGuard(opts.Lock, opts.LockRetryInterval, opts.Log.WithName("lock"))
+	}
 	syncer := &Syncer{
 		metrics:        m,
-		Reader:         mgr.GetCache(),
 		cached:         newCacheState(mgr.GetCache()),
+		health:         newSyncHealth(opts.FailuresUntilUnready, opts.SyncStuckAfter, nil),
+		guard:          guard,
 		NodeName:       opts.NodeName,
 		Enforcer:       opts.Enforcer,
 		Problems:       problems,
@@ -153,11 +186,61 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating the controller: %w", err)
 	}
-	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
-		return nil, nil, fmt.Errorf("adding the health check: %w", err)
+	if addr := opts.HealthProbeBindAddress; addr != "" && addr != "0" {
+		// Bound now, so that a taken port fails here, not after start.
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listening for health probes on %s: %w", addr, err)
+		}
+		shutdown := healthShutdownTimeout
+		srv := &manager.Server{
+			Name: "health probes",
+			Server: &http.Server{
+				Handler:           syncer.healthHandler(),
+				ReadHeaderTimeout: 5 * time.Second,
+			},
+			Listener:        ln,
+			ShutdownTimeout: &shutdown,
+		}
+		if err := mgr.Add(srv); err != nil {
+			ln.Close()
+			return nil, nil, fmt.Errorf("adding the health probe server: %w", err)
+		}
 	}
-	if err := mgr.AddReadyzCheck("synced", syncer.ReadyCheck); err != nil {
-		return nil, nil, fmt.Errorf("adding the readiness check: %w", err)
+	return &agentManager{Manager: mgr, guard: guard}, syncer, nil
+}
+
+// healthHandler serves the agent's /healthz and /readyz.
+func (s *Syncer) healthHandler() http.Handler {
+	live := []check{{"sync-loop", s.health.live}}
+	ready := []check{{"table-lock", s.guard.ready}, {"synced", s.health.ready}}
+	return healthHandler(live, ready)
+}
+
+// agentManager is the manager with the table lock around its run.
+type agentManager struct {
+	manager.Manager
+	guard *tableGuard
+}
+
+// Start runs the manager. The lock is tried at once, next to the manager's
+// start, so the probe server answers while the agent waits for it, and it
+// is released only after every runnable (the syncer above all) stopped.
+func (m *agentManager) Start(ctx context.Context) error {
+	if m.guard == nil {
+		return m.Manager.Start(ctx)
 	}
-	return mgr, syncer, nil
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	release := make(chan struct{})
+	guardDone := make(chan struct{})
+	go func() {
+		defer close(guardDone)
+		m.guard.run(ctx, release)
+	}()
+	err := m.Manager.Start(ctx)
+	close(release)
+	cancel()
+	<-guardDone
+	return err
 }

@@ -29,6 +29,9 @@ type syncMetrics struct {
 	elements   prometheus.Gauge
 	rules      prometheus.Gauge
 	lastSynced prometheus.Gauge
+	// failing is the number of syncs in a row that failed; readiness
+	// fails from DefaultFailuresUntilUnready on.
+	failing prometheus.Gauge
 }
 
 func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
@@ -50,8 +53,9 @@ func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
 		elements:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_set_elements", Help: "Elements in all sets and maps of the table."}),
 		rules:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_rules", Help: "Rules in the table."}),
 		lastSynced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_last_sync_timestamp_seconds", Help: "Unix time of the last successful sync."}),
+		failing:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_sync_consecutive_failures", Help: "Syncs in a row that failed (0 after a success); readiness fails from 3 on."}),
 	}
-	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.local, m.isolated, m.policies, m.sets, m.elements, m.rules, m.lastSynced} {
+	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.local, m.isolated, m.policies, m.sets, m.elements, m.rules, m.lastSynced, m.failing} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}
@@ -79,6 +83,14 @@ func (m *syncMetrics) observe(start time.Time, localPods int, model *selectors.M
 	m.elements.Set(float64(stats.Elements))
 	m.rules.Set(float64(stats.Rules))
 	m.lastSynced.SetToCurrentTime()
+}
+
+// consecutiveFailures sets the gauge of syncs in a row that failed.
+func (m *syncMetrics) consecutiveFailures(n int64) {
+	if m == nil {
+		return
+	}
+	m.failing.Set(float64(n))
 }
 
 // policyCollector exports the kernel's per-policy counters at scrape time.

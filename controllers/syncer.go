@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -38,7 +37,6 @@ type Enforcer interface {
 // Syncer turns the cached cluster state into this node's model and commits
 // it. It is the only reconciler of the agent.
 type Syncer struct {
-	Reader         client.Reader
 	NodeName       string
 	Enforcer       Enforcer
 	Problems       *ProblemReporter
@@ -46,8 +44,14 @@ type Syncer struct {
 	Log            logr.Logger
 
 	metrics *syncMetrics
-	// cached, when set, reads the agent's informers instead of Reader.
+	// cached reads the agent's informers.
 	cached *cacheState
+	// health is what the probes know of the sync loop; never nil after
+	// NewManager.
+	health *syncHealth
+	// guard, when set, holds back the first sync until this agent holds
+	// the table lock.
+	guard *tableGuard
 	// builder reuses, from one sync to the next, the peer sets of the
 	// namespaces where no pod changed; compiler reuses the compiled sets
 	// whose content did not change. Both are created on first use.
@@ -59,6 +63,8 @@ type Syncer struct {
 	// keepLookup is set when the denied-packet log is on.
 	keepLookup bool
 
+	// mu serializes syncs (controller-runtime runs one at a time already;
+	// this keeps it true for direct calls). The probes never take it.
 	mu         sync.Mutex
 	synced     bool
 	lastVerify time.Time
@@ -66,9 +72,16 @@ type Syncer struct {
 
 // Reconcile runs one sync of the node. Errors make controller-runtime retry
 // with backoff; the kernel keeps the last committed table meanwhile.
-func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcile.Result, err error) {
+	// Another agent may program this table: touch nothing until it is
+	// ours. The wait is not a sync, so it does not count for liveness.
+	if !s.guard.wait(ctx) {
+		return reconcile.Result{}, nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.health.begin()
+	defer func() { s.recordOutcome(err) }()
 	log := s.Log
 
 	if s.synced && s.VerifyInterval > 0 && time.Since(s.lastVerify) >= s.VerifyInterval {
@@ -81,13 +94,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	}
 
 	start := time.Now()
-	var state *selectors.State
-	var err error
-	if s.cached != nil {
-		state, err = s.cached.Read(ctx)
-	} else {
-		state, err = ReadState(ctx, s.Reader)
-	}
+	state, err := s.cached.Read(ctx)
 	if err != nil {
 		s.metrics.observe(start, 0, nil, nft.CommitStats{}, err)
 		return reconcile.Result{}, err
@@ -122,19 +129,34 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
 }
 
-// Synced reports whether one sync has been committed; readiness waits on it.
-func (s *Syncer) Synced() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.synced
+// recordOutcome tells the probes and the metrics how a sync ended.
+func (s *Syncer) recordOutcome(err error) {
+	failures := s.health.end(err)
+	s.metrics.consecutiveFailures(failures)
+	if err != nil && failures == s.health.failuresUntilUnready {
+		s.Log.Error(err, "syncs keep failing; readiness now reports it", "failuresInARow", failures)
+	}
 }
 
-// ReadyCheck is a healthz.Checker that passes after the first committed sync.
+// Synced reports whether one sync has been committed.
+func (s *Syncer) Synced() bool {
+	return s.health.synced()
+}
+
+// ReadyCheck is a healthz.Checker: it passes once this agent holds the
+// table lock and has committed a sync, and fails while the last syncs
+// failed in a row (see syncHealth.ready). It never waits for a sync.
 func (s *Syncer) ReadyCheck(_ *http.Request) error {
-	if !s.Synced() {
-		return errors.New("no ruleset committed yet")
+	if err := s.guard.ready(); err != nil {
+		return err
 	}
-	return nil
+	return s.health.ready()
+}
+
+// LiveCheck is a healthz.Checker that fails only when the sync loop is
+// wedged (see syncHealth.live). It never waits for a sync.
+func (s *Syncer) LiveCheck(_ *http.Request) error {
+	return s.health.live()
 }
 
 // ReadState reads the cluster as the policy model takes it. The agent

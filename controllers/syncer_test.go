@@ -2,14 +2,10 @@ package controllers
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -28,6 +24,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/nftpol/nftpol/nft"
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 // These tests run the agent's manager in process against a real
@@ -35,53 +32,8 @@ import (
 // the test creates, and read the kernel state back after each object
 // change.
 
-const netnsPrefix = "nftpol-ctrl-"
-
-// needKernel skips (or fails under CI=true) when the test cannot create
-// network namespaces, and removes leftovers of earlier runs.
-func needKernel(t *testing.T) {
-	t.Helper()
-	reason := ""
-	switch {
-	case os.Geteuid() != 0:
-		reason = "needs root to create network namespaces"
-	case func() bool { _, err := exec.LookPath("ip"); return err != nil }():
-		reason = "needs the ip command (iproute2)"
-	}
-	if reason == "" {
-		if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-			reason = "needs KUBEBUILDER_ASSETS (run through make test)"
-		}
-	}
-	if reason != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("cannot run under CI: %s", reason)
-		}
-		t.Skip(reason)
-	}
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), netnsPrefix) {
-			_ = exec.Command("ip", "netns", "delete", e.Name()).Run()
-		}
-	}
-}
-
-func newNetns(t *testing.T) string {
-	t.Helper()
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	name := netnsPrefix + hex.EncodeToString(b[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
-		}
-	})
-	return filepath.Join("/run/netns", name)
-}
+// netnsPrefix names the network namespaces of this package's tests.
+const netnsPrefix = "nftpol-ctrl"
 
 // kernelView reads our table in the test's namespace.
 type kernelView struct {
@@ -172,14 +124,15 @@ type agentEnv struct {
 
 func startAgent(t *testing.T, node string) *agentEnv {
 	t.Helper()
-	return startAgentVerifying(t, node, time.Second)
+	return startAgentWith(t, node, nil)
 }
 
-// startAgentVerifying starts an agent whose periodic verification (and
-// with it the periodic sync) runs every verify; 0 turns both off.
-func startAgentVerifying(t *testing.T, node string, verify time.Duration) *agentEnv {
+// startAgentWith starts an agent with periodic verification (and with it
+// the periodic sync) every second; change, if set, adjusts its options
+// (and may wrap its Enforcer) before the manager is made.
+func startAgentWith(t *testing.T, node string, change func(*Options)) *agentEnv {
 	t.Helper()
-	needKernel(t)
+	kerneltest.Require(t, kerneltest.ControlPlane)
 	env := &envtest.Environment{}
 	cfg, err := env.Start()
 	if err != nil {
@@ -187,7 +140,7 @@ func startAgentVerifying(t *testing.T, node string, verify time.Duration) *agent
 	}
 	t.Cleanup(func() { _ = env.Stop() })
 
-	netns := newNetns(t)
+	netns := kerneltest.Netns(t, netnsPrefix)
 	log := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(testWriter{t})))
 	enforcer, err := nft.NewEnforcer(nft.Config{Table: "nftpol", NetNSPath: netns, Deny: nft.DenyDrop})
 	if err != nil {
@@ -195,11 +148,15 @@ func startAgentVerifying(t *testing.T, node string, verify time.Duration) *agent
 	}
 	t.Cleanup(func() { _ = enforcer.Close() })
 	reg := prometheus.NewRegistry()
-	mgr, syncer, err := NewManager(cfg, Options{
+	opts := Options{
 		NodeName: node, MetricsBindAddress: "0", HealthProbeBindAddress: "0",
-		VerifyInterval: verify, Enforcer: enforcer, Log: log,
+		VerifyInterval: time.Second, Enforcer: enforcer, Log: log,
 		SkipNameValidation: true, MetricsRegistry: reg,
-	})
+	}
+	if change != nil {
+		change(&opts)
+	}
+	mgr, syncer, err := NewManager(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // capNetAdmin is the bit of CAP_NET_ADMIN in the capability sets.
@@ -46,4 +49,46 @@ func checkCapEff(r io.Reader) error {
 		return fmt.Errorf("reading own capabilities: %w", err)
 	}
 	return errors.New("no CapEff line in /proc/self/status")
+}
+
+// CheckNFTables asks the kernel of the network namespace at netnsPath ("" is
+// our own) for its inet tables, one read-only netlink request, and returns
+// a one-line error when nf_tables cannot be used there. Without it the
+// agent would only ever report failed syncs; the probe makes a node whose
+// kernel lacks nf_tables a clear reason to exit at start.
+func CheckNFTables(netnsPath string) error {
+	var opts []nftables.ConnOption
+	if netnsPath != "" {
+		f, err := os.Open(netnsPath)
+		if err != nil {
+			return fmt.Errorf("opening network namespace %s: %w", netnsPath, err)
+		}
+		defer f.Close()
+		opts = append(opts, nftables.WithNetNSFd(int(f.Fd())))
+	}
+	c, err := nftables.New(opts...)
+	if err == nil {
+		_, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
+	}
+	return classifyNFTablesError(err)
+}
+
+// classifyNFTablesError turns the error of the probe into the reason an
+// operator can act on.
+func classifyNFTablesError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	// No netfilter netlink at all (socket: EPROTONOSUPPORT), or nfnetlink
+	// without the nf_tables subsystem: the kernel answers a request to
+	// an unknown subsystem with EINVAL (EOPNOTSUPP in a batch), after
+	// trying to load the module.
+	case errors.Is(err, unix.EPROTONOSUPPORT), errors.Is(err, unix.EAFNOSUPPORT),
+		errors.Is(err, unix.EINVAL), errors.Is(err, unix.EOPNOTSUPP):
+		return fmt.Errorf("probing nftables: nf_tables is not available in this kernel (load the nf_tables module, or use a kernel built with CONFIG_NF_TABLES and CONFIG_NF_TABLES_INET): %w", err)
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return fmt.Errorf("probing nftables: permission denied (CAP_NET_ADMIN is needed in the user namespace that owns the network namespace): %w", err)
+	default:
+		return fmt.Errorf("probing nftables: %w", err)
+	}
 }
