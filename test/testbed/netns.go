@@ -36,6 +36,12 @@ func setSysctl(netnsPath, key, value string) error {
 
 func netnsPath(name string) string { return filepath.Join(kerneltest.NetnsDir, name) }
 
+// InNetns runs fn on an OS thread that has entered the network namespace
+// at path (a Node's or Pod's NetNSPath), for tests that need sockets of
+// their own there (raw sockets, fixed source ports). Sockets fn creates
+// stay in that namespace; they may be used from any goroutine afterwards.
+func InNetns(path string, fn func() error) error { return inNetns(path, fn) }
+
 // inNetns runs fn on an OS thread that has entered the network namespace.
 // Sockets fn creates stay in that namespace for their whole life. The
 // thread is never unlocked, so the Go runtime discards it afterwards
