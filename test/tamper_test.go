@@ -126,6 +126,15 @@ func tamperings() []tampering {
 			holes: []hole{zcToXaTCP80v4},
 		},
 		{
+			name: "peer-lookup-inverted-ipv6",
+			apply: func(t *testing.T, tb *tamperBed) {
+				tb.replaceRule(t, tb.polY, "ip6 saddr @"+tb.peerY6+" ", func(r string) string {
+					return strings.Replace(r, "ip6 saddr @", "ip6 saddr != @", 1)
+				})
+			},
+			holes: []hole{zcToXaTCP80v6},
+		},
+		{
 			name: "egress-peer-lookup-inverted",
 			apply: func(t *testing.T, tb *tamperBed) {
 				tb.replaceRule(t, tb.polEg, "ip daddr @", func(r string) string {
@@ -296,6 +305,11 @@ func startTamperBed(t *testing.T, prefix string) *tamperBed {
 		ys = append(ys, m.bed.Pod(p).IPv4.String())
 	}
 	tb.peerY4 = find(table.setWithElements(ys, "type ipv4_addr"))
+	var ys6 []string
+	for _, p := range []string{"y/a", "y/b", "y/c"} {
+		ys6 = append(ys6, m.bed.Pod(p).IPv6.String())
+	}
+	tb.peerY6 = find(table.setWithElements(ys6, "type ipv6_addr"))
 	tb.block4 = find(table.setWithElements([]string{m.bed.Pod("z/b").IPv4.String()}, "flags interval"))
 	return tb
 }
@@ -310,7 +324,7 @@ type tamperBed struct {
 	baseline string
 	// Names in the table, found by content.
 	isoIn, polY, polBlock, polEg string
-	peerY4, block4               string
+	peerY4, peerY6, block4       string
 }
 
 func (tb *tamperBed) nft(t *testing.T, args ...string) string {
@@ -520,8 +534,8 @@ func (tb *tamperBed) run(t *testing.T, tc tampering) {
 	// from the tampering on, then full matrices.
 	for _, r := range results {
 		if r.reachedAfterBound > 0 {
-			t.Errorf("hole stayed open: %s got through %d of %d times, the first %s after the tampering (repair bound %s)",
-				r.h, r.reachedAfterBound, r.probes, r.firstAfterBoundTime.Round(time.Millisecond), tamperRepairBound)
+			t.Errorf("hole stayed open: %s got through %d times after the repair bound (%s), the first %s after the tampering; %d of %d probes in all",
+				r.h, r.reachedAfterBound, tamperRepairBound, r.firstAfterBoundTime.Round(time.Millisecond), r.reached, r.probes)
 		} else if r.reached > 0 {
 			t.Logf("%s got through %d times while tampered, the last %s after the tampering, then never again in %d probes",
 				r.h, r.reached, r.lastReached.Round(time.Millisecond), r.probes-r.reached)
@@ -534,7 +548,9 @@ func (tb *tamperBed) run(t *testing.T, tc tampering) {
 		t.Errorf("the agent logged no drift (%q) after the tampering", driftLogLine)
 	}
 	if i := strings.Index(log[min(logBefore, len(log)):], "panic"); i >= 0 {
-		excerpt := log[logBefore+i:]
+		// From the start of the line that reports it.
+		start := strings.LastIndex(log[:logBefore+i], "\n") + 1
+		excerpt := log[start:]
 		t.Errorf("the agent panicked after the tampering:\n%s", excerpt[:min(len(excerpt), 1500)])
 	}
 	if tb.agent.Exited() {
