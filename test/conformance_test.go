@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/selectors/reference"
+	"github.com/nftpol/nftpol/test/kerneltest"
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -255,16 +255,14 @@ func (m *modelBed) runCase(t *testing.T, c conformanceCase) {
 func (m *modelBed) listTable(t *testing.T, podKey string) string {
 	t.Helper()
 	node := m.bed.Node(m.bed.Pod(podKey).Node)
-	out, err := exec.Command("nsenter", "--net="+node.NetNSPath, "nft", "list", "table", "inet", "nftpol").CombinedOutput()
-	if err != nil {
-		t.Fatalf("nft list on %s: %v: %s", node.Name, err, out)
-	}
-	return string(out)
+	return kerneltest.Nft(t, node.NetNSPath, "list", "table", "inet", "nftpol")
 }
 
 // TestConformance runs the upstream NetworkPolicy cases with real packets
 // through two agents (reject mode, so denied probes fail fast).
 func TestConformance(t *testing.T) {
+	// Some cases check the ruleset as an operator reads it, with nft.
+	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	m := startModel(t, "nftpol-conf", "--deny-action", "reject")
 	start := time.Now()
 	cases := conformanceCases()

@@ -7,6 +7,8 @@ import (
 
 	"github.com/go-logr/logr"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 func TestMain(m *testing.M) {
@@ -16,7 +18,7 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	// Nothing of ours may survive the tests: every e2e test names its
 	// namespaces with a prefix starting with "nftpol-".
-	entries, _ := os.ReadDir("/run/netns")
+	entries, _ := os.ReadDir(kerneltest.NetnsDir)
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), "nftpol-") {
 			os.Stderr.WriteString("leftover network namespace: " + e.Name() + "\n")

@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +9,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/nftpol/nftpol/test/kerneltest"
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -166,16 +166,12 @@ func TestAPIServerOutage(t *testing.T) {
 // the agent restores its table within its verify interval (1 s here), and
 // the foreign table is never modified.
 func TestDriftIsRepairedAndForeignTablesUntouched(t *testing.T) {
+	// The third party is the nft command, as an operator would use it.
+	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	m := startModel(t, "nftpol-drift", "--deny-action", "reject", "--verify-interval", "1s")
 	server := m.bed.Pod("x/a")
 	node := m.bed.Node(server.Node)
-	nft := func(args ...string) string {
-		out, err := exec.Command("nsenter", append([]string{"--net=" + node.NetNSPath, "nft"}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("nft %v: %v: %s", args, err, out)
-		}
-		return string(out)
-	}
+	nft := func(args ...string) string { return kerneltest.Nft(t, node.NetNSPath, args...) }
 	nft("add", "table", "inet", "foreign")
 	nft("add", "chain", "inet", "foreign", "c", "{ type filter hook forward priority 10; }")
 	nft("add", "rule", "inet", "foreign", "c", "tcp dport 9999 counter accept")

@@ -12,6 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 // Options shape a Bed.
@@ -95,7 +97,7 @@ func New(ctx context.Context, cp *ControlPlane, opts Options) (*Bed, error) {
 		opts.Ports = []int{80, 81}
 	}
 	killAgentsWithPrefix(opts.Prefix)
-	removeNetnsWithPrefix(opts.Prefix)
+	kerneltest.RemoveLeftovers(opts.Prefix)
 	b := &Bed{cp: cp, opts: opts, pods: map[string]*Pod{}, freed: map[string]*Pod{}}
 	if err := b.createNodes(ctx); err != nil {
 		b.Close()
@@ -131,7 +133,7 @@ func (b *Bed) Close() {
 	for i := len(closers) - 1; i >= 0; i-- {
 		closers[i]()
 	}
-	removeNetnsWithPrefix(b.opts.Prefix)
+	kerneltest.RemoveLeftovers(b.opts.Prefix)
 }
 
 func (b *Bed) createNodes(ctx context.Context) error {

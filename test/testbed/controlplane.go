@@ -9,6 +9,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 // ControlPlane is a running kube-apiserver with etcd.
@@ -25,7 +27,7 @@ type ControlPlane struct {
 // StartControlPlane starts envtest and writes a kubeconfig file. Stop it
 // with Stop.
 func StartControlPlane() (*ControlPlane, error) {
-	if reason := kernelUnavailable(); reason != "" {
+	if reason := kerneltest.Unavailable(kerneltest.ControlPlane); reason != "" {
 		return nil, fmt.Errorf("control plane unavailable: %s", reason)
 	}
 	env := &envtest.Environment{}
@@ -64,7 +66,7 @@ func (cp *ControlPlane) Stop() error {
 // its end.
 func StartControlPlaneT(t testing.TB) *ControlPlane {
 	t.Helper()
-	RequireKernel(t)
+	kerneltest.Require(t, kerneltest.ControlPlane)
 	cp, err := StartControlPlane()
 	if err != nil {
 		t.Fatal(err)

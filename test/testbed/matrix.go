@@ -42,6 +42,20 @@ func (m *Matrix) Wrong(expected *Matrix) []string {
 	return out
 }
 
+// Leaks returns the cells m observed reachable where expected denies, as
+// "from -> to": the failures that can never come from a slow probe.
+func (m *Matrix) Leaks(expected *Matrix) []string {
+	var out []string
+	for _, f := range m.Keys {
+		for _, t := range m.Keys {
+			if m.Get(f, t) && !expected.Get(f, t) {
+				out = append(out, fmt.Sprintf("%s -> %s: observed reachable, expected blocked", f, t))
+			}
+		}
+	}
+	return out
+}
+
 // Equal reports whether both matrices agree on every cell.
 func (m *Matrix) Equal(other *Matrix) bool { return len(m.Wrong(other)) == 0 }
 

@@ -10,9 +10,9 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-)
 
-var lookPath = exec.LookPath
+	"github.com/nftpol/nftpol/test/kerneltest"
+)
 
 // ip runs the ip command; errors carry its output.
 func ip(args ...string) error {
@@ -34,7 +34,13 @@ func setSysctl(netnsPath, key, value string) error {
 	})
 }
 
-func netnsPath(name string) string { return filepath.Join("/run/netns", name) }
+func netnsPath(name string) string { return filepath.Join(kerneltest.NetnsDir, name) }
+
+// InNetns runs fn on an OS thread that has entered the network namespace
+// at path (a Node's or Pod's NetNSPath), for tests that need sockets of
+// their own there (raw sockets, fixed source ports). Sockets fn creates
+// stay in that namespace; they may be used from any goroutine afterwards.
+func InNetns(path string, fn func() error) error { return inNetns(path, fn) }
 
 // inNetns runs fn on an OS thread that has entered the network namespace.
 // Sockets fn creates stay in that namespace for their whole life. The
@@ -59,21 +65,11 @@ func inNetns(path string, fn func() error) error {
 	return <-errc
 }
 
-// removeNetnsWithPrefix deletes leftover namespaces of an earlier run.
-func removeNetnsWithPrefix(prefix string) {
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix+"-") {
-			_ = ip("netns", "delete", e.Name())
-		}
-	}
-}
-
 // killAgentsWithPrefix kills leftover agent processes of an earlier run,
 // recognized by a --netns argument under our prefix.
 func killAgentsWithPrefix(prefix string) {
 	procs, _ := os.ReadDir("/proc")
-	marker := []byte("/run/netns/" + prefix + "-")
+	marker := []byte(kerneltest.NetnsDir + "/" + prefix + "-")
 	for _, p := range procs {
 		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
 		if err != nil || !bytes.Contains(cmdline, marker) {

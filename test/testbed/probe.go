@@ -8,7 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Proto is a probe's transport.
@@ -24,13 +27,24 @@ const (
 // answer names the expected pod (or any pod when want is ""). nil means
 // reached.
 func Probe(from *Pod, to netip.Addr, proto Proto, port int, want string, timeout time.Duration) error {
+	return ProbeFromPort(from, 0, to, proto, port, want, timeout)
+}
+
+// ProbeFromPort is Probe from a fixed source port (0: any). It lets a test
+// send what a rule matching the wrong port field (sport for dport) would
+// let through. The port must be one the pod does not listen on.
+func ProbeFromPort(from *Pod, srcPort int, to netip.Addr, proto Proto, port int, want string, timeout time.Duration) error {
 	addr := net.JoinHostPort(to.String(), strconv.Itoa(port))
 	var answer string
 	err := inNetns(from.NetNSPath, func() error {
 		deadline := time.Now().Add(timeout)
+		d := net.Dialer{Timeout: timeout, Control: reuseAddr}
 		switch proto {
 		case TCP:
-			c, err := net.DialTimeout("tcp", addr, timeout)
+			if srcPort != 0 {
+				d.LocalAddr = &net.TCPAddr{Port: srcPort}
+			}
+			c, err := d.Dial("tcp", addr)
 			if err != nil {
 				return err
 			}
@@ -43,7 +57,10 @@ func Probe(from *Pod, to netip.Addr, proto Proto, port int, want string, timeout
 			}
 			answer = strings.TrimSpace(string(buf[:n]))
 		case UDP:
-			c, err := net.Dial("udp", addr)
+			if srcPort != 0 {
+				d.LocalAddr = &net.UDPAddr{Port: srcPort}
+			}
+			c, err := d.Dial("udp", addr)
 			if err != nil {
 				return err
 			}
@@ -70,6 +87,19 @@ func Probe(from *Pod, to netip.Addr, proto Proto, port int, want string, timeout
 		return fmt.Errorf("reached %q, want %q", answer, want)
 	}
 	return nil
+}
+
+// reuseAddr lets probes from a fixed source port follow each other while
+// the last connection from that port lingers in TIME_WAIT.
+func reuseAddr(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // ProbeSpec is one matrix to measure.

@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 const prefix = "nftpol-tbt"
@@ -148,7 +150,7 @@ func TestHandWrittenDropIsSeen(t *testing.T) {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	// Nothing of ours may survive the tests.
-	entries, _ := os.ReadDir("/run/netns")
+	entries, _ := os.ReadDir(kerneltest.NetnsDir)
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix+"-") {
 			os.Stderr.WriteString("leftover network namespace: " + e.Name() + "\n")
