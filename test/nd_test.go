@@ -37,7 +37,7 @@ func TestNeighbourDiscoveryAcceptIsIPv6Only(t *testing.T) {
 	cp := testbed.StartControlPlaneT(t)
 	// Two nodes so the node has its address on the link between nodes;
 	// every pod is on node 1.
-	bed := testbed.NewT(t, cp, testbed.Options{Prefix: "nftpol-nd", Nodes: 2})
+	bed := testbed.NewT(t, cp, testbed.Options{Prefix: e2ePrefix + "nd", Nodes: 2})
 	ctx := context.Background()
 	node := bed.Nodes[0]
 	if err := bed.EnsureNamespace(ctx, "x", map[string]string{"ns": "x"}); err != nil {

@@ -259,7 +259,7 @@ func tamperings() []tampering {
 // does not see fails all three.
 func TestTamperedTableIsRepaired(t *testing.T) {
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
-	tb := startTamperBed(t, "nftpol-tamper")
+	tb := startTamperBed(t, e2ePrefix+"tamper")
 	start := time.Now()
 	for _, tc := range tamperings() {
 		t.Run(tc.name, func(t *testing.T) { tb.run(t, tc) })
