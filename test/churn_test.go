@@ -20,7 +20,7 @@ import (
 // exact, no sync failed, the agents' goroutines return to their level and
 // their memory is measured.
 func TestChurn(t *testing.T) {
-	m := startModel(t, "nftpol-churn", "--deny-action", "reject")
+	m := startModel(t, e2ePrefix+"churn", "--deny-action", "reject")
 	ctx := context.Background()
 	cs := m.cp.Clientset
 	before := map[string]runtimeFigures{}

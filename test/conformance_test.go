@@ -263,7 +263,7 @@ func (m *modelBed) listTable(t *testing.T, podKey string) string {
 func TestConformance(t *testing.T) {
 	// Some cases check the ruleset as an operator reads it, with nft.
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
-	m := startModel(t, "nftpol-conf", "--deny-action", "reject")
+	m := startModel(t, e2ePrefix+"conf", "--deny-action", "reject")
 	start := time.Now()
 	cases := conformanceCases()
 	for _, c := range cases {
@@ -275,7 +275,7 @@ func TestConformance(t *testing.T) {
 // TestDropMode runs a few cases with the default deny action (drop), where
 // denied probes time out instead of being refused.
 func TestDropMode(t *testing.T) {
-	m := startModel(t, "nftpol-drop")
+	m := startModel(t, e2ePrefix+"drop")
 	for _, c := range conformanceCases() {
 		switch c.name {
 		case "default-deny-all", "ports", "egress-cidr-with-except":

@@ -62,7 +62,7 @@ func TestDumpShowsRulesItDidNotWrite(t *testing.T) {
 		{name: "base-chain-priority", hook: "type filter hook forward priority filter + 50; policy accept;"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ns := kerneltest.Netns(t, "nftpol-dump")
+			ns := kerneltest.Netns(t, e2ePrefix+"dump")
 			load := func(rule, hook string) {
 				t.Helper()
 				path := filepath.Join(t.TempDir(), "table.nft")

@@ -64,7 +64,7 @@ func coveredBlock(host string) networkingv1.NetworkPolicyPeer {
 // under its policies: the agents never crash and the observed matrices
 // equal what the reference evaluator predicts.
 func TestHostileInput(t *testing.T) {
-	m := startModel(t, "nftpol-host", "--deny-action", "reject")
+	m := startModel(t, e2ePrefix+"host", "--deny-action", "reject")
 	ctx := context.Background()
 	for _, p := range hostilePolicies(m) {
 		m.applyPolicy(t, p)

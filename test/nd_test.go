@@ -1,10 +1,8 @@
 package test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -37,7 +35,7 @@ func TestNeighbourDiscoveryAcceptIsIPv6Only(t *testing.T) {
 	cp := testbed.StartControlPlaneT(t)
 	// Two nodes so the node has its address on the link between nodes;
 	// every pod is on node 1.
-	bed := testbed.NewT(t, cp, testbed.Options{Prefix: "nftpol-nd", Nodes: 2})
+	bed := testbed.NewT(t, cp, testbed.Options{Prefix: e2ePrefix + "nd", Nodes: 2})
 	ctx := context.Background()
 	node := bed.Nodes[0]
 	if err := bed.EnsureNamespace(ctx, "x", map[string]string{"ns": "x"}); err != nil {
@@ -161,76 +159,4 @@ func waitReach(t *testing.T, what string, from, to *testbed.Pod, family int, wan
 			t.Fatalf("%s: %s -> %s TCP/80 IPv%d flapped", what, from.Key(), to.Key(), family)
 		}
 	}
-}
-
-// sendRawIPv4 sends payload n times to each destination from a raw IPv4
-// socket of the given IP protocol in a namespace (the kernel writes the
-// IP header, with the pod's address as source).
-func sendRawIPv4(netnsPath string, proto int, payload []byte, dsts []netip.Addr, n int) error {
-	return testbed.InNetns(netnsPath, func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
-		if err != nil {
-			return fmt.Errorf("raw socket for protocol %d: %w", proto, err)
-		}
-		defer unix.Close(fd)
-		for _, dst := range dsts {
-			for i := 0; i < n; i++ {
-				if err := unix.Sendto(fd, payload, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
-					return fmt.Errorf("sending protocol %d to %s: %w", proto, dst, err)
-				}
-			}
-		}
-		return nil
-	})
-}
-
-// rawListener receives every IPv4 packet of one IP protocol delivered to
-// the namespace it was opened in.
-type rawListener struct{ fd int }
-
-func listenRawIPv4(netnsPath string, proto int) (*rawListener, error) {
-	var fd int
-	err := testbed.InNetns(netnsPath, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
-		if err != nil {
-			return fmt.Errorf("raw socket for protocol %d: %w", proto, err)
-		}
-		// Reads return at least every 100 ms, so count stays bounded.
-		tv := unix.Timeval{Usec: 100_000}
-		return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	})
-	if err != nil {
-		if fd > 0 {
-			unix.Close(fd)
-		}
-		return nil, err
-	}
-	return &rawListener{fd: fd}, nil
-}
-
-func (l *rawListener) close() { unix.Close(l.fd) }
-
-// count reads for d (at most limit+50 reads or timeouts) and counts the
-// packets from src whose payload carries marker.
-func (l *rawListener) count(src netip.Addr, marker []byte, d time.Duration, limit int) int {
-	n := 0
-	buf := make([]byte, 2048)
-	deadline := time.Now().Add(d)
-	for i := 0; i < limit+50 && time.Now().Before(deadline); i++ {
-		m, _, err := unix.Recvfrom(l.fd, buf, 0)
-		if err != nil {
-			continue // timeout: look at the clock again
-		}
-		pkt := buf[:m]
-		if len(pkt) < 20 {
-			continue
-		}
-		ihl := int(pkt[0]&0x0f) * 4
-		from, _ := netip.AddrFromSlice(pkt[12:16])
-		if from == src && ihl <= len(pkt) && bytes.Contains(pkt[ihl:], marker) {
-			n++
-		}
-	}
-	return n
 }

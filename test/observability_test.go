@@ -40,7 +40,7 @@ func scrape(t testing.TB, url string) map[string]float64 {
 // real allowed and denied connections: the deciding policy's counters
 // follow the probes, and the sync metrics are there.
 func TestMetricsCountAllowedAndDenied(t *testing.T) {
-	m := startModel(t, "nftpol-obs", "--deny-action", "reject")
+	m := startModel(t, e2ePrefix+"obs", "--deny-action", "reject")
 	server := m.bed.Pod("x/a")
 	metricsURL := "http://" + m.agents[server.Node].MetricsAddr + "/metrics"
 
@@ -98,7 +98,7 @@ func deniedLines(log string, offset int) []string {
 // protocol, port and the isolating policy; a retry of the same flow within
 // the flow memory adds nothing.
 func TestDeniedFlowIsLoggedOnce(t *testing.T) {
-	m := startModel(t, "nftpol-log", "--deny-action", "reject", "--log-denied")
+	m := startModel(t, e2ePrefix+"log", "--deny-action", "reject", "--log-denied")
 	m.applyPolicy(t, withIngress(policy("x", "allow-y-b", sel("pod", "a"), nil), from(nsPodPeer(selPtr("ns", "y"), selPtr("pod", "b")))))
 	want := step{expect: func(e *expectation) { e.isolateIngress("x/a", "y/b") }}
 	if _, failures := m.converge(want); len(failures) > 0 {

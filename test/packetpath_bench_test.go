@@ -24,7 +24,7 @@ import (
 // last, so a new connection walks all 10 policy chains before it is
 // accepted. The worst case selects the server by all 1,000.
 const (
-	pathPrefix   = "nftpol-path"
+	pathPrefix   = e2ePrefix + "path"
 	pathPolicies = 1000
 	pathGroups   = 100 // policy i selects group i/10; one API-only pod per group
 	pathSinkPort = 5201

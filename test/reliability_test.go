@@ -38,7 +38,7 @@ func probeLoop(from, to *testbed.Pod, interval time.Duration, maxProbes int, sto
 // the outages or the restarts (whose first commit replaces the table
 // atomically), and every probe reaches the open one.
 func TestRestartWithoutGap(t *testing.T) {
-	m := startModel(t, "nftpol-rst", "--deny-action", "reject")
+	m := startModel(t, e2ePrefix+"rst", "--deny-action", "reject")
 	newBin, err := testbed.BuildAgent(t.TempDir(), "upgrade-test")
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +107,7 @@ func TestRestartWithoutGap(t *testing.T) {
 func TestAPIServerOutage(t *testing.T) {
 	cp := testbed.StartControlPlaneT(t)
 	proxy := testbed.StartAPIProxyT(t, cp)
-	m := startModelOn(t, cp, "nftpol-outage", "--deny-action", "reject", "--kubeconfig", proxy.Kubeconfig)
+	m := startModelOn(t, cp, e2ePrefix+"outage", "--deny-action", "reject", "--kubeconfig", proxy.Kubeconfig)
 	m.applyPolicy(t, policy("x", "deny-all-ingress", all, ingressOnly))
 	before := step{expect: func(e *expectation) { e.isolateIngress("x/*") }}
 	if _, failures := m.converge(before); len(failures) > 0 {
@@ -168,7 +168,7 @@ func TestAPIServerOutage(t *testing.T) {
 func TestDriftIsRepairedAndForeignTablesUntouched(t *testing.T) {
 	// The third party is the nft command, as an operator would use it.
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
-	m := startModel(t, "nftpol-drift", "--deny-action", "reject", "--verify-interval", "1s")
+	m := startModel(t, e2ePrefix+"drift", "--deny-action", "reject", "--verify-interval", "1s")
 	server := m.bed.Pod("x/a")
 	node := m.bed.Node(server.Node)
 	nft := func(args ...string) string { return kerneltest.Nft(t, node.NetNSPath, args...) }
@@ -224,7 +224,7 @@ func eventuallyProbe(t *testing.T, what string, from, to *testbed.Pod, wantReach
 // set, and an address handed to a new pod with other labels follows the
 // new pod.
 func TestTerminalPodsAndIPReuse(t *testing.T) {
-	m := startModel(t, "nftpol-reuse", "--deny-action", "reject")
+	m := startModel(t, e2ePrefix+"reuse", "--deny-action", "reject")
 	ctx := context.Background()
 	m.applyPolicy(t, withIngress(policy("x", "allow-b", sel("pod", "a"), nil),
 		from(nsPodPeer(exprSel("ns", metav1.LabelSelectorOpIn, "y", "z"), selPtr("pod", "b")))))

@@ -61,7 +61,7 @@ func BenchmarkScale(b *testing.B) {
 func runScale(b *testing.B, nPods, nPolicies int) {
 	ctx := context.Background()
 	cp := testbed.StartControlPlaneT(b)
-	bed := testbed.NewT(b, cp, testbed.Options{Prefix: "nftpol-scale", Nodes: 2})
+	bed := testbed.NewT(b, cp, testbed.Options{Prefix: e2ePrefix + "scale", Nodes: 2})
 	local := bed.Nodes[0].Name
 
 	// A clientset of its own without client-side throttling: the writes

@@ -79,6 +79,9 @@ type hole struct {
 }
 
 func (h hole) String() string {
+	if h.proto == icmpProbe {
+		return fmt.Sprintf("%s -> %s ICMP echo IPv4", h.from, h.to)
+	}
 	src := ""
 	if h.srcPort != 0 {
 		src = fmt.Sprintf(" from source port %d", h.srcPort)
@@ -177,7 +180,7 @@ func tamperings() []tampering {
 			apply: func(t *testing.T, tb *tamperBed) {
 				tb.nft(t, "insert", "rule", "inet", "nftpol", tb.isoIn, "icmp type echo-request accept")
 			},
-			holes: []hole{zcToXaTCP80v4},
+			holes: []hole{{from: "z/c", to: "x/a", family: 4, proto: icmpProbe}, zcToXaTCP80v4},
 		},
 		{
 			name: "foreign-tcp-accept-atop-isolation-chain",
@@ -224,6 +227,15 @@ func tamperings() []tampering {
 			holes: []hole{zcToXaTCP80v4, zcToXaUDP81v4},
 		},
 		{
+			name: "egress-verdict-map-element-removed",
+			apply: func(t *testing.T, tb *tamperBed) {
+				// x/a is no longer egress-isolated, on the forward hook
+				// and to its node alike.
+				tb.nft(t, "delete", "element", "inet", "nftpol", nft.MapEgressV4, "{ "+tb.m.bed.Pod("x/a").IPv4.String()+" }")
+			},
+			holes: []hole{{from: "x/a", to: "z/c", family: 4, proto: testbed.TCP, port: 80}, {from: "x/a", to: "y/a", family: 4, proto: testbed.UDP, port: 81}},
+		},
+		{
 			name: "peer-set-recreated-with-flags-interval",
 			apply: func(t *testing.T, tb *tamperBed) {
 				tb.reloadEdited(t, func(text string) string {
@@ -259,7 +271,7 @@ func tamperings() []tampering {
 // does not see fails all three.
 func TestTamperedTableIsRepaired(t *testing.T) {
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
-	tb := startTamperBed(t, "nftpol-tamper")
+	tb := startTamperBed(t, e2ePrefix+"tamper")
 	start := time.Now()
 	for _, tc := range tamperings() {
 		t.Run(tc.name, func(t *testing.T) { tb.run(t, tc) })
@@ -451,15 +463,23 @@ type holeResult struct {
 	firstAfterBoundTime time.Duration
 }
 
+// probeHole probes a hole once; nil means it got through.
+func (tb *tamperBed) probeHole(h hole) error {
+	from, to := tb.m.bed.Pod(h.from), tb.m.bed.Pod(h.to)
+	if h.proto == icmpProbe {
+		return pingIPv4(from, to.IPv4, 300*time.Millisecond)
+	}
+	return testbed.ProbeFromPort(from, h.srcPort, to.Addr(h.family), h.proto, h.port, to.Key(), 300*time.Millisecond)
+}
+
 // watchHole probes a hole from the tampering until the bound plus the
 // watch time, at most every 100 ms and 200 times.
 func (tb *tamperBed) watchHole(h hole, tampered time.Time) holeResult {
 	res := holeResult{h: h}
-	from, to := tb.m.bed.Pod(h.from), tb.m.bed.Pod(h.to)
 	end := tampered.Add(tamperRepairBound + tamperHoleWatch)
 	for res.probes < 200 && time.Now().Before(end) {
 		sent := time.Since(tampered)
-		err := testbed.ProbeFromPort(from, h.srcPort, to.Addr(h.family), h.proto, h.port, to.Key(), 300*time.Millisecond)
+		err := tb.probeHole(h)
 		res.probes++
 		if err == nil {
 			res.reached++
@@ -483,6 +503,11 @@ func (tb *tamperBed) run(t *testing.T, tc tampering) {
 	for _, h := range tc.holes {
 		if tb.m.expected(tamperExpect, testbed.ProbeSpec{Family: h.family, Proto: h.proto, Port: h.port}).Get(h.from, h.to) {
 			t.Fatalf("test bug: %s is allowed by the policies, not a hole", h)
+		}
+		// The probe must fail while the table is intact, or its
+		// successes later would prove nothing.
+		if err := tb.probeHole(h); err == nil {
+			t.Fatalf("%s got through before the tampering", h)
 		}
 	}
 
