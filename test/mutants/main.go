@@ -35,38 +35,43 @@ type mutant struct {
 	pkg string
 }
 
-var mutants = []mutant{
-	{"policyTypes default: every policy isolates egress", "selectors/parse.go",
-		"p.types[Egress] = len(np.Spec.Egress) > 0", "p.types[Egress] = len(np.Spec.Egress) >= 0", "selectors"},
-	{"ipBlock except not subtracted", "selectors/parse.go",
-		"ranges = subtractRange(ranges, prefixRange(ex))", "_ = subtractRange(ranges, prefixRange(ex))", "selectors"},
-	{"endPort off by one (exclusive)", "selectors/parse.go",
-		"last = int(*np.EndPort)", "last = int(*np.EndPort) - 1", "selectors"},
-	{"egress named port resolved on the source pods", "selectors/build.go",
-		"candidates = b.egressCandidates(cp, r)", "candidates = selected", "selectors"},
-	{"namespaceSelector with podSelector: podSelector dropped", "selectors/parse.go",
-		"pe.podSel = podSel", "_ = podSel", "selectors"},
-	{"IPv6 ipBlock ignored", "selectors/parse.go",
-		"cidr = cidr.Masked()", "cidr = cidr.Masked()\n\tif cidr.Addr().Is6() {\n\t\treturn ipBlock{}, \"cidr=\" + cidr.String(), nil\n\t}", "selectors"},
-	{"shared address: the older pod wins", "selectors/state.go",
-		"return p.Created.After(q.Created)", "return p.Created.Before(q.Created)", "selectors"},
-	{"plain init containers' named ports count", "selectors/state.go",
-		"if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "if c.RestartPolicy == nil || *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "selectors"},
-	{"terminal pods are endpoints", "selectors/state.go",
-		"return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0", "return !p.HostNetwork && len(p.IPs) > 0", "selectors"},
-	{"compiler: IPv4 daddr read at the saddr offset", "nft/rules.go",
-		"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft"},
-	{"compiler: port range ends one early", "nft/rules.go",
-		"ToData: be16(r.portLast)", "ToData: be16(r.portLast - 1)", "nft"},
-	{"compiler: interval end element at last, not last+1", "nft/enforcer.go",
-		"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft"},
+// mutations are the injected bugs, in the order they run.
+func mutations() []mutant {
+	return []mutant{
+		{"policyTypes default: every policy isolates egress", "selectors/parse.go",
+			"p.types[Egress] = len(np.Spec.Egress) > 0", "p.types[Egress] = len(np.Spec.Egress) >= 0", "selectors"},
+		{"ipBlock except not subtracted", "selectors/parse.go",
+			"ranges = subtractRange(ranges, prefixRange(ex))", "_ = subtractRange(ranges, prefixRange(ex))", "selectors"},
+		{"endPort off by one (exclusive)", "selectors/parse.go",
+			"last = int(*np.EndPort)", "last = int(*np.EndPort) - 1", "selectors"},
+		{"egress named port resolved on the source pods", "selectors/build.go",
+			"candidates = b.egressCandidates(cp, r)", "candidates = selected", "selectors"},
+		{"namespaceSelector with podSelector: podSelector dropped", "selectors/parse.go",
+			"pe.podSel = podSel", "_ = podSel", "selectors"},
+		{"IPv6 ipBlock ignored", "selectors/parse.go",
+			"cidr = cidr.Masked()", "cidr = cidr.Masked()\n\tif cidr.Addr().Is6() {\n\t\treturn ipBlock{}, \"cidr=\" + cidr.String(), nil\n\t}", "selectors"},
+		{"shared address: the older pod wins", "selectors/state.go",
+			"return p.Created.After(q.Created)", "return p.Created.Before(q.Created)", "selectors"},
+		{"plain init containers' named ports count", "selectors/state.go",
+			"if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "if c.RestartPolicy == nil || *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "selectors"},
+		{"terminal pods are endpoints", "selectors/state.go",
+			"return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0", "return !p.HostNetwork && len(p.IPs) > 0", "selectors"},
+		{"compiler: IPv4 daddr read at the saddr offset", "nft/rules.go",
+			"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft"},
+		{"compiler: port range ends one early", "nft/rules.go",
+			"ToData: be16(r.portLast)", "ToData: be16(r.portLast - 1)", "nft"},
+		{"compiler: interval end element at last, not last+1", "nft/enforcer.go",
+			"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft"},
+	}
 }
 
-// targets are the tests that hold each package's compiled form against the
+// targetsOf returns the tests that hold pkg's compiled form against the
 // reference evaluator, cheapest first.
-var targets = map[string]struct{ property, fuzz string }{
-	"selectors": {"TestModelAgreesWithEvaluator", "FuzzModelAgreesWithEvaluate"},
-	"nft":       {"TestCompiledTablesAgreeWithEvaluator", "FuzzCompiledTablesAgreeWithEvaluate"},
+func targetsOf(pkg string) (property, fuzz string) {
+	if pkg == "nft" {
+		return "TestCompiledTablesAgreeWithEvaluator", "FuzzCompiledTablesAgreeWithEvaluate"
+	}
+	return "TestModelAgreesWithEvaluator", "FuzzModelAgreesWithEvaluate"
 }
 
 func main() {
@@ -94,7 +99,7 @@ func run(fuzztime time.Duration, only string, out io.Writer) error {
 	}
 	failed := 0
 	start := time.Now()
-	for _, m := range mutants {
+	for _, m := range mutations() {
 		if only != "" && !strings.Contains(m.name, only) {
 			continue
 		}
@@ -129,11 +134,11 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 	}
 	defer os.WriteFile(path, orig, 0o644)
 
-	t := targets[m.pkg]
-	corpus := filepath.Join(dir, m.pkg, "testdata", "fuzz", t.fuzz)
+	property, fuzz := targetsOf(m.pkg)
+	corpus := filepath.Join(dir, m.pkg, "testdata", "fuzz", fuzz)
 	seeds, err := os.ReadDir(corpus)
 	if err != nil {
-		return "", fmt.Errorf("reading the seeds of %s: %w", t.fuzz, err)
+		return "", fmt.Errorf("reading the seeds of %s: %w", fuzz, err)
 	}
 	// A failing input the fuzzer writes into the copy would be a seed of
 	// the next mutant's run: remove it so each mutant starts from the
@@ -149,8 +154,8 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 		name string
 		args []string
 	}{
-		{t.property, []string{"test", "-count=1", "-run", "^" + t.property + "$", "./" + m.pkg}},
-		{t.fuzz, []string{"test", "-run", "^$", "-fuzz", "^" + t.fuzz + "$", "-fuzztime", fuzztime.String(), "-fuzzminimizetime", "5x", "./" + m.pkg}},
+		{property, []string{"test", "-count=1", "-run", "^" + property + "$", "./" + m.pkg}},
+		{fuzz, []string{"test", "-run", "^$", "-fuzz", "^" + fuzz + "$", "-fuzztime", fuzztime.String(), "-fuzzminimizetime", "5x", "./" + m.pkg}},
 	} {
 		began := time.Now()
 		cmd := exec.Command("go", s.args...)
