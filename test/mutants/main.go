@@ -97,12 +97,13 @@ func run(fuzztime time.Duration, only string, out io.Writer) error {
 	if err := copyRepo(root, tmp); err != nil {
 		return err
 	}
-	failed := 0
+	failed, ran := 0, 0
 	start := time.Now()
 	for _, m := range mutations() {
 		if only != "" && !strings.Contains(m.name, only) {
 			continue
 		}
+		ran++
 		verdict, err := try(tmp, m, fuzztime)
 		if err != nil {
 			verdict = "ERROR: " + err.Error()
@@ -113,6 +114,9 @@ func run(fuzztime time.Duration, only string, out io.Writer) error {
 		fmt.Fprintf(out, "%-60s %s\n", m.name, verdict)
 	}
 	fmt.Fprintf(out, "total %s\n", time.Since(start).Round(time.Second))
+	if ran == 0 {
+		return fmt.Errorf("no mutant matches -only %q", only)
+	}
 	if failed > 0 {
 		return fmt.Errorf("%d mutant(s) not caught", failed)
 	}
