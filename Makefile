@@ -70,7 +70,7 @@ fuzz:
 # property tests and fuzz targets must catch every one (RELIABILITY.md).
 .PHONY: mutants
 mutants:
-	$(GO) run ./test/mutants -fuzztime 20s
+	$(GO) run ./test/mutants -fuzztime 15s
 
 docker-build:
 	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .

@@ -1,20 +1,28 @@
 package selectors
 
 import (
+	"encoding/binary"
+	"math/bits"
 	"net/netip"
+	"slices"
 
 	"k8s.io/apimachinery/pkg/labels"
 )
 
 // index holds the cluster state in the shapes lookups need: endpoint pods by
-// namespace and by address, namespace labels by name.
+// namespace and by address, namespace labels by name. Every pod in the
+// index holds only the addresses it owns (see AddressOwners).
 type index struct {
 	podsByNamespace map[string][]*Pod
 	namespaceLabels map[string]labels.Set
 	// namespaceNames is every namespace known from objects or pods.
 	namespaceNames []string
-	// byIP is the owner of every address (AddressOwners). Every pod in
-	// the index holds only the addresses it owns.
+	// contested are the owners of the addresses several endpoint pods
+	// claim; usually empty.
+	contested map[netip.Addr]*Pod
+	// byIP is built on first use (ipBlock egress peers with named ports):
+	// most syncs never need it, and at 100k pods it is the largest map of
+	// the index.
 	byIP map[netip.Addr]*Pod
 }
 
@@ -22,7 +30,7 @@ func newIndex(s *State) *index {
 	ix := &index{
 		podsByNamespace: map[string][]*Pod{},
 		namespaceLabels: make(map[string]labels.Set, len(s.Namespaces)),
-		byIP:            AddressOwners(s.Pods),
+		contested:       contestedOwners(s.Pods),
 	}
 	for _, ns := range s.Namespaces {
 		if ns == nil {
@@ -46,33 +54,138 @@ func newIndex(s *State) *index {
 }
 
 // ownedPart returns p as the model sees it: p itself when it owns all its
-// addresses, nil when it owns none, else a copy with the addresses it owns
-// (which then owns them in byIP). A pod's labels and named ports thus never
-// reach a set for an address another pod owns. Copies cost the Builder its
-// reuse of the namespace while the conflict lasts, which is rare and short.
+// addresses, nil when it owns none, else a copy with the addresses it owns.
+// A pod's labels and named ports thus never reach a set for an address
+// another pod owns. Copies cost the Builder its reuse of the namespace
+// while the conflict lasts, which is rare and short.
 func (ix *index) ownedPart(p *Pod) *Pod {
-	var owned []netip.Addr
+	if len(ix.contested) == 0 {
+		return p
+	}
+	owns := func(ip netip.Addr) bool {
+		o, ok := ix.contested[ip]
+		return !ok || o == p
+	}
+	n := 0
 	for _, ip := range p.IPs {
-		if ix.byIP[ip] == p {
-			owned = append(owned, ip)
+		if owns(ip) {
+			n++
 		}
 	}
-	switch len(owned) {
+	switch n {
 	case len(p.IPs):
 		return p
 	case 0:
 		return nil
 	}
 	part := *p
-	part.IPs = owned
-	for _, ip := range owned {
-		ix.byIP[ip] = &part
+	part.IPs = make([]netip.Addr, 0, n)
+	for _, ip := range p.IPs {
+		if owns(ip) {
+			part.IPs = append(part.IPs, ip)
+		}
 	}
 	return &part
 }
 
-// podByIP returns the endpoint pod that owns each address.
-func (ix *index) podByIP() map[netip.Addr]*Pod { return ix.byIP }
+// podByIP returns the endpoint pod that owns each address, from the
+// index's pods, which hold only the addresses they own.
+func (ix *index) podByIP() map[netip.Addr]*Pod {
+	if ix.byIP == nil {
+		ix.byIP = map[netip.Addr]*Pod{}
+		for _, pods := range ix.podsByNamespace {
+			for _, p := range pods {
+				for _, ip := range p.IPs {
+					ix.byIP[ip] = p
+				}
+			}
+		}
+	}
+	return ix.byIP
+}
+
+// contestedOwners returns the owner of every address that more than one
+// endpoint pod claims. It runs on every sync over every pod, so it avoids
+// the obvious map of every address (about 10 MB and most of a sync's time
+// at 100k dual-stack pods): it partitions the claims by a hash of the
+// address into buckets with a counting sort, and within a bucket compares
+// hashes first, so the pods themselves (scattered in memory) are only read
+// for true duplicates.
+func contestedOwners(pods []*Pod) map[netip.Addr]*Pod {
+	claiming := func(p *Pod) bool { return p != nil && p.IsEndpoint() }
+	n := 0
+	for _, p := range pods {
+		if claiming(p) {
+			n += len(p.IPs)
+		}
+	}
+	if n < 2 {
+		return nil
+	}
+	hash := func(a netip.Addr) uint64 {
+		b := a.As16()
+		h := binary.LittleEndian.Uint64(b[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[8:])
+		return h * 0xbf58476d1ce4e5b9
+	}
+	// About one address per bucket, at most 64k buckets, chosen by the
+	// hash's top bits.
+	shift := 64 - min(bits.Len(uint(n)), 16)
+	starts := make([]int32, 1<<(64-shift)+1)
+	for _, p := range pods {
+		if claiming(p) {
+			for _, ip := range p.IPs {
+				starts[hash(ip)>>shift+1]++
+			}
+		}
+	}
+	for i := 1; i < len(starts); i++ {
+		starts[i] += starts[i-1]
+	}
+	type claim struct {
+		hash     uint64
+		pod, adr int32
+	}
+	claims := make([]claim, n)
+	next := slices.Clone(starts[:len(starts)-1])
+	for pi, p := range pods {
+		if !claiming(p) {
+			continue
+		}
+		for ai, ip := range p.IPs {
+			h := hash(ip)
+			claims[next[h>>shift]] = claim{hash: h, pod: int32(pi), adr: int32(ai)}
+			next[h>>shift]++
+		}
+	}
+	var out map[netip.Addr]*Pod
+	for b := 0; b+1 < len(starts); b++ {
+		bucket := claims[starts[b]:starts[b+1]]
+		for i := 1; i < len(bucket); i++ {
+			for _, c := range bucket[:i] {
+				if c.hash != bucket[i].hash {
+					continue
+				}
+				pi, pj := pods[bucket[i].pod], pods[c.pod]
+				addr := pi.IPs[bucket[i].adr]
+				if addr != pj.IPs[c.adr] {
+					continue // the same hash, another address
+				}
+				if out == nil {
+					out = map[netip.Addr]*Pod{}
+				}
+				if o, ok := out[addr]; ok {
+					pj = o
+				}
+				out[addr] = pj
+				if pi.claimsBefore(pj) {
+					out[addr] = pi
+				}
+				break
+			}
+		}
+	}
+	return out
+}
 
 // addNamespace records a namespace's labels, with the name label the API
 // server always sets, so selectors on it work even for a namespace whose

@@ -1,6 +1,8 @@
 package selectors
 
 import (
+	"fmt"
+	"math/rand"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -135,5 +137,47 @@ func TestSharedSetsDoNotDependOnPolicyOrder(t *testing.T) {
 	}
 	if !reflect.DeepEqual(after.PortSets, both.PortSets) {
 		t.Errorf("port sets changed when the first policy went:\nbefore %+v\nafter  %+v", both.PortSets, after.PortSets)
+	}
+}
+
+// TestContestedOwnersAgreeWithAddressOwners: the bucketed search for
+// contested addresses finds exactly the addresses claimed more than once,
+// each with the owner the plain map gives, on crowded random claims.
+func TestContestedOwnersAgreeWithAddressOwners(t *testing.T) {
+	r := rand.New(rand.NewSource(1))
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for round := 0; round < 200; round++ {
+		var pods []*Pod
+		for i := 0; i < 1+r.Intn(300); i++ {
+			p := &Pod{Namespace: []string{"x", "y"}[r.Intn(2)], Name: fmt.Sprintf("p%d", r.Intn(50)), Created: t0.Add(time.Duration(r.Intn(3)) * time.Second),
+				Terminal: r.Intn(10) == 0}
+			for j := 0; j < 1+r.Intn(2); j++ {
+				n := r.Intn(1 + len(pods)) // crowded: collisions are common
+				if r.Intn(2) == 0 {
+					p.IPs = append(p.IPs, netip.AddrFrom4([4]byte{10, 0, byte(n >> 8), byte(n)}))
+				} else {
+					p.IPs = append(p.IPs, netip.AddrFrom16([16]byte{0xfd, 15: byte(n)}))
+				}
+			}
+			pods = append(pods, p, nil)
+		}
+		claims := map[netip.Addr]int{}
+		for _, p := range pods {
+			if p != nil && p.IsEndpoint() {
+				for _, ip := range p.IPs {
+					claims[ip]++
+				}
+			}
+		}
+		owners, contested := AddressOwners(pods), contestedOwners(pods)
+		for ip, n := range claims {
+			o, ok := contested[ip]
+			if ok != (n > 1) || (ok && o != owners[ip]) {
+				t.Fatalf("round %d, %s claimed %d times: contested owner %v (found %v), owner %v", round, ip, n, o, ok, owners[ip])
+			}
+		}
+		if len(contested) > len(claims) {
+			t.Fatalf("round %d: contested lists addresses nobody claims", round)
+		}
 	}
 }

@@ -157,7 +157,15 @@ func (p *Pod) lookupPort(name string, proto Protocol) (uint16, bool) {
 // by namespace then name ascending. Only the owner's labels and named
 // ports count for the address, whatever order the pods come in.
 func AddressOwners(pods []*Pod) map[netip.Addr]*Pod {
-	owners := make(map[netip.Addr]*Pod, len(pods))
+	n := 0
+	for _, p := range pods {
+		if p != nil {
+			n += len(p.IPs)
+		}
+	}
+	// Sized once: at 100k dual-stack pods, growing it would be most of
+	// its cost.
+	owners := make(map[netip.Addr]*Pod, n)
 	for _, p := range pods {
 		if p == nil || !p.IsEndpoint() {
 			continue

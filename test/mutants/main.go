@@ -35,38 +35,43 @@ type mutant struct {
 	pkg string
 }
 
-var mutants = []mutant{
-	{"policyTypes default: every policy isolates egress", "selectors/parse.go",
-		"p.types[Egress] = len(np.Spec.Egress) > 0", "p.types[Egress] = len(np.Spec.Egress) >= 0", "selectors"},
-	{"ipBlock except not subtracted", "selectors/parse.go",
-		"ranges = subtractRange(ranges, prefixRange(ex))", "_ = subtractRange(ranges, prefixRange(ex))", "selectors"},
-	{"endPort off by one (exclusive)", "selectors/parse.go",
-		"last = int(*np.EndPort)", "last = int(*np.EndPort) - 1", "selectors"},
-	{"egress named port resolved on the source pods", "selectors/build.go",
-		"candidates = b.egressCandidates(cp, r)", "candidates = selected", "selectors"},
-	{"namespaceSelector with podSelector: podSelector dropped", "selectors/parse.go",
-		"pe.podSel = podSel", "_ = podSel", "selectors"},
-	{"IPv6 ipBlock ignored", "selectors/parse.go",
-		"cidr = cidr.Masked()", "cidr = cidr.Masked()\n\tif cidr.Addr().Is6() {\n\t\treturn ipBlock{}, \"cidr=\" + cidr.String(), nil\n\t}", "selectors"},
-	{"shared address: the older pod wins", "selectors/state.go",
-		"return p.Created.After(q.Created)", "return p.Created.Before(q.Created)", "selectors"},
-	{"plain init containers' named ports count", "selectors/state.go",
-		"if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "if c.RestartPolicy == nil || *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "selectors"},
-	{"terminal pods are endpoints", "selectors/state.go",
-		"return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0", "return !p.HostNetwork && len(p.IPs) > 0", "selectors"},
-	{"compiler: IPv4 daddr read at the saddr offset", "nft/rules.go",
-		"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft"},
-	{"compiler: port range ends one early", "nft/rules.go",
-		"ToData: be16(r.portLast)", "ToData: be16(r.portLast - 1)", "nft"},
-	{"compiler: interval end element at last, not last+1", "nft/enforcer.go",
-		"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft"},
+// mutations are the injected bugs, in the order they run.
+func mutations() []mutant {
+	return []mutant{
+		{"policyTypes default: every policy isolates egress", "selectors/parse.go",
+			"p.types[Egress] = len(np.Spec.Egress) > 0", "p.types[Egress] = len(np.Spec.Egress) >= 0", "selectors"},
+		{"ipBlock except not subtracted", "selectors/parse.go",
+			"ranges = subtractRange(ranges, prefixRange(ex))", "_ = subtractRange(ranges, prefixRange(ex))", "selectors"},
+		{"endPort off by one (exclusive)", "selectors/parse.go",
+			"last = int(*np.EndPort)", "last = int(*np.EndPort) - 1", "selectors"},
+		{"egress named port resolved on the source pods", "selectors/build.go",
+			"candidates = b.egressCandidates(cp, r)", "candidates = selected", "selectors"},
+		{"namespaceSelector with podSelector: podSelector dropped", "selectors/parse.go",
+			"pe.podSel = podSel", "_ = podSel", "selectors"},
+		{"IPv6 ipBlock ignored", "selectors/parse.go",
+			"cidr = cidr.Masked()", "cidr = cidr.Masked()\n\tif cidr.Addr().Is6() {\n\t\treturn ipBlock{}, \"cidr=\" + cidr.String(), nil\n\t}", "selectors"},
+		{"shared address: the older pod wins", "selectors/state.go",
+			"return p.Created.After(q.Created)", "return p.Created.Before(q.Created)", "selectors"},
+		{"plain init containers' named ports count", "selectors/state.go",
+			"if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "if c.RestartPolicy == nil || *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "selectors"},
+		{"terminal pods are endpoints", "selectors/state.go",
+			"return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0", "return !p.HostNetwork && len(p.IPs) > 0", "selectors"},
+		{"compiler: IPv4 daddr read at the saddr offset", "nft/rules.go",
+			"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft"},
+		{"compiler: port range ends one early", "nft/rules.go",
+			"ToData: be16(r.portLast)", "ToData: be16(r.portLast - 1)", "nft"},
+		{"compiler: interval end element at last, not last+1", "nft/enforcer.go",
+			"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft"},
+	}
 }
 
-// targets are the tests that hold each package's compiled form against the
+// targetsOf returns the tests that hold pkg's compiled form against the
 // reference evaluator, cheapest first.
-var targets = map[string]struct{ property, fuzz string }{
-	"selectors": {"TestModelAgreesWithEvaluator", "FuzzModelAgreesWithEvaluate"},
-	"nft":       {"TestCompiledTablesAgreeWithEvaluator", "FuzzCompiledTablesAgreeWithEvaluate"},
+func targetsOf(pkg string) (property, fuzz string) {
+	if pkg == "nft" {
+		return "TestCompiledTablesAgreeWithEvaluator", "FuzzCompiledTablesAgreeWithEvaluate"
+	}
+	return "TestModelAgreesWithEvaluator", "FuzzModelAgreesWithEvaluate"
 }
 
 func main() {
@@ -92,12 +97,13 @@ func run(fuzztime time.Duration, only string, out io.Writer) error {
 	if err := copyRepo(root, tmp); err != nil {
 		return err
 	}
-	failed := 0
+	failed, ran := 0, 0
 	start := time.Now()
-	for _, m := range mutants {
+	for _, m := range mutations() {
 		if only != "" && !strings.Contains(m.name, only) {
 			continue
 		}
+		ran++
 		verdict, err := try(tmp, m, fuzztime)
 		if err != nil {
 			verdict = "ERROR: " + err.Error()
@@ -108,6 +114,9 @@ func run(fuzztime time.Duration, only string, out io.Writer) error {
 		fmt.Fprintf(out, "%-60s %s\n", m.name, verdict)
 	}
 	fmt.Fprintf(out, "total %s\n", time.Since(start).Round(time.Second))
+	if ran == 0 {
+		return fmt.Errorf("no mutant matches -only %q", only)
+	}
 	if failed > 0 {
 		return fmt.Errorf("%d mutant(s) not caught", failed)
 	}
@@ -129,11 +138,11 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 	}
 	defer os.WriteFile(path, orig, 0o644)
 
-	t := targets[m.pkg]
-	corpus := filepath.Join(dir, m.pkg, "testdata", "fuzz", t.fuzz)
+	property, fuzz := targetsOf(m.pkg)
+	corpus := filepath.Join(dir, m.pkg, "testdata", "fuzz", fuzz)
 	seeds, err := os.ReadDir(corpus)
 	if err != nil {
-		return "", fmt.Errorf("reading the seeds of %s: %w", t.fuzz, err)
+		return "", fmt.Errorf("reading the seeds of %s: %w", fuzz, err)
 	}
 	// A failing input the fuzzer writes into the copy would be a seed of
 	// the next mutant's run: remove it so each mutant starts from the
@@ -141,14 +150,16 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 	defer removeNewFiles(corpus, seeds)
 
 	// Both the property test and the fuzz target run, each on its own, so
-	// the report says what each is worth.
+	// the report says what each is worth. The fuzzer minimizes every new
+	// input for up to 60 s by default, at a second or more per run of a
+	// whole cluster: 5 runs keep the budget for searching.
 	var caught []string
 	for _, s := range []struct {
 		name string
 		args []string
 	}{
-		{t.property, []string{"test", "-count=1", "-run", "^" + t.property + "$", "./" + m.pkg}},
-		{t.fuzz, []string{"test", "-run", "^$", "-fuzz", "^" + t.fuzz + "$", "-fuzztime", fuzztime.String(), "./" + m.pkg}},
+		{property, []string{"test", "-count=1", "-run", "^" + property + "$", "./" + m.pkg}},
+		{fuzz, []string{"test", "-run", "^$", "-fuzz", "^" + fuzz + "$", "-fuzztime", fuzztime.String(), "-fuzzminimizetime", "5x", "./" + m.pkg}},
 	} {
 		began := time.Now()
 		cmd := exec.Command("go", s.args...)
@@ -168,7 +179,7 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 		how := ""
 		switch {
 		case bytes.Contains(output, []byte("seed corpus")):
-			how = ", on a committed seed"
+			how = ", on a corpus entry (testdata/fuzz or the local fuzz cache)"
 		case bytes.Contains(output, []byte("Failing input written")):
 			how = ", on a new input"
 		}
