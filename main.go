@@ -21,7 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2/textlogger"
@@ -153,7 +152,6 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		Table:     f.tableName,
 		NetNSPath: f.netns,
 		Deny:      deny,
-		Logger:    log.WithName("nft"),
 		LogDenied: f.logDenied,
 		LogGroup:  uint16(f.logDeniedGroup),
 		LogRate:   uint32(f.logDeniedRate),
@@ -213,7 +211,7 @@ func openTable(name string, args []string, stderr io.Writer, extra func(*flag.Fl
 	if err := nft.CheckPrivileges(); err != nil {
 		return nil, err
 	}
-	enforcer, err := nft.NewEnforcer(nft.Config{Table: *table, NetNSPath: *netns, Logger: logr.Discard()})
+	enforcer, err := nft.NewEnforcer(nft.Config{Table: *table, NetNSPath: *netns})
 	if err != nil {
 		return nil, fmt.Errorf("opening nftables: %w", err)
 	}

@@ -166,7 +166,7 @@ func TestDump(t *testing.T) {
 		}}},
 		AddrSets: []selectors.AddrSet{{ID: "clients", Description: "pods in x matching app=client", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}}},
 	}
-	if _, err := e.Sync(model); err != nil {
+	if _, err := e.Commit(nft.Compile(model, e.Config())); err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
@@ -175,7 +175,7 @@ func TestDump(t *testing.T) {
 	}
 	for _, want := range []string{
 		"table inet nftpol {",
-		"# 2 elements\n\tset a-8f4d9088121acfab-v4 { type ipv4_addr; }",
+		"# 2 elements: pods in x matching app=client\n\tset a-8f4d9088121acfab-v4 { type ipv4_addr; }",
 		"# isolation by x/web (ingress)",
 		"# allows of x/web (ingress)",
 		"type filter hook forward priority 1; policy accept;",

@@ -63,7 +63,7 @@ func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
 	return m, nil
 }
 
-func (m *syncMetrics) observe(start time.Time, localPods int, model *selectors.Model, stats nft.SyncStats, err error) {
+func (m *syncMetrics) observe(start time.Time, localPods int, model *selectors.Model, stats nft.CommitStats, err error) {
 	if m == nil {
 		return
 	}

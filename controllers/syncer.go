@@ -25,9 +25,11 @@ import (
 // sync, and an event during a sync becomes exactly one more.
 var syncKey = reconcile.Request{NamespacedName: types.NamespacedName{Name: "node-sync"}}
 
-// Enforcer is what the syncer needs of nft.Enforcer.
+// Enforcer is what the syncer needs of nft.Enforcer: the kernel handle
+// that commits rulesets. The syncer compiles them for its configuration.
 type Enforcer interface {
-	Sync(m *selectors.Model) (nft.SyncStats, error)
+	Config() nft.Config
+	Commit(rs *nft.Ruleset) (nft.CommitStats, error)
 	Verify() error
 	Invalidate()
 }
@@ -51,8 +53,10 @@ type Syncer struct {
 	// the table lock.
 	guard *tableGuard
 	// builder reuses, from one sync to the next, the peer sets of the
-	// namespaces where no pod changed. Created on first use.
-	builder *selectors.Builder
+	// namespaces where no pod changed; compiler reuses the compiled sets
+	// whose content did not change. Both are created on first use.
+	builder  *selectors.Builder
+	compiler *nft.Compiler
 	// lookup names pods for the denied-packet log; replaced after every
 	// successful sync.
 	lookup atomic.Pointer[podLookup]
@@ -92,17 +96,23 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	start := time.Now()
 	state, err := s.cached.Read(ctx)
 	if err != nil {
-		s.metrics.observe(start, 0, nil, nft.SyncStats{}, err)
+		s.metrics.observe(start, 0, nil, nft.CommitStats{}, err)
 		return reconcile.Result{}, err
 	}
 	if s.builder == nil {
 		s.builder = selectors.NewBuilder()
 	}
+	if s.compiler == nil {
+		if s.compiler, err = nft.NewCompiler(s.Enforcer.Config()); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
 	model, problems := s.builder.Build(s.NodeName, state)
+	desired := s.compiler.Compile(model)
 	compute := time.Since(start)
 	s.Problems.Report(ctx, problems)
 
-	stats, err := s.Enforcer.Sync(model)
+	stats, err := s.Enforcer.Commit(desired)
 	s.metrics.observe(start, countLocal(state, s.NodeName), model, stats, err)
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)

@@ -142,7 +142,7 @@ func startAgentWith(t *testing.T, node string, change func(*Options)) *agentEnv 
 
 	netns := kerneltest.Netns(t, netnsPrefix)
 	log := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(testWriter{t})))
-	enforcer, err := nft.NewEnforcer(nft.Config{Table: "nftpol", NetNSPath: netns, Deny: nft.DenyDrop, Logger: log})
+	enforcer, err := nft.NewEnforcer(nft.Config{Table: "nftpol", NetNSPath: netns, Deny: nft.DenyDrop})
 	if err != nil {
 		t.Fatalf("creating the enforcer: %v", err)
 	}

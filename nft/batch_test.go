@@ -2,9 +2,10 @@ package nft
 
 import (
 	"net/netip"
+	"path/filepath"
+	"strings"
 	"testing"
 
-	"github.com/go-logr/logr"
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	corev1 "k8s.io/api/core/v1"
@@ -21,8 +22,7 @@ import (
 // marker first, one end marker last); an empty plan sends nothing.
 func commitMessages(t *testing.T, committed, desired *Ruleset, plan *Plan) int {
 	t.Helper()
-	cfg := Config{Table: "nftpol", Deny: DenyReject, Logger: logr.Discard()}
-	e := &Enforcer{cfg: cfg, table: &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}, committed: committed}
+	table := &nftables.Table{Name: "nftpol", Family: nftables.TableFamilyINet}
 	var sent []netlink.Message
 	c, err := nftables.New(nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
 		sent = append(sent, req...)
@@ -31,7 +31,7 @@ func commitMessages(t *testing.T, committed, desired *Ruleset, plan *Plan) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.apply(c, plan, desired); err != nil {
+	if err := plan.queue(c, table); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Flush(); err != nil {
@@ -157,6 +157,10 @@ func TestBatchOfTypicalChanges(t *testing.T) {
 			if stats != tt.want || messages != tt.messages {
 				t.Fatalf("the commit carries %d messages, %+v; want %d, %+v", messages, stats, tt.messages, tt.want)
 			}
+			// The transaction itself, in nft syntax, is pinned too.
+			cfg := Config{Deny: DenyReject}
+			plan := Diff(Compile(mb, cfg), Compile(ma, cfg))
+			golden(t, filepath.Join("plans", strings.ReplaceAll(tt.name, " ", "-")+".nft"), plan.String())
 		})
 	}
 }

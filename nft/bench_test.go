@@ -106,10 +106,13 @@ func BenchmarkOnePodChangeCompute(b *testing.B) {
 			}
 		}
 		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies), func(b *testing.B) {
-			cfg := Config{}
+			compiler, err := NewCompiler(Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
 			builder := selectors.NewBuilder()
 			prevModel, _ := builder.Build(selectorstest.ScaleNode, s)
-			prev := Compile(prevModel, cfg)
+			prev := compiler.Compile(prevModel)
 			var changed int
 			b.ReportAllocs()
 			for b.Loop() {
@@ -123,10 +126,10 @@ func BenchmarkOnePodChangeCompute(b *testing.B) {
 				p.Labels = map[string]string{"app": p.Labels["app"], "tier": tier}
 				s.Pods[remote] = &p
 				m, _ := builder.Build(selectorstest.ScaleNode, s)
-				desired := compileReusing(m, cfg, prev, prevModel)
+				desired := compiler.Compile(m)
 				stats := Diff(prev, desired).Stats(desired)
 				changed = stats.ElementsAdded + stats.ElementsDeleted
-				prev, prevModel = desired, m
+				prev = desired
 			}
 			b.ReportMetric(float64(changed), "elements-changed")
 		})

@@ -29,7 +29,7 @@ func BenchmarkCommitNetlink(b *testing.B) {
 			ns := testNetns(b)
 			e := newTestEnforcer(b, ns, DenyDrop)
 			m := scaleModel(size.chains, size.elems)
-			var stats SyncStats
+			var stats CommitStats
 			for b.Loop() {
 				b.StopTimer()
 				// Also forgets the committed table: the Sync is a full one.
@@ -81,7 +81,7 @@ func BenchmarkCommitNftFile(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.StartTimer()
-				if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "-f", file).CombinedOutput(); err != nil {
+				if out, err := exec.Command("ip", "netns", "exec", filepath.Base(ns), "nft", "-f", file).CombinedOutput(); err != nil {
 					b.Fatalf("nft -f: %v: %s", err, out)
 				}
 			}

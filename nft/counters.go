@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -22,8 +23,13 @@ type PolicyCounter struct {
 	DeniedPackets, DeniedBytes   uint64
 }
 
-// Counters reads the counters of the policy and isolation chains of the
-// committed table. Counters restart from zero when a chain is rewritten.
+// Counters returns, per policy and direction, what the policy's rules
+// let through and what the isolation chains it takes part in turned away.
+// The figures never decrease while the agent runs, as Prometheus counters
+// must: the kernel's rule counters restart from zero when a chain is
+// rewritten or deleted, so the last figures read of such a chain are
+// carried into a base that only grows. (Packets counted between the last
+// read and the rewrite are not seen; a scrape interval bounds them.)
 func (e *Enforcer) Counters() ([]PolicyCounter, error) {
 	e.mu.Lock()
 	committed := e.committed
@@ -35,31 +41,102 @@ func (e *Enforcer) Counters() ([]PolicyCounter, error) {
 	if err != nil {
 		return nil, err
 	}
-	type key struct {
-		policy string
-		dir    selectors.Direction
+	e.counters.mu.Lock()
+	defer e.counters.mu.Unlock()
+	return e.counters.update(committed, perChain), nil
+}
+
+// counterState makes the kernel's per-chain counters monotonic per policy.
+type counterState struct {
+	mu sync.Mutex
+	// last is what each chain counted at the previous read, with whom
+	// those counts belong to.
+	last map[string]chainCount
+	// reset names the chains a commit rewrote or deleted since the
+	// previous read: their kernel counters started again from zero.
+	reset map[string]bool
+	// base holds the counts of chains that no longer count.
+	base map[policyDir]*PolicyCounter
+}
+
+type policyDir struct {
+	policy string
+	dir    selectors.Direction
+}
+
+type chainCount struct {
+	counterSum
+	policies []string
+	dir      selectors.Direction
+	isolates bool
+}
+
+func (c chainCount) addTo(sums map[policyDir]*PolicyCounter) {
+	for _, p := range c.policies {
+		k := policyDir{p, c.dir}
+		pc := sums[k]
+		if pc == nil {
+			pc = &PolicyCounter{Policy: p, Direction: c.dir}
+			sums[k] = pc
+		}
+		if c.isolates {
+			pc.DeniedPackets += c.packets
+			pc.DeniedBytes += c.bytes
+		} else {
+			pc.AllowedPackets += c.packets
+			pc.AllowedBytes += c.bytes
+		}
 	}
-	sums := map[key]*PolicyCounter{}
-	for name, ctr := range perChain {
+}
+
+// chainsRewritten records, under the commit's lock, the chains whose
+// kernel counters a commit restarts.
+func (cs *counterState) chainsRewritten(p *Plan) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.reset == nil {
+		cs.reset = map[string]bool{}
+	}
+	if p.Full {
+		for name := range cs.last {
+			cs.reset[name] = true
+		}
+		return
+	}
+	for _, name := range p.RewriteChains {
+		cs.reset[name] = true
+	}
+	for _, name := range p.DelChains {
+		cs.reset[name] = true
+	}
+}
+
+func (cs *counterState) update(committed *Ruleset, perChain map[string]counterSum) []PolicyCounter {
+	if cs.base == nil {
+		cs.base = map[policyDir]*PolicyCounter{}
+	}
+	now := make(map[string]chainCount, len(perChain))
+	for name, sum := range perChain {
 		spec := committed.chains[name]
-		if spec == nil {
+		if spec == nil || len(spec.policies) == 0 {
 			continue
 		}
-		for _, p := range spec.policies {
-			k := key{p, spec.dir}
-			pc := sums[k]
-			if pc == nil {
-				pc = &PolicyCounter{Policy: p, Direction: spec.dir}
-				sums[k] = pc
-			}
-			if spec.isolates {
-				pc.DeniedPackets += ctr.packets
-				pc.DeniedBytes += ctr.bytes
-			} else {
-				pc.AllowedPackets += ctr.packets
-				pc.AllowedBytes += ctr.bytes
-			}
+		now[name] = chainCount{counterSum: sum, policies: spec.policies, dir: spec.dir, isolates: spec.isolates}
+	}
+	for name, prev := range cs.last {
+		cur, still := now[name]
+		if !still || cs.reset[name] || cur.packets < prev.packets || cur.bytes < prev.bytes {
+			prev.addTo(cs.base)
 		}
+	}
+	cs.last, cs.reset = now, nil
+	sums := make(map[policyDir]*PolicyCounter, len(cs.base))
+	for k, pc := range cs.base {
+		c := *pc
+		sums[k] = &c
+	}
+	for _, c := range now {
+		c.addTo(sums)
 	}
 	out := make([]PolicyCounter, 0, len(sums))
 	for _, pc := range sums {
@@ -71,7 +148,7 @@ func (e *Enforcer) Counters() ([]PolicyCounter, error) {
 		}
 		return out[i].Direction < out[j].Direction
 	})
-	return out, nil
+	return out
 }
 
 type counterSum struct{ packets, bytes uint64 }
@@ -80,38 +157,14 @@ type counterSum struct{ packets, bytes uint64 }
 // by chain, with one netlink dump. google/nftables only dumps the rules of
 // one chain per request, and a request per policy chain made a metrics
 // scrape cost as much CPU as the syncs it ran next to (10k pods: ~400
-// chains per scrape).
+// chains per scrape). It reads only the counters, not whole rules.
 func (e *Enforcer) chainCounters() (map[string]counterSum, error) {
-	cfg := &netlink.Config{}
-	if e.netns != nil {
-		cfg.NetNS = int(e.netns.Fd())
+	msgs, err := e.dumpTable(unix.NFT_MSG_GETRULE, unix.NFTA_RULE_TABLE)
+	if errors.Is(err, ErrNoTable) {
+		return nil, nil
 	}
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("opening netlink: %w", err)
-	}
-	defer c.Close()
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_RULE_TABLE, Data: []byte(e.table.Name + "\x00")},
-	})
 	if err != nil {
 		return nil, err
-	}
-	// nfgenmsg: family, version, resource id (big endian).
-	header := []byte{byte(e.table.Family), unix.NFNETLINK_V0, 0, 0}
-	req := netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: append(header, attrs...),
-	}
-	msgs, err := c.Execute(req)
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("dumping the rules of table %s: %w", e.table.Name, err)
 	}
 	out := map[string]counterSum{}
 	for _, m := range msgs {

@@ -1,9 +1,33 @@
 // Package nft owns the kernel side: it compiles a selectors.Model into the
-// desired content of one nftables table, diffs it against what it last
-// committed, and commits the difference as one netlink transaction through
-// github.com/google/nftables. It reads the table back from the kernel to
-// verify it and repairs drift by replacing the whole table atomically.
+// content of one nftables table (a Ruleset), diffs it against what was
+// last committed, commits the difference as one netlink transaction
+// through github.com/google/nftables, and reads the table back to verify
+// it exactly. It never touches any other table, never runs the nft binary
+// and knows nothing of Kubernetes objects.
 //
-// It never touches any other table and never runs the nft binary. It knows
-// nothing of Kubernetes objects.
+// Each kind of object has one home, its encoding next to its exact
+// inverse:
+//
+//	table.go    configuration and defaults, fixed names, derived names,
+//	            kernel limits, the base chains as data, Ruleset
+//	sets.go     set kinds ⇄ kernel shapes, element keys ⇄ kernel elements,
+//	            element lists sized to one netlink attribute
+//	rules.go    a rule ⇄ its netlink expressions (decodeRule re-encodes
+//	            what it recognized and demands the same expressions)
+//	compile.go  the Compiler: Model → Ruleset, pure, reusing unchanged sets
+//	plan.go     Diff → Plan: one list of steps drives both the netlink
+//	            batch and Plan.String() in nft syntax
+//	commit.go   the Enforcer: the kernel handle; commits a Ruleset in one
+//	            transaction and holds no model
+//	verify.go   reading the table back (one dump per object type) and the
+//	            exact comparison; anything unrecognized is drift, never
+//	            an error or a panic
+//	nfttext.go  a Ruleset as `nft -f` input and as the `nftpol dump` text
+//	counters.go policy counters from one rule dump, monotonic
+//	nflog.go    the denied-packet log (NFLOG)
+//
+// Tests: golden tables and commit plans under testdata/ (go test ./nft
+// -run 'Golden|Batch' -update rewrites them), round trips of every
+// encoding, an interpreter of the exact expressions against the reference
+// evaluator, and kernel tests in network namespaces of their own.
 package nft

@@ -67,7 +67,7 @@ func keyLen(k setKind) int {
 func toKernel(rs *Ruleset) *kernelTable {
 	kt := &kernelTable{chains: map[string]*kernelChain{}, sets: map[string]*kernelSet{}}
 	for name, c := range rs.chains {
-		kc := &kernelChain{name: name, hook: c.hook, prio: c.prio}
+		kc := &kernelChain{name: name, hook: string(c.hook), prio: c.prio}
 		for i := range c.rules {
 			kc.rules = append(kc.rules, kernelRule{exprs: c.rules[i].exprs(nil), text: c.rules[i].String()})
 		}
@@ -76,7 +76,7 @@ func toKernel(rs *Ruleset) *kernelTable {
 	for name, s := range rs.sets {
 		ks := &kernelSet{keyLen: keyLen(s.kind), interval: s.kind.interval()}
 		for key := range s.elems {
-			ks.elems = append(ks.elems, kernelElements(s, key)...)
+			ks.elems = append(ks.elems, s.kernelElements(key)...)
 		}
 		sort.Slice(ks.elems, func(i, j int) bool { return bytes.Compare(ks.elems[i].Key, ks.elems[j].Key) < 0 })
 		kt.sets[name] = ks
@@ -285,6 +285,13 @@ func (kt *kernelTable) runRule(rule kernelRule, w wirePacket, depth int, trace *
 				}
 			case expr.CmpOpNeq:
 				if eq {
+					return fallThrough, false, nil
+				}
+			case expr.CmpOpGte, expr.CmpOpLte:
+				// The kernel compares the register bytes with memcmp:
+				// big-endian data (ports) compares as numbers.
+				c := bytes.Compare(v, e.Data)
+				if (e.Op == expr.CmpOpGte && c < 0) || (e.Op == expr.CmpOpLte && c > 0) {
 					return fallThrough, false, nil
 				}
 			default:

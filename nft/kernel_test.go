@@ -1,8 +1,6 @@
 package nft
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,79 +10,57 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/go-logr/logr"
 	"github.com/google/nftables"
 
 	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
-const netnsPrefix = "nftpol-nft-"
+// netnsPrefix names the network namespaces of this package's tests.
+const netnsPrefix = "nftpol-nft"
 
-// needRoot skips, or fails under CI=true, when the test cannot program
-// nftables in a namespace of its own.
-func needRoot(t testing.TB) {
-	t.Helper()
-	reason := ""
-	if os.Geteuid() != 0 {
-		reason = "needs root to create network namespaces and program nftables"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		reason = "needs the ip command (iproute2)"
-	}
-	if reason != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("cannot run under CI: %s", reason)
-		}
-		t.Skip(reason)
-	}
-}
-
-var leftoversRemoved bool
-
-// testNetns creates a network namespace for one test and removes it at the
-// end; the first call also removes leftovers of crashed runs.
+// testNetns creates a network namespace for one test (removed at its end)
+// and returns its path; it skips or fails (CI) where that is impossible.
 func testNetns(t testing.TB) string {
 	t.Helper()
-	needRoot(t)
-	if !leftoversRemoved {
-		leftoversRemoved = true
-		entries, _ := os.ReadDir("/run/netns")
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), netnsPrefix) {
-				_ = exec.Command("ip", "netns", "delete", e.Name()).Run()
-			}
-		}
-	}
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	name := netnsPrefix + hex.EncodeToString(b[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
-		}
-	})
-	return name
+	kerneltest.Require(t, kerneltest.NftBinary)
+	return kerneltest.Netns(t, netnsPrefix)
 }
 
-func newTestEnforcer(t testing.TB, netns string, deny DenyAction) *Enforcer {
+// testNode pairs a Compiler and an Enforcer, as the agent's syncer does.
+type testNode struct {
+	*Enforcer
+	compiler *Compiler
+}
+
+// Sync compiles m and commits it.
+func (n *testNode) Sync(m *selectors.Model) (CommitStats, error) {
+	return n.Commit(n.compiler.Compile(m))
+}
+
+func newTestEnforcer(t testing.TB, netns string, deny DenyAction) *testNode {
 	t.Helper()
-	e, err := NewEnforcer(Config{Table: "nftpol", NetNSPath: filepath.Join("/run/netns", netns), Deny: deny, Logger: logr.Discard()})
+	return newTestNode(t, Config{Table: "nftpol", NetNSPath: netns, Deny: deny})
+}
+
+func newTestNode(t testing.TB, cfg Config) *testNode {
+	t.Helper()
+	e, err := NewEnforcer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.Close() })
-	return e
+	c, err := NewCompiler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testNode{Enforcer: e, compiler: c}
 }
 
+// nftIn runs the nft command in the namespace at path netns.
 func nftIn(t testing.TB, netns string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", netns, "nft"}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("nft %v: %v: %s", args, err, out)
-	}
-	return string(out)
+	return kerneltest.Nft(t, netns, args...)
 }
 
 func mustAddrs(ss ...string) []netip.Addr {
@@ -135,8 +111,7 @@ func TestSyncReadBackAndNftParses(t *testing.T) {
 	}{{"drop", DenyDrop, false}, {"reject", DenyReject, false}, {"drop-logged", DenyDrop, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := testNetns(t)
-			e := newTestEnforcer(t, ns, tc.deny)
-			e.cfg.LogDenied, e.cfg.LogGroup, e.cfg.LogRate = tc.log, 7, 5
+			e := newTestNode(t, Config{Table: "nftpol", NetNSPath: ns, Deny: tc.deny, LogDenied: tc.log, LogGroup: 7, LogRate: 5})
 			stats, err := e.Sync(sampleModel())
 			if err != nil {
 				t.Fatalf("sync: %v", err)
@@ -159,7 +134,7 @@ func TestSyncReadBackAndNftParses(t *testing.T) {
 			}
 			// What nft prints must parse back (operators copy it around).
 			check := testNetns(t)
-			cmd := exec.Command("ip", "netns", "exec", check, "nft", "-c", "-f", "-")
+			cmd := exec.Command("ip", "netns", "exec", filepath.Base(check), "nft", "-c", "-f", "-")
 			cmd.Stdin = strings.NewReader(listing)
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("nft -c of the listing failed: %v: %s\n%s", err, out, listing)
@@ -178,7 +153,7 @@ func TestSyncReadBackAndNftParses(t *testing.T) {
 
 func setElementCount(t *testing.T, ns, set string) int {
 	t.Helper()
-	f, err := os.Open(filepath.Join("/run/netns", ns))
+	f, err := os.Open(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,5 +347,94 @@ func TestCountersSumRulesOfOneDump(t *testing.T) {
 	}
 	if g := got["x/p2 egress"]; g.AllowedPackets+g.DeniedPackets != 0 {
 		t.Errorf("x/p2 egress counted packets nobody sent: %+v", g)
+	}
+}
+
+// TestCountersNeverDecrease: a commit that rewrites a policy chain, or
+// replaces the table, restarts the kernel's rule counters; the policy
+// counters the agent exports must not go backwards (Prometheus rate()).
+func TestCountersNeverDecrease(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	m := sampleModel()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	p1 := policyChainName("x/p1", selectors.Ingress)
+	iso := isolationChainName([]string{"x/p1", "x/p2"}, selectors.Ingress)
+	// Counts as if packets had passed: rules with preset counters.
+	nftIn(t, ns, "add", "rule", "inet", "nftpol", p1, "meta", "l4proto", "tcp", "counter", "packets", "7", "bytes", "700")
+	nftIn(t, ns, "add", "rule", "inet", "nftpol", iso, "counter", "packets", "3", "bytes", "300")
+	read := func() map[string]PolicyCounter {
+		t.Helper()
+		counters, err := e.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]PolicyCounter{}
+		for _, pc := range counters {
+			out[pc.Policy+" "+pc.Direction.String()] = pc
+		}
+		return out
+	}
+	atLeast := func(step string, before, after map[string]PolicyCounter) {
+		t.Helper()
+		for k, b := range before {
+			a := after[k]
+			if a.AllowedPackets < b.AllowedPackets || a.AllowedBytes < b.AllowedBytes || a.DeniedPackets < b.DeniedPackets || a.DeniedBytes < b.DeniedBytes {
+				t.Fatalf("%s: %s went back from %+v to %+v", step, k, b, a)
+			}
+		}
+	}
+	first := read()
+	if first["x/p1 ingress"].AllowedPackets != 7 || first["x/p2 ingress"].DeniedPackets != 3 {
+		t.Fatalf("counters before the rewrite: %+v", first)
+	}
+	// x/p1 gains a port: its chain is flushed and rewritten.
+	m.Policies[0].Ingress[0].Ports.Ranges = append(m.Policies[0].Ingress[0].Ports.Ranges, selectors.PortRange{Protocol: selectors.ProtocolUDP, First: 53, Last: 53})
+	if stats, err := e.Sync(m); err != nil || stats.ChainsRewritten == 0 {
+		t.Fatalf("rewrite: %+v, %v", stats, err)
+	}
+	second := read()
+	atLeast("after a chain rewrite", first, second)
+	// Drift: the whole table is replaced.
+	e.Invalidate()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	atLeast("after a full replace", second, read())
+}
+
+// TestSetWhoseShapeChangesIsReplacedWithTheTable: when a set keeps its
+// name but its comment (or kind) changes while unchanged chains still use
+// it, deleting and re-adding it in one transaction fails ("device or
+// resource busy") and would leave the agent retrying full replaces; the
+// plan replaces the table whole instead, and the commit succeeds.
+func TestSetWhoseShapeChangesIsReplacedWithTheTable(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	m := sampleModel()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	for i, change := range []func(m *selectors.Model){
+		func(m *selectors.Model) { m.PortSets[0].Description = "named ports, described anew" },
+		func(m *selectors.Model) { m.AddrSets[1].Description = "pods b, described anew" },
+		func(m *selectors.Model) {
+			// An address set turns into an interval set.
+			m.AddrSets[1].Ranges = []selectors.AddrRange{{First: netip.MustParseAddr("10.7.0.0"), Last: netip.MustParseAddr("10.7.0.255")}}
+		},
+	} {
+		change(m)
+		stats, err := e.Sync(m)
+		if err != nil {
+			t.Fatalf("change %d: %v", i, err)
+		}
+		if !stats.Full {
+			t.Fatalf("change %d: %+v, want a full replace", i, stats.PlanStats)
+		}
+		if err := e.Verify(); err != nil {
+			t.Fatalf("change %d: %v", i, err)
+		}
 	}
 }

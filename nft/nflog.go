@@ -45,6 +45,13 @@ const (
 	logPrefixEgress  = "nftpol-deny-egress"
 )
 
+func logPrefix(dir selectors.Direction) string {
+	if dir == selectors.Egress {
+		return logPrefixEgress
+	}
+	return logPrefixIngress
+}
+
 // DeniedPacket is the first packet of a denied connection as the kernel
 // logged it.
 type DeniedPacket struct {

@@ -3,106 +3,126 @@ package nft
 import (
 	"fmt"
 	"net/netip"
-	"sort"
 	"strings"
 )
+
+// This file renders a Ruleset as text: NftText is `nft -f` input that
+// loads as the same table; String is the `nftpol dump` form, annotated.
 
 // elemsPerLine keeps element lists of 100k entries readable and diffable.
 const elemsPerLine = 8
 
-// NftText renders the whole desired table as `nft -f` input, elements
-// included. Unlike String (the `nftpol dump` format), it loads: it is the
-// same table our netlink batch commits, in the nft tool's language, which
-// lets us compare the two ways of committing it and gives operators a file
-// they can load by hand.
+// NftText renders the whole table as `nft -f` input, elements included:
+// the same table our netlink batch commits, in the nft tool's language,
+// which lets us compare the two ways of committing it and gives operators
+// a file they can load by hand.
 //
-// Like Enforcer.Sync's full commit it replaces the table in one
-// transaction: create (a no-op if present), delete, create with content.
+// Like a full Commit it replaces the table in one transaction: create (a
+// no-op if present), delete, create with content.
 func (r *Ruleset) NftText() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {}\ndelete table inet %s\n", r.Table, r.Table)
-	fmt.Fprintf(&b, "table inet %s {\n", r.Table)
+	r.writeTable(&b, false)
+	return b.String()
+}
+
+// String renders the table in nft syntax with, as comments, set sizes and
+// the policies each policy and isolation chain comes from. Elements are
+// counted, not listed.
+func (r *Ruleset) String() string {
+	var b strings.Builder
+	r.writeTable(&b, true)
+	return b.String()
+}
+
+func (r *Ruleset) writeTable(b *strings.Builder, annotated bool) {
+	fmt.Fprintf(b, "table inet %s {\n", r.Table)
 	// Sets first so rules can refer to them; verdict maps may name chains
 	// declared further down, nft resolves those within the transaction.
 	for _, name := range r.sortedSetNames() {
-		writeSetText(&b, r.sets[name])
+		s := r.sets[name]
+		if annotated {
+			// One line per set, its size and comment above it.
+			fmt.Fprintf(b, "\t# %d elements", len(s.elems))
+			if s.comment != "" {
+				fmt.Fprintf(b, ": %s", s.comment)
+			}
+			fmt.Fprintf(b, "\n\t%s %s { %s }\n", setKeyword(s.kind), s.name, s.kind)
+			continue
+		}
+		fmt.Fprintf(b, "\t%s %s {\n\t\t%s\n", setKeyword(s.kind), s.name, s.kind)
+		if s.comment != "" {
+			fmt.Fprintf(b, "\t\tcomment %s;\n", quoteNft(s.comment))
+		}
+		writeElements(b, s)
+		b.WriteString("\t}\n")
 	}
 	for _, name := range r.sortedChainNames() {
 		c := r.chains[name]
-		fmt.Fprintf(&b, "\tchain %s {\n", name)
-		if c.hook != "" {
-			fmt.Fprintf(&b, "\t\ttype filter hook %s priority %d; policy accept;\n", c.hook, c.prio)
+		if annotated && len(c.policies) > 0 {
+			what := "allows of"
+			if c.isolates {
+				what = "isolation by"
+			}
+			fmt.Fprintf(b, "\t# %s %s (%s)\n", what, strings.Join(c.policies, ", "), c.dir)
+		}
+		fmt.Fprintf(b, "\tchain %s {\n", name)
+		if c.hook != hookNone {
+			fmt.Fprintf(b, "\t\t%s\n", baseChainText(c))
 		}
 		for i := range c.rules {
-			fmt.Fprintf(&b, "\t\t%s\n", ruleText(&c.rules[i]))
+			fmt.Fprintf(b, "\t\t%s\n", c.rules[i].String())
 		}
 		b.WriteString("\t}\n")
 	}
 	b.WriteString("}\n")
-	return b.String()
 }
 
-// ruleText is the rule as ruleSpec.String renders it, except where nft
-// would compile that text into other expressions than ruleSpec.exprs
-// writes: "icmpv6 type" in an inet table gets a `meta nfproto ipv6` in
-// front, which our rule lacks, so the match is spelled out raw.
-func ruleText(r *ruleSpec) string {
-	if r.icmpv6Type == 0 {
-		return r.String()
+func setKeyword(k setKind) string {
+	if k.vmap() {
+		return "map"
 	}
-	rest := *r
-	rest.icmpv6Type = 0
-	return fmt.Sprintf("meta l4proto ipv6-icmp @th,0,8 %d %s", r.icmpv6Type, rest.String())
+	return "set"
 }
 
-func writeSetText(b *strings.Builder, s *setSpec) {
-	keyword := "set"
-	if s.kind.vmap() {
-		keyword = "map"
-	}
-	fmt.Fprintf(b, "\t%s %s {\n\t\t%s\n", keyword, s.name, s.kind)
-	if s.comment != "" {
-		fmt.Fprintf(b, "\t\tcomment %s;\n", quoteNft(s.comment))
-	}
+func baseChainText(c *chainSpec) string {
+	return fmt.Sprintf("type %s hook %s priority %d; policy %s;", c.typ, c.hook, c.prio, c.policy)
+}
+
+func writeElements(b *strings.Builder, s *setSpec) {
 	// nft rejects an empty element list, so an empty set has none.
-	if len(s.elems) > 0 {
-		keys := make([]string, 0, len(s.elems))
-		for k := range s.elems {
-			keys = append(keys, k)
-		}
-		// Key bytes are big-endian, so this is address order: stable output.
-		sort.Strings(keys)
-		b.WriteString("\t\telements = {")
-		for i, k := range keys {
-			switch {
-			case i%elemsPerLine == 0:
-				if i > 0 {
-					b.WriteString(",")
-				}
-				b.WriteString("\n\t\t\t")
-			default:
-				b.WriteString(", ")
-			}
-			b.WriteString(elementText(s, k))
-		}
-		b.WriteString("\n\t\t}\n")
+	if len(s.elems) == 0 {
+		return
 	}
-	b.WriteString("\t}\n")
+	b.WriteString("\t\telements = {")
+	for i, k := range s.sortedKeys() {
+		switch {
+		case i%elemsPerLine == 0:
+			if i > 0 {
+				b.WriteString(",")
+			}
+			b.WriteString("\n\t\t\t")
+		default:
+			b.WriteString(", ")
+		}
+		b.WriteString(elementText(s.kind, k, s.elems[k]))
+	}
+	b.WriteString("\n\t\t}\n")
 }
 
-// elementText renders one element key (laid out as in setSpec.elems) in
-// nft syntax.
-func elementText(s *setSpec, key string) string {
-	addrLen := 4
-	if s.kind.family() == 6 {
-		addrLen = 16
-	}
+// elementText renders one element key (laid out as in setSpec.elems) and,
+// for a verdict map, its jump target in nft syntax.
+func elementText(kind setKind, key, value string) string {
+	addrLen := kind.addrLen()
 	addr := func(k string) string {
 		a, _ := netip.AddrFromSlice([]byte(k))
 		return a.String()
 	}
+	if len(key) != kind.keyLen() {
+		return fmt.Sprintf("0x%x", key)
+	}
 	switch {
-	case s.kind.interval():
+	case kind.interval():
 		first, last := key[:addrLen], key[addrLen:]
 		if first == last {
 			return addr(first)
@@ -110,15 +130,15 @@ func elementText(s *setSpec, key string) string {
 		// Spaces around the dash: IPv6 addresses end in ':' ("fd00::"),
 		// which must not run into the range operator.
 		return addr(first) + " - " + addr(last)
-	case s.kind == kindPorts4 || s.kind == kindPorts6:
+	case kind.ports():
 		// portKey: address, protocol and port each padded to 4 bytes. The
 		// protocol goes by number, which nft's inet_proto type accepts for
 		// any protocol, named or not.
 		proto := key[addrLen]
 		port := uint16(key[addrLen+4])<<8 | uint16(key[addrLen+5])
 		return fmt.Sprintf("%s . %d . %d", addr(key[:addrLen]), proto, port)
-	case s.kind.vmap():
-		return addr(key) + " : jump " + s.elems[key]
+	case kind.vmap() && value != "":
+		return addr(key) + " : jump " + value
 	}
 	return addr(key)
 }

@@ -70,7 +70,7 @@ func TestNftTextLoadsAsTheSameTable(t *testing.T) {
 			if err := os.WriteFile(file, []byte(desired.NftText()), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "-f", file).CombinedOutput(); err != nil {
+			if out, err := exec.Command("ip", "netns", "exec", filepath.Base(ns), "nft", "-f", file).CombinedOutput(); err != nil {
 				t.Fatalf("nft -f: %v: %s", err, out)
 			}
 			e := newTestEnforcer(t, ns, c.cfg.Deny)

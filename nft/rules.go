@@ -3,6 +3,7 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"reflect"
 	"strings"
 
 	"github.com/google/nftables/binaryutil"
@@ -59,6 +60,10 @@ type ruleSpec struct {
 	verdict   verdictKind
 	target    string // jump target
 	comment   string
+	// foreign describes, in the expressions' own terms, a rule read back
+	// from the kernel that nftpol does not write; such a rule never equals
+	// a compiled one. Compiled rules leave it empty.
+	foreign string
 }
 
 // Register numbers: NFT_REG_1 is the first 16-byte register; NFT_REG32_xx
@@ -67,6 +72,18 @@ const (
 	reg1    = 1
 	reg32_0 = 8
 )
+
+// reg32 is the number of the idx-th 4-byte register as the kernel reports
+// it: the kernel keeps registers as 4-byte offsets and dumps one that
+// starts a 16-byte register by that register's number (NFT_REG32_04 reads
+// back as NFT_REG_2). Writing that form makes what we send and what we
+// read back the same expressions.
+func reg32(idx uint32) uint32 {
+	if idx%4 == 0 {
+		return reg1 + idx/4
+	}
+	return reg32_0 + idx
+}
 
 func addrOffset(family int, f addrField) (offset, length uint32) {
 	if family == 4 {
@@ -110,6 +127,10 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 				Xor:  binaryutil.NativeEndian.PutUint32(0)},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}})
 	}
+	if r.set != "" {
+		e = append(e, loadAddr(r.family, r.setOn, reg1),
+			&expr.Lookup{SourceRegister: reg1, SetName: r.set, SetID: setIDs[r.set]})
+	}
 	if r.l4proto != 0 {
 		e = append(e,
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
@@ -122,26 +143,26 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{r.icmpv6Type}})
 	}
-	if r.set != "" {
-		e = append(e, loadAddr(r.family, r.setOn, reg1),
-			&expr.Lookup{SourceRegister: reg1, SetName: r.set, SetID: setIDs[r.set]})
-	}
 	if r.portLast > 0 {
 		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
 		if r.portFirst == r.portLast {
 			e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: be16(r.portFirst)})
 		} else {
-			e = append(e, &expr.Range{Op: expr.CmpOpEq, Register: reg1, FromData: be16(r.portFirst), ToData: be16(r.portLast)})
+			// Two comparisons, as the nft tool writes "dport 1000-2000",
+			// so that a table loaded from NftText is the same table.
+			e = append(e,
+				&expr.Cmp{Op: expr.CmpOpGte, Register: reg1, Data: be16(r.portFirst)},
+				&expr.Cmp{Op: expr.CmpOpLte, Register: reg1, Data: be16(r.portLast)})
 		}
 	}
 	if r.portSet != "" {
 		// daddr . l4proto . dport laid out in consecutive 4-byte registers.
 		_, addrLen := addrOffset(r.family, fieldDaddr)
-		next := uint32(reg32_0) + addrLen/4
+		next := addrLen / 4
 		e = append(e,
 			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: mustOffset(r.family, fieldDaddr), Len: addrLen},
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: next},
-			&expr.Payload{DestRegister: next + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(next)},
+			&expr.Payload{DestRegister: reg32(next + 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Lookup{SourceRegister: reg1, SetName: r.portSet, SetID: setIDs[r.portSet]})
 	}
 	if r.vmap != "" {
@@ -185,6 +206,13 @@ func be16(v uint16) []byte {
 
 // String renders the rule in nft syntax, as `nft list` would show it.
 func (r *ruleSpec) String() string {
+	if r.foreign != "" {
+		s := "# not written by nftpol: " + r.foreign
+		if r.comment != "" {
+			s += fmt.Sprintf(" comment %q", r.comment)
+		}
+		return s
+	}
 	var parts []string
 	ipKw := func() string {
 		if r.family == 6 {
@@ -265,4 +293,205 @@ func portKw(name string, p selectors.Protocol) string {
 		return "th"
 	}
 	return name
+}
+
+// decodeRule is the exact inverse of ruleSpec.exprs: it recognizes the
+// expressions of a rule nftpol writes and returns that rule, and it
+// returns a foreign rule for anything else. Exactness comes from checking
+// the result: re-encoded, it must give the very expressions read back
+// (every operator, register, offset, length, mask, flag and datum), so a
+// field the recognizer does not look at can still not pass unnoticed.
+// unknown lists expressions the reader could not decode at all.
+func decodeRule(exprs []expr.Any, unknown []string) ruleSpec {
+	foreign := func() ruleSpec {
+		return ruleSpec{foreign: describeExprs(exprs, unknown)}
+	}
+	if len(unknown) > 0 {
+		return foreign()
+	}
+	r, ok := recognizeRule(exprs)
+	if !ok || !sameExprs(r.exprs(nil), exprs) {
+		return foreign()
+	}
+	return r
+}
+
+// recognizeRule reads the fields of a rule from the expression patterns
+// ruleSpec.exprs writes. It is lenient (operators and lengths are checked
+// by decodeRule's re-encoding) but never indexes past what it checked.
+func recognizeRule(exprs []expr.Any) (ruleSpec, bool) {
+	var r ruleSpec
+	at := func(i int) expr.Any {
+		if i < len(exprs) {
+			return exprs[i]
+		}
+		return nil
+	}
+	cmpByte := func(i int) (byte, bool) {
+		c, ok := at(i).(*expr.Cmp)
+		if !ok || len(c.Data) != 1 {
+			return 0, false
+		}
+		return c.Data[0], true
+	}
+	port := func(b []byte) (uint16, bool) {
+		if len(b) != 2 {
+			return 0, false
+		}
+		return uint16(b[0])<<8 | uint16(b[1]), true
+	}
+	for i := 0; i < len(exprs); i++ {
+		switch x := exprs[i].(type) {
+		case *expr.Meta:
+			v, ok := cmpByte(i + 1)
+			if !ok {
+				return r, false
+			}
+			switch {
+			case x.Key == expr.MetaKeyNFPROTO:
+				r.family = 4
+				if v == unix.NFPROTO_IPV6 {
+					r.family = 6
+				}
+				i++
+			case x.Key == expr.MetaKeyL4PROTO && v == unix.IPPROTO_ICMPV6:
+				if _, ok := at(i + 2).(*expr.Payload); !ok {
+					return r, false
+				}
+				t, ok := cmpByte(i + 3)
+				if !ok {
+					return r, false
+				}
+				r.icmpv6Type = t
+				i += 3
+			case x.Key == expr.MetaKeyL4PROTO:
+				r.l4proto = selectors.Protocol(v)
+				i++
+			default:
+				return r, false
+			}
+		case *expr.Ct:
+			if _, ok := at(i + 1).(*expr.Bitwise); !ok {
+				return r, false
+			}
+			if _, ok := at(i + 2).(*expr.Cmp); !ok {
+				return r, false
+			}
+			r.ctEstablished = true
+			i += 2
+		case *expr.Payload:
+			if x.Base == expr.PayloadBaseTransportHeader {
+				var ok bool
+				m, ok := at(i + 1).(*expr.Cmp)
+				if ok {
+					r.portFirst, ok = port(m.Data)
+					r.portLast = r.portFirst
+					i++
+				}
+				if hi, isCmp := at(i + 1).(*expr.Cmp); ok && isCmp && m.Op == expr.CmpOpGte {
+					r.portLast, ok = port(hi.Data)
+					i++
+				}
+				if !ok || r.portLast == 0 {
+					return r, false
+				}
+				continue
+			}
+			field := fieldDaddr
+			if (x.Len == 4 && x.Offset == 12) || (x.Len == 16 && x.Offset == 8) {
+				field = fieldSaddr
+			}
+			switch m := at(i + 1).(type) {
+			case *expr.Lookup:
+				if m.IsDestRegSet {
+					r.vmapOn, r.vmap = field, m.SetName
+				} else {
+					r.setOn, r.set = field, m.SetName
+				}
+				i++
+			case *expr.Meta:
+				// daddr . l4proto . dport
+				if _, ok := at(i + 2).(*expr.Payload); !ok {
+					return r, false
+				}
+				l, ok := at(i + 3).(*expr.Lookup)
+				if !ok {
+					return r, false
+				}
+				r.portSet = l.SetName
+				i += 3
+			default:
+				return r, false
+			}
+		case *expr.Counter:
+			r.counter = true
+		case *expr.Limit:
+			if x.Rate > 1<<32-1 {
+				return r, false
+			}
+			r.limitRate = uint32(x.Rate)
+		case *expr.Log:
+			r.logGroup, r.logPrefix = x.Group, string(x.Data)
+		case *expr.Verdict:
+			switch x.Kind {
+			case expr.VerdictAccept:
+				r.verdict = verdictAccept
+			case expr.VerdictDrop:
+				r.verdict = verdictDrop
+			case expr.VerdictJump:
+				r.verdict, r.target = verdictJump, x.Chain
+			default:
+				return r, false
+			}
+		case *expr.Reject:
+			r.verdict = verdictRejectICMPX
+			if x.Type == unix.NFT_REJECT_TCP_RST {
+				r.verdict = verdictRejectTCP
+			}
+		default:
+			return r, false
+		}
+	}
+	return r, true
+}
+
+// sameExprs compares expressions as the kernel holds them: counter values
+// and the transaction-local set IDs are state, not rule.
+func sameExprs(a, b []expr.Any) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := canonical(a[i]), canonical(b[i])
+		if !reflect.DeepEqual(x, y) {
+			return false
+		}
+	}
+	return true
+}
+
+func canonical(e expr.Any) expr.Any {
+	switch x := e.(type) {
+	case *expr.Counter:
+		return &expr.Counter{}
+	case *expr.Lookup:
+		c := *x
+		c.SetID = 0
+		return &c
+	}
+	return e
+}
+
+// describeExprs renders expressions nftpol does not recognize, for drift
+// messages and `nftpol dump`: each by its type and fields.
+func describeExprs(exprs []expr.Any, unknown []string) string {
+	parts := make([]string, 0, len(exprs)+len(unknown))
+	for _, e := range exprs {
+		name := strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", e), "*expr."))
+		parts = append(parts, fmt.Sprintf("%s%+v", name, canonical(e)))
+	}
+	for _, u := range unknown {
+		parts = append(parts, "unsupported expression "+u)
+	}
+	return strings.Join(parts, " ")
 }

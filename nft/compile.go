@@ -1,0 +1,301 @@
+package nft
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/nftpol/nftpol/selectors"
+)
+
+// Compiler turns models into rulesets. It is pure: the ruleset depends on
+// the model and the configuration only. It keeps the last ruleset it made
+// so that the next one can share the sets whose content did not change: a
+// sync after one pod change compiles the few sets that changed, not every
+// element of the table, and Diff skips the shared sets by identity.
+// A Compiler is not safe for concurrent use.
+type Compiler struct {
+	cfg      Config
+	prev     *Ruleset
+	prevSets *selectors.Model // the sets of the model prev was compiled from
+}
+
+// NewCompiler returns a compiler for cfg (defaults filled in).
+func NewCompiler(cfg Config) (*Compiler, error) {
+	cfg, err := cfg.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Compiler{cfg: cfg}, nil
+}
+
+// Compile returns the table that enforces m, sharing unchanged sets with
+// the previous call's table. Compiled specs are never modified, so sharing
+// them is safe.
+func (c *Compiler) Compile(m *selectors.Model) *Ruleset {
+	rs := compile(m, c.cfg, c.prev, c.prevSets)
+	c.prev, c.prevSets = rs, setsOf(m)
+	return rs
+}
+
+// Compile returns the table that enforces m, from scratch. Unset fields of
+// cfg take their defaults; an invalid deny action compiles as drop.
+func Compile(m *selectors.Model, cfg Config) *Ruleset {
+	return compile(m, cfg.filled(), nil, nil)
+}
+
+// filled is WithDefaults without validation, for callers that cannot fail.
+func (cfg Config) filled() Config {
+	if full, err := cfg.WithDefaults(); err == nil {
+		return full
+	}
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	if cfg.LogRate == 0 {
+		cfg.LogRate = DefaultLogRate
+	}
+	return cfg
+}
+
+// setsOf copies the sets of m: the next compile compares them with its
+// model's, and a caller may reuse and change the model it passed.
+func setsOf(m *selectors.Model) *selectors.Model {
+	out := &selectors.Model{
+		AddrSets: make([]selectors.AddrSet, len(m.AddrSets)),
+		PortSets: make([]selectors.PortSet, len(m.PortSets)),
+	}
+	for i, s := range m.AddrSets {
+		out.AddrSets[i] = selectors.AddrSet{ID: s.ID, Description: s.Description, Addrs: slices.Clone(s.Addrs), Ranges: slices.Clone(s.Ranges)}
+	}
+	for i, s := range m.PortSets {
+		out.PortSets[i] = selectors.PortSet{ID: s.ID, Description: s.Description, Entries: slices.Clone(s.Entries)}
+	}
+	return out
+}
+
+func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.Model) *Ruleset {
+	rs := newRuleset(cfg.Table)
+	for _, dir := range selectors.Directions {
+		for _, family := range []int{4, 6} {
+			name := verdictMap(dir, family)
+			rs.sets[name] = &setSpec{name: name, kind: vmapKind(family),
+				comment: fmt.Sprintf("local pods isolated for %s (IPv%d)", dir, family), elems: map[string]string{}}
+		}
+	}
+	for _, bc := range baseChains {
+		c := &chainSpec{name: bc.name, hook: bc.hook, prio: bc.prio, typ: chainTypeFilter, policy: chainPolicyAccept,
+			rules: []ruleSpec{{ctEstablished: true, verdict: verdictAccept}}}
+		if bc.nd {
+			for _, t := range []uint8{ndNeighborSolicit, ndNeighborAdvert} {
+				c.rules = append(c.rules, ruleSpec{family: 6, icmpv6Type: t, verdict: verdictAccept})
+			}
+		}
+		on := fieldDaddr
+		if bc.dir == selectors.Egress {
+			on = fieldSaddr
+		}
+		for _, family := range []int{4, 6} {
+			c.rules = append(c.rules, ruleSpec{family: family, vmapOn: on, vmap: verdictMap(bc.dir, family)})
+		}
+		rs.chains[bc.name] = c
+	}
+
+	compileSets(rs, m, prev, prevSets)
+
+	used := map[string]bool{} // policy chains that some pod jumps to
+	for _, pod := range m.Pods {
+		for _, dir := range selectors.Directions {
+			keys := pod.Isolating(dir)
+			if len(keys) == 0 {
+				continue
+			}
+			iso := isolationChainName(keys, dir)
+			if _, ok := rs.chains[iso]; !ok {
+				c := &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
+				for _, k := range keys {
+					target := policyChainName(k, dir)
+					used[target] = true
+					c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: target})
+				}
+				c.rules = append(c.rules, denyRules(cfg, dir)...)
+				rs.chains[iso] = c
+			}
+			for _, ip := range pod.IPs {
+				rs.sets[verdictMap(dir, familyOf(ip))].elems[addrKey(ip)] = iso
+			}
+		}
+	}
+	for i := range m.Policies {
+		p := &m.Policies[i]
+		for _, dir := range selectors.Directions {
+			name := policyChainName(p.Key, dir)
+			if !used[name] {
+				continue
+			}
+			c := &chainSpec{name: name, policies: []string{p.Key}, dir: dir}
+			for idx, r := range p.Rules(dir) {
+				c.rules = append(c.rules, compileRule(p.Key, dir, idx, r)...)
+			}
+			rs.chains[name] = c
+		}
+	}
+	// A pod may name a policy the model has no rules for (not from
+	// BuildModel, but a jump to nowhere would fail the whole commit): such
+	// a policy allows nothing.
+	for name := range used {
+		if rs.chains[name] == nil {
+			key, dir := policyOfChain(m, name)
+			rs.chains[name] = &chainSpec{name: name, policies: []string{key}, dir: dir}
+		}
+	}
+	return rs
+}
+
+// policyOfChain finds the policy key and direction a pod's isolation names
+// for a policy chain.
+func policyOfChain(m *selectors.Model, chain string) (string, selectors.Direction) {
+	for _, pod := range m.Pods {
+		for _, dir := range selectors.Directions {
+			for _, k := range pod.Isolating(dir) {
+				if policyChainName(k, dir) == chain {
+					return k, dir
+				}
+			}
+		}
+	}
+	return "", selectors.Ingress
+}
+
+// compileSets adds the peer address sets and named-port sets of m, taking
+// from prev every set whose model content is unchanged.
+func compileSets(rs *Ruleset, m *selectors.Model, prev *Ruleset, prevSets *selectors.Model) {
+	var prevAddr map[string]*selectors.AddrSet
+	var prevPort map[string]*selectors.PortSet
+	if prev != nil && prevSets != nil {
+		prevAddr = make(map[string]*selectors.AddrSet, len(prevSets.AddrSets))
+		for i := range prevSets.AddrSets {
+			prevAddr[prevSets.AddrSets[i].ID] = &prevSets.AddrSets[i]
+		}
+		prevPort = make(map[string]*selectors.PortSet, len(prevSets.PortSets))
+		for i := range prevSets.PortSets {
+			prevPort[prevSets.PortSets[i].ID] = &prevSets.PortSets[i]
+		}
+	}
+	reuse := func(names ...string) bool {
+		for _, n := range names {
+			if prev.sets[n] == nil {
+				return false
+			}
+		}
+		for _, n := range names {
+			rs.sets[n] = prev.sets[n]
+		}
+		return true
+	}
+	for i := range m.AddrSets {
+		s := &m.AddrSets[i]
+		if p := prevAddr[s.ID]; p != nil && p.Description == s.Description &&
+			slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges) &&
+			reuse(addrSetName(s.ID, 4), addrSetName(s.ID, 6)) {
+			continue
+		}
+		for _, spec := range addrSetSpecs(s) {
+			rs.sets[spec.name] = spec
+		}
+	}
+	for i := range m.PortSets {
+		s := &m.PortSets[i]
+		if p := prevPort[s.ID]; p != nil && p.Description == s.Description &&
+			slices.Equal(p.Entries, s.Entries) &&
+			reuse(portSetName(s.ID, 4), portSetName(s.ID, 6)) {
+			continue
+		}
+		for _, spec := range portSetSpecs(s) {
+			rs.sets[spec.name] = spec
+		}
+	}
+}
+
+// denyRules end an isolation chain: log (if asked), count, then drop or
+// reject.
+func denyRules(cfg Config, dir selectors.Direction) []ruleSpec {
+	comment := "deny " + dir.String()
+	var rules []ruleSpec
+	if cfg.LogDenied {
+		rules = append(rules, ruleSpec{limitRate: cfg.LogRate, logGroup: cfg.LogGroup, logPrefix: logPrefix(dir)})
+	}
+	if cfg.Deny == DenyReject {
+		return append(rules,
+			ruleSpec{l4proto: selectors.ProtocolTCP, counter: true, verdict: verdictRejectTCP, comment: comment},
+			ruleSpec{counter: true, verdict: verdictRejectICMPX, comment: comment})
+	}
+	return append(rules, ruleSpec{counter: true, verdict: verdictDrop, comment: comment})
+}
+
+// compileRule turns one model rule into nft rules: one per (peer set part,
+// port part) pair, since a rule can match one set per field.
+func compileRule(policy string, dir selectors.Direction, idx int, r selectors.Rule) []ruleSpec {
+	peerField := fieldSaddr
+	if dir == selectors.Egress {
+		peerField = fieldDaddr
+	}
+	comment := truncateComment(fmt.Sprintf("%s %s[%d]", policy, dir, idx))
+
+	type peerPart struct {
+		family int
+		set    string
+	}
+	var peers []peerPart
+	if r.Peers.All {
+		peers = []peerPart{{}}
+	} else {
+		for _, id := range r.Peers.Sets {
+			peers = append(peers, peerPart{4, addrSetName(id, 4)}, peerPart{6, addrSetName(id, 6)})
+		}
+	}
+
+	type portPart struct {
+		proto       selectors.Protocol
+		first, last uint16
+		named       string
+		family      int
+	}
+	var ports []portPart
+	if r.Ports.All {
+		ports = []portPart{{}}
+	} else {
+		for _, pr := range r.Ports.Ranges {
+			ports = append(ports, portPart{proto: pr.Protocol, first: pr.First, last: pr.Last})
+		}
+		if r.Ports.Named != "" {
+			ports = append(ports, portPart{named: portSetName(r.Ports.Named, 4), family: 4}, portPart{named: portSetName(r.Ports.Named, 6), family: 6})
+		}
+	}
+
+	var out []ruleSpec
+	for _, pe := range peers {
+		for _, po := range ports {
+			if pe.family != 0 && po.family != 0 && pe.family != po.family {
+				continue
+			}
+			rs := ruleSpec{counter: true, verdict: verdictAccept, comment: comment}
+			rs.family = pe.family
+			if po.family != 0 {
+				rs.family = po.family
+			}
+			if pe.set != "" {
+				rs.setOn, rs.set = peerField, pe.set
+			}
+			if po.named != "" {
+				rs.portSet = po.named
+			} else if po.proto != 0 {
+				rs.l4proto = po.proto
+				if !(po.first == 0 && po.last == 65535) {
+					rs.portFirst, rs.portLast = po.first, po.last
+				}
+			}
+			out = append(out, rs)
+		}
+	}
+	return out
+}
