@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nftpol/nftpol/nft"
-	"github.com/nftpol/nftpol/selectors"
 )
 
 // fakeClock is a clock the test moves.
@@ -243,14 +242,14 @@ type flakyEnforcer struct {
 	hang atomic.Bool
 }
 
-func (f *flakyEnforcer) Sync(m *selectors.Model) (nft.SyncStats, error) {
+func (f *flakyEnforcer) Commit(rs *nft.Ruleset) (nft.CommitStats, error) {
 	for i := 0; f.hang.Load() && i < 3000; i++ {
 		time.Sleep(10 * time.Millisecond) // bounded: 30 s at most
 	}
 	if f.fail.Load() {
-		return nft.SyncStats{}, errors.New("injected: commit refused")
+		return nft.CommitStats{}, errors.New("injected: commit refused")
 	}
-	return f.Enforcer.Sync(m)
+	return f.Enforcer.Commit(rs)
 }
 
 // TestHealthOfARealAgent runs the manager against envtest and a real table
