@@ -34,6 +34,8 @@ envtest-assets:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@# go.mod and go.sum must be what `go mod tidy` makes of them.
+	$(GO) mod tidy -diff
 
 # Everything: unit, envtest, kernel and e2e tests, then a bounded fuzz run.
 test: lint envtest-assets build

@@ -301,9 +301,11 @@ func runDump(args []string, stdout, stderr io.Writer) error {
 
 // memoryLimitPercent is the share of the container's memory limit that the
 // Go runtime's soft limit (GOMEMLIMIT) gets. At 100 % the collector works
-// hard only when the OOM killer is about to strike, and memory the runtime
-// does not count (thread stacks of cgo-free syscalls, page tables,
-// fragmentation) goes over; at 85 % the collector reclaims first.
+// hard only when the OOM killer is about to strike, and what the runtime
+// does not count goes over the line: kernel memory charged to the
+// container (socket buffers: the netlink sockets of large commits are
+// raised to 64 MiB), the binary's pages, and the delay with which freed
+// memory is returned to the OS. At 85 % the collector reclaims first.
 const memoryLimitPercent = 85
 
 // memoryLimitEnv carries the container's memory limit in bytes; the

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,15 +14,19 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftpol/nftpol/test/testbed"
@@ -31,18 +34,21 @@ import (
 
 const serviceAccount = "system:serviceaccount:nftpol-system:nftpol"
 
-// render runs kubectl's built-in kustomize on config/default.
+// render builds config/default with the kustomize library (what `kubectl
+// apply -k` runs), from the files on disk: no kubectl or kustomize binary
+// is needed.
 func render(t *testing.T) []*unstructured.Unstructured {
 	t.Helper()
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("kubectl is needed to render config/default with its built-in kustomize")
-		}
-		t.Skip("kubectl not installed")
-	}
-	out, err := exec.Command("kubectl", "kustomize", "../../config/default").CombinedOutput()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	resources, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("..", "..", "config", "default"))
 	if err != nil {
-		t.Fatalf("kubectl kustomize config/default: %v: %s", err, out)
+		t.Fatalf("kustomize build config/default: %v", err)
+	}
+	// Through YAML, as kubectl would send it: the resources' own maps hold
+	// Go ints, which unstructured objects do not take.
+	out, err := resources.AsYaml()
+	if err != nil {
+		t.Fatalf("rendering config/default as YAML: %v", err)
 	}
 	var objs []*unstructured.Unstructured
 	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
@@ -54,6 +60,9 @@ func render(t *testing.T) []*unstructured.Unstructured {
 			t.Fatalf("rendered YAML does not parse: %v", err)
 		}
 		objs = append(objs, u)
+	}
+	if len(objs) == 0 {
+		t.Fatal("config/default renders nothing")
 	}
 	return objs
 }
@@ -92,7 +101,12 @@ func TestDaemonSetProperties(t *testing.T) {
 		{"tolerates every taint", len(spec.Tolerations) == 1 && spec.Tolerations[0].Operator == corev1.TolerationOpExists && spec.Tolerations[0].Key == ""},
 		{"service account", spec.ServiceAccountName == "nftpol"},
 		{"NODE_NAME from spec.nodeName", env["NODE_NAME"] != nil && env["NODE_NAME"].FieldRef != nil && env["NODE_NAME"].FieldRef.FieldPath == "spec.nodeName"},
-		{"GOMEMLIMIT from limits.memory", env["GOMEMLIMIT"] != nil && env["GOMEMLIMIT"].ResourceFieldRef != nil && env["GOMEMLIMIT"].ResourceFieldRef.Resource == "limits.memory"},
+		// The agent derives GOMEMLIMIT from the limit (85 %); GOMEMLIMIT
+		// itself equal to the limit would leave the collector idle until
+		// the OOM killer strikes.
+		{"NFTPOL_MEMORY_LIMIT from limits.memory, in bytes", env["NFTPOL_MEMORY_LIMIT"] != nil && env["NFTPOL_MEMORY_LIMIT"].ResourceFieldRef != nil &&
+			env["NFTPOL_MEMORY_LIMIT"].ResourceFieldRef.Resource == "limits.memory" && env["NFTPOL_MEMORY_LIMIT"].ResourceFieldRef.Divisor.IsZero()},
+		{"no GOMEMLIMIT (it would override the derived one)", env["GOMEMLIMIT"] == nil},
 		{"no other environment", len(env) == 2 && len(c.Env) == 2},
 		{"not privileged", sc != nil && sc.Privileged != nil && !*sc.Privileged},
 		{"drop ALL, add NET_ADMIN only", sc != nil && sc.Capabilities != nil && fmt.Sprint(sc.Capabilities.Drop) == "[ALL]" && fmt.Sprint(sc.Capabilities.Add) == "[NET_ADMIN]"},
@@ -150,8 +164,9 @@ func TestManifestsAcceptedAndRBACIsLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "default"},
-		InvolvedObject: corev1.ObjectReference{Kind: "NetworkPolicy", Namespace: "default", Name: "x"}, Reason: "Test", Message: "m"}
+	ev := &eventsv1.Event{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "default"},
+		EventTime: metav1.NowMicro(), ReportingController: "nftpol", ReportingInstance: "nftpol", Action: "Enforce", Type: corev1.EventTypeWarning,
+		Regarding: corev1.ObjectReference{Kind: "NetworkPolicy", Namespace: "default", Name: "x"}, Reason: "Test", Note: "m"}
 	allowed := map[string]func() error{
 		"list pods":       func() error { _, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
 		"list namespaces": func() error { _, err := sa.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); return err },
@@ -159,8 +174,17 @@ func TestManifestsAcceptedAndRBACIsLeastPrivilege(t *testing.T) {
 			_, err := sa.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
 			return err
 		},
-		"create events (core)": func() error {
-			_, err := sa.CoreV1().Events("default").Create(ctx, ev, metav1.CreateOptions{})
+		"create, get and update events (events.k8s.io)": func() error {
+			created, err := sa.EventsV1().Events("default").Create(ctx, ev, metav1.CreateOptions{})
+			if err != nil {
+				return err
+			}
+			got, err := sa.EventsV1().Events("default").Get(ctx, created.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			got.Series = &eventsv1.EventSeries{Count: 2, LastObservedTime: metav1.NowMicro()}
+			_, err = sa.EventsV1().Events("default").Update(ctx, got, metav1.UpdateOptions{})
 			return err
 		},
 		"watch networkpolicies": func() error {
@@ -177,6 +201,16 @@ func TestManifestsAcceptedAndRBACIsLeastPrivilege(t *testing.T) {
 			return err
 		},
 		"delete pods": func() error { return sa.CoreV1().Pods("default").Delete(ctx, "p", metav1.DeleteOptions{}) },
+		// The agent writes events.k8s.io Events only, and never lists them.
+		"create events (core)": func() error {
+			_, err := sa.CoreV1().Events("default").Create(ctx, &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "core", Namespace: "default"},
+				InvolvedObject: corev1.ObjectReference{Kind: "NetworkPolicy", Namespace: "default", Name: "x"}, Reason: "Test", Message: "m"}, metav1.CreateOptions{})
+			return err
+		},
+		"list events": func() error { _, err := sa.EventsV1().Events("").List(ctx, metav1.ListOptions{}); return err },
+		"delete events": func() error {
+			return sa.EventsV1().Events("default").Delete(ctx, "probe", metav1.DeleteOptions{})
+		},
 		"create a policy": func() error {
 			_, err := sa.NetworkingV1().NetworkPolicies("default").Create(ctx, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p"}}, metav1.CreateOptions{})
 			return err
@@ -231,6 +265,34 @@ func TestManifestsAcceptedAndRBACIsLeastPrivilege(t *testing.T) {
 	}
 	if err := testbed.Probe(server, clientPod.IPv4, testbed.TCP, 80, clientPod.Key(), time.Second); err != nil {
 		t.Fatalf("egress of the server is not isolated and must pass: %v", err)
+	}
+
+	// A policy part the agent cannot enforce: the role lets it write the
+	// Event (its log would show a Forbidden error otherwise).
+	noSuchPort := intstr.FromString("no-such-port")
+	bad := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "rbac", Name: "bad-port"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+			Ingress:     []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Port: &noSuchPort}}}},
+		}}
+	if _, err := cp.Clientset.NetworkingV1().NetworkPolicies("rbac").Create(ctx, bad, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var events []eventsv1.Event
+	for attempt := 0; attempt < 100 && len(events) == 0; attempt++ {
+		list, err := cp.Clientset.EventsV1().Events("rbac").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == "bad-port" && e.Reason == "PartlyUnenforceable" {
+				events = append(events, e)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(events) != 1 {
+		t.Fatalf("%d PartlyUnenforceable Events written by the agent as its ServiceAccount within 10s, want 1", len(events))
 	}
 }
 
