@@ -87,15 +87,15 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "path to a kubeconfig; empty means in-cluster configuration (or $KUBECONFIG)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of the node whose pods this agent enforces (default $NODE_NAME)")
 	fs.StringVar(&f.netns, "netns", "", "program the nftables of the network namespace at this path instead of our own")
-	fs.StringVar(&f.tableName, "table-name", "nftpol", "name of the inet table the agent owns")
+	fs.StringVar(&f.tableName, "table-name", nft.DefaultTable, "name of the inet table the agent owns")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":9090", `address of the metrics endpoint; "0" disables it`)
 	fs.StringVar(&f.healthAddr, "health-probe-bind-address", ":9091", `address of /healthz and /readyz; "0" disables it`)
-	fs.StringVar(&f.denyAction, "deny-action", "drop", "what happens to denied packets: drop or reject")
+	fs.StringVar(&f.denyAction, "deny-action", string(nft.DefaultDeny), "what happens to denied packets: drop or reject")
 	fs.DurationVar(&f.verifyInterval, "verify-interval", 30*time.Second, "how often the table is read back and repaired if someone changed it; 0 disables")
 	fs.BoolVar(&f.profiling, "profiling", false, "serve Go's /debug/pprof/ on the metrics address")
 	fs.BoolVar(&f.logDenied, "log-denied", false, "log one line per denied flow (rate-limited NFLOG from the deny paths)")
-	fs.UintVar(&f.logDeniedRate, "log-denied-rate", 10, "at most this many denied packets per second and isolation chain reach the log")
-	fs.UintVar(&f.logDeniedGroup, "log-denied-group", 100, "NFLOG group of the denied-packet log")
+	fs.UintVar(&f.logDeniedRate, "log-denied-rate", nft.DefaultLogRate, "at most this many denied packets per second and isolation chain reach the log")
+	fs.UintVar(&f.logDeniedGroup, "log-denied-group", nft.DefaultLogGroup, "NFLOG group of the denied-packet log")
 	f.logConfig.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -200,7 +200,7 @@ type tableCommand struct {
 func openTable(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*tableCommand, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	table := fs.String("table-name", "nftpol", "name of the table")
+	table := fs.String("table-name", nft.DefaultTable, "name of the table")
 	netns := fs.String("netns", "", "network namespace path (default: our own)")
 	if extra != nil {
 		extra(fs)

@@ -21,12 +21,10 @@ type podLookup struct {
 
 func newPodLookup(state *selectors.State, model *selectors.Model) *podLookup {
 	l := &podLookup{byIP: map[netip.Addr]string{}, isolation: map[string]*selectors.PodRules{}}
-	for _, p := range state.Pods {
-		if p.IsEndpoint() {
-			for _, ip := range p.IPs {
-				l.byIP[ip] = p.Key()
-			}
-		}
+	// The owner of an address two pods claim is the one the model
+	// enforces for it, so the log names the same pod.
+	for ip, p := range selectors.AddressOwners(state.Pods) {
+		l.byIP[ip] = p.Key()
 	}
 	for i := range model.Pods {
 		l.isolation[model.Pods[i].Key] = &model.Pods[i]

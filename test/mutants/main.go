@@ -59,8 +59,8 @@ func mutations() []mutant {
 		{"compiler: IPv4 daddr read at the saddr offset", "nft/rules.go",
 			"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft"},
 		{"compiler: port range ends one early", "nft/rules.go",
-			"ToData: be16(r.portLast)", "ToData: be16(r.portLast - 1)", "nft"},
-		{"compiler: interval end element at last, not last+1", "nft/enforcer.go",
+			"Data: be16(r.portLast)})", "Data: be16(r.portLast - 1)})", "nft"},
+		{"compiler: interval end element at last, not last+1", "nft/sets.go",
 			"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft"},
 	}
 }
