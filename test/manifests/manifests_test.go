@@ -164,6 +164,20 @@ func TestManifestsAcceptedAndRBACIsLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The API server's RBAC authorizer learns of new bindings through its
+	// own informers: wait (bounded) until the binding is in force before
+	// judging what it allows.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := sa.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+		if err == nil {
+			break
+		}
+		if !apierrors.IsForbidden(err) || time.Now().After(deadline) {
+			t.Fatalf("the ClusterRoleBinding is not in force after 15 s: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	ev := &eventsv1.Event{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "default"},
 		EventTime: metav1.NowMicro(), ReportingController: "nftpol", ReportingInstance: "nftpol", Action: "Enforce", Type: corev1.EventTypeWarning,
 		Regarding: corev1.ObjectReference{Kind: "NetworkPolicy", Namespace: "default", Name: "x"}, Reason: "Test", Note: "m"}
