@@ -1,0 +1,381 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+
+	"github.com/go-logr/logr/funcr"
+
+	"github.com/nftpol/nftpol/test/cluster"
+	"github.com/nftpol/nftpol/test/kerneltest"
+	"github.com/nftpol/nftpol/test/netnskubelet"
+)
+
+const (
+	prefix  = "nftclt"
+	agnhost = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+)
+
+// startCluster starts a 2-node cluster for the test; it is stopped, with
+// every namespace removed, when the test ends, and its logs are printed if
+// the test failed.
+func startCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
+	assets := cluster.AssetsFromEnv()
+	if reason := assets.Missing(true); reason != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("cannot run under CI=true: %s", reason)
+		}
+		t.Skip(reason)
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	c, err := cluster.Start(ctx, cluster.Options{
+		Prefix: prefix, Nodes: 2, Assets: assets,
+		Log: funcr.New(func(p, args string) { t.Log(p, args) }, funcr.Options{}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(c.Logs(4000))
+		}
+		c.Stop()
+		if left := leftovers(); len(left) > 0 {
+			t.Errorf("namespaces left after Stop: %v", left)
+		}
+	})
+	t.Logf("cluster started in %s", time.Since(start).Round(time.Millisecond))
+	return c
+}
+
+func leftovers() []string {
+	var out []string
+	entries, _ := os.ReadDir(netnskubelet.NetnsDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix+"-") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestServicesAndPolicyOnARealCluster runs the path a user's traffic takes
+// in a cluster: a Deployment scheduled over both nodes, a ClusterIP
+// Service through kube-proxy, kubectl-style exec through the API server
+// and the kubelet, then a NetworkPolicy enforced by the agent.
+func TestServicesAndPolicyOnARealCluster(t *testing.T) {
+	c := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cs := c.Clientset
+	began := time.Now()
+
+	for _, ns := range []string{"web", "client"} {
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("creating namespace %s: %v", ns, err)
+		}
+	}
+
+	// Four netexec replicas spread over both nodes.
+	labels := map[string]string{"app": "netexec"}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "netexec", Namespace: "web"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(int32(4)),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
+						MaxSkew: 1, TopologyKey: "kubernetes.io/hostname",
+						WhenUnsatisfiable: corev1.DoNotSchedule,
+						LabelSelector:     &metav1.LabelSelector{MatchLabels: labels},
+					}},
+					Containers: []corev1.Container{{
+						Name: "netexec", Image: agnhost,
+						Args:  []string{"netexec", "--http-port=8080"},
+						Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+						ReadinessProbe: &corev1.Probe{
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
+							PeriodSeconds: 1,
+						},
+					}},
+				},
+			},
+		},
+	}
+	if _, err := cs.AppsV1().Deployments("web").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the deployment: %v", err)
+	}
+	// One client per node.
+	for _, n := range c.Nodes {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "client-" + n.Name, Namespace: "client", Labels: map[string]string{"app": "client"}},
+			Spec: corev1.PodSpec{
+				NodeSelector: map[string]string{"kubernetes.io/hostname": n.Name},
+				Containers:   []corev1.Container{{Name: "client", Image: agnhost, Args: []string{"pause"}}},
+			},
+		}
+		if err := createWhenServiceAccountExists(ctx, c, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc, err := cs.CoreV1().Services("web").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "netexec", Namespace: "web"},
+		Spec: corev1.ServiceSpec{
+			Selector: labels,
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("creating the service: %v", err)
+	}
+
+	backends := waitPodsReady(ctx, t, c, "web", "app=netexec", 4)
+	clients := waitPodsReady(ctx, t, c, "client", "app=client", len(c.Nodes))
+	nodesOf := map[string]string{} // backend pod name → node
+	for _, p := range backends {
+		nodesOf[p.Name] = p.Spec.NodeName
+		checkPodAddress(t, c, p)
+	}
+	for _, p := range clients {
+		checkPodAddress(t, c, p)
+	}
+	waitEndpoints(ctx, t, c, "web", "netexec", 4)
+	t.Logf("4 backends and %d clients ready after %s", len(clients), time.Since(began).Round(time.Millisecond))
+
+	// Exec reaches the container: its own hostname (a UTS namespace per
+	// pod) and its environment.
+	for _, p := range clients {
+		out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "hostname")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(out) != p.Name {
+			t.Fatalf("exec hostname in %s printed %q", p.Name, out)
+		}
+	}
+	if _, _, err := c.Exec(ctx, clients[0].Namespace, clients[0].Name, "client", "sh", "-c", "exit 3"); err == nil || !strings.Contains(err.Error(), "exit code 3") {
+		t.Fatalf("exec of a command exiting 3: got %v, want an error with exit code 3", err)
+	}
+
+	// The Service from every node's client reaches backends on both
+	// nodes, by the pod names the backends answer with.
+	url := fmt.Sprintf("http://%s/hostname", svc.Spec.ClusterIP)
+	for _, p := range clients {
+		seen := map[string]bool{}
+		for i := 0; i < 40 && len(seen) < len(c.Nodes); i++ {
+			out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "curl", "-sS", "--max-time", "2", url)
+			if err != nil {
+				t.Fatalf("from %s: %v", p.Name, err)
+			}
+			node, ok := nodesOf[strings.TrimSpace(out)]
+			if !ok {
+				t.Fatalf("from %s: %s answered %q, not a backend's name", p.Name, url, out)
+			}
+			seen[node] = true
+		}
+		if len(seen) < len(c.Nodes) {
+			t.Fatalf("from %s: 40 requests to %s reached backends on %v only", p.Name, url, seen)
+		}
+	}
+	t.Logf("service reached backends on every node from every node after %s", time.Since(began).Round(time.Millisecond))
+
+	// Deny all ingress to the backends: the agent must make every request
+	// time out. Then allow the client namespace again: requests pass,
+	// so the denial was the policy's doing.
+	denyAll := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "deny-all", Namespace: "web"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+		},
+	}
+	if _, err := cs.NetworkingV1().NetworkPolicies("web").Create(ctx, denyAll, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the deny policy: %v", err)
+	}
+	waitAllClients(ctx, t, c, clients, url, false)
+	t.Logf("deny-all enforced after %s", time.Since(began).Round(time.Millisecond))
+	allowClients := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "allow-client", Namespace: "web"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{
+					NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "client"}},
+				}},
+			}},
+		},
+	}
+	if _, err := cs.NetworkingV1().NetworkPolicies("web").Create(ctx, allowClients, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the allow policy: %v", err)
+	}
+	waitAllClients(ctx, t, c, clients, url, true)
+	t.Logf("allow-client enforced after %s", time.Since(began).Round(time.Millisecond))
+
+	// Deleting the namespaces stops every pod: the kubelets remove their
+	// network namespaces and the pod objects go.
+	for _, ns := range []string{"web", "client"} {
+		if err := cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+			t.Fatalf("deleting namespace %s: %v", ns, err)
+		}
+	}
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, ns := range []string{"web", "client"} {
+			if _, err := cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return false, nil
+			}
+		}
+		return len(podNamespaces()) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("namespaces not gone after 2 minutes (pod network namespaces left: %v)", podNamespaces())
+	}
+	t.Logf("everything removed after %s", time.Since(began).Round(time.Millisecond))
+}
+
+// podNamespaces lists the pod network namespaces the kubelets still hold.
+func podNamespaces() []string {
+	var out []string
+	for _, n := range leftovers() {
+		if strings.HasPrefix(n, prefix+"-p") {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// createWhenServiceAccountExists creates a pod once the namespace's
+// default ServiceAccount exists: the ServiceAccount admission plugin
+// rejects pods before the controller-manager has created it.
+func createWhenServiceAccountExists(ctx context.Context, c *cluster.Cluster, pod *corev1.Pod) error {
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, last = c.Clientset.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+		return last == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("creating pod %s/%s: %w (last: %v)", pod.Namespace, pod.Name, err, last)
+	}
+	return nil
+}
+
+func waitPodsReady(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, selector string, want int) []corev1.Pod {
+	t.Helper()
+	var pods []corev1.Pod
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := c.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		pods = nil
+		for _, p := range list.Items {
+			if p.Status.Phase == corev1.PodRunning && podReady(&p) && p.DeletionTimestamp == nil {
+				pods = append(pods, p)
+			} else {
+				last = fmt.Sprintf("pod %s: phase %s, containers %+v", p.Name, p.Status.Phase, p.Status.ContainerStatuses)
+			}
+		}
+		return len(pods) == want, nil
+	})
+	if err != nil {
+		t.Fatalf("%d ready pods %s in %s: %v; have %d (last: %s)", want, selector, ns, err, len(pods), last)
+	}
+	return pods
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// checkPodAddress checks the status the kubelet wrote: a pod IP from its
+// node's pod CIDR, the node's InternalIP as host IP.
+func checkPodAddress(t *testing.T, c *cluster.Cluster, p corev1.Pod) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		if n.Name != p.Spec.NodeName {
+			continue
+		}
+		if p.Status.HostIP != n.IP.String() {
+			t.Errorf("pod %s: hostIP %s, want %s", p.Name, p.Status.HostIP, n.IP)
+		}
+		if a, err := netip.ParseAddr(p.Status.PodIP); err != nil || !n.PodCIDR.Contains(a) {
+			t.Errorf("pod %s: podIP %q outside its node's %s", p.Name, p.Status.PodIP, n.PodCIDR)
+		}
+		return
+	}
+	t.Errorf("pod %s is bound to unknown node %q", p.Name, p.Spec.NodeName)
+}
+
+func waitEndpoints(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, svc string, want int) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		slices, err := c.Clientset.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
+		if err != nil {
+			return false, nil
+		}
+		ready := 0
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.Conditions.Ready != nil && *e.Conditions.Ready {
+					ready++
+				}
+			}
+		}
+		return ready == want, nil
+	})
+	if err != nil {
+		t.Fatalf("service %s/%s: %d ready endpoints: %v", ns, svc, want, err)
+	}
+}
+
+// waitAllClients waits (bounded) until a request from every client to url
+// succeeds (pass) or times out (!pass), three times in a row, so a rule
+// still being committed cannot pass the check by luck.
+func waitAllClients(ctx context.Context, t *testing.T, c *cluster.Cluster, clients []corev1.Pod, url string, pass bool) {
+	t.Helper()
+	var last string
+	streak := 0
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, p := range clients {
+			out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "curl", "-sS", "--max-time", "1", url)
+			if (err == nil) != pass {
+				last = fmt.Sprintf("from %s: %q, %v", p.Name, out, err)
+				streak = 0
+				return false, nil
+			}
+		}
+		streak++
+		return streak == 3, nil
+	})
+	if err != nil {
+		t.Fatalf("requests to %s from every client never %s three times in a row: %v (last: %s)", url, map[bool]string{true: "passed", false: "failed"}[pass], err, last)
+	}
+}

@@ -1,0 +1,119 @@
+package cluster
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/nftpol/nftpol/test/netnskubelet"
+)
+
+// The addressing: nodes share one link, 192.0.2.0/24 (TEST-NET-1, never
+// routed anywhere real); node i is 192.0.2.i with pod CIDR 10.244.i.0/24.
+// Pod CIDRs are fixed by the launcher and registered by the kubelets
+// (spec.podCIDR), so the routes between nodes are known before any pod
+// exists: every node routes each other node's pod CIDR via that node's
+// address, as a routing CNI (Calico without encapsulation, kube-router)
+// would program them.
+const (
+	nodeLinkPrefix = 24
+	clusterCIDR    = "10.244.0.0/16"
+	serviceCIDR    = "10.0.0.0/24"
+)
+
+func nodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}) }
+
+func podCIDR(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)
+}
+
+func ip(args ...string) error {
+	cmd := exec.Command("ip", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+// createLAN creates the namespace that holds the bridge every node plugs
+// into: the one shared link, like the switch between real machines.
+func (c *Cluster) createLAN() error {
+	c.lanNetns = c.opts.Prefix + "-lan"
+	if err := ip("netns", "add", c.lanNetns); err != nil {
+		return err
+	}
+	for _, s := range [][]string{
+		{"-n", c.lanNetns, "link", "set", "lo", "up"},
+		{"-n", c.lanNetns, "link", "add", "br0", "type", "bridge"},
+		{"-n", c.lanNetns, "link", "set", "br0", "up"},
+	} {
+		if err := ip(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// createNode creates node i's namespace, plugs it into the LAN as eth0
+// and routes the other nodes' pod CIDRs.
+func (c *Cluster) createNode(i int) (*Node, error) {
+	n := &Node{
+		Name:    fmt.Sprintf("%s-node-%d", c.opts.Prefix, i),
+		IP:      nodeIP(i),
+		PodCIDR: podCIDR(i),
+		netns:   fmt.Sprintf("%s-n%d", c.opts.Prefix, i),
+		index:   i,
+	}
+	n.Netns = filepath.Join(netnskubelet.NetnsDir, n.netns)
+	if err := ip("netns", "add", n.netns); err != nil {
+		return nil, err
+	}
+	c.nodes = append(c.nodes, n)
+	for _, kv := range [][2]string{
+		{"net.ipv4.ip_forward", "1"},
+		{"net.ipv6.conf.all.forwarding", "1"},
+	} {
+		if err := netnskubelet.SetSysctlIn(n.Netns, kv[0], kv[1]); err != nil {
+			return nil, fmt.Errorf("node %s: sysctl %s: %w", n.Name, kv[0], err)
+		}
+	}
+	port := fmt.Sprintf("n%d", i)
+	steps := [][]string{
+		{"-n", n.netns, "link", "set", "lo", "up"},
+		{"link", "add", "eth0", "netns", n.netns, "type", "veth", "peer", "name", port, "netns", c.lanNetns},
+		{"-n", c.lanNetns, "link", "set", port, "master", "br0", "up"},
+		{"-n", n.netns, "addr", "add", fmt.Sprintf("%s/%d", n.IP, nodeLinkPrefix), "dev", "eth0"},
+		{"-n", n.netns, "link", "set", "eth0", "up"},
+	}
+	for j := 1; j <= c.opts.Nodes; j++ {
+		if j != i {
+			steps = append(steps, []string{"-n", n.netns, "route", "add", podCIDR(j).String(), "via", nodeIP(j).String(), "dev", "eth0"})
+		}
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	return n, nil
+}
+
+// removeNamespaces stops every process left in the cluster's namespaces
+// and deletes them: the pods' (which the kubelets normally remove), the
+// nodes' and the LAN.
+func removeNamespaces(prefix string) {
+	entries, _ := os.ReadDir(netnskubelet.NetnsDir)
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), prefix+"-") {
+			continue
+		}
+		netnskubelet.KillProcessesIn(filepath.Join(netnskubelet.NetnsDir, e.Name()))
+		_ = ip("netns", "delete", e.Name())
+	}
+}
