@@ -88,6 +88,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	defer cancel()
 	cs := c.Clientset
 	began := time.Now()
+	checkNodes(ctx, t, c)
 
 	for _, ns := range []string{"web", "client"} {
 		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -126,18 +127,38 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	if _, err := cs.AppsV1().Deployments("web").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the deployment: %v", err)
 	}
-	// One client per node.
-	for _, n := range c.Nodes {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: "client-" + n.Name, Namespace: "client", Labels: map[string]string{"app": "client"}},
-			Spec: corev1.PodSpec{
-				NodeSelector: map[string]string{"kubernetes.io/hostname": n.Name},
-				Containers:   []corev1.Container{{Name: "client", Image: agnhost, Args: []string{"pause"}}},
+	// One client per node, through the DaemonSet controller.
+	clientLabels := map[string]string{"app": "client"}
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: "client"},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: clientLabels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: clientLabels},
+				Spec: corev1.PodSpec{
+					Containers: []corev1.Container{{Name: "client", Image: agnhost, Args: []string{"pause"}}},
+				},
 			},
-		}
-		if err := createWhenServiceAccountExists(ctx, c, pod); err != nil {
-			t.Fatal(err)
-		}
+		},
+	}
+	if _, err := cs.AppsV1().DaemonSets("client").Create(ctx, ds, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the client daemonset: %v", err)
+	}
+	// A hostNetwork pod runs in its node's namespace, with the node's
+	// address and hostname.
+	hostPod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "host", Namespace: "client", Labels: map[string]string{"app": "host"}},
+		Spec: corev1.PodSpec{
+			HostNetwork:  true,
+			NodeSelector: map[string]string{"kubernetes.io/hostname": c.Nodes[1].Name},
+			Containers: []corev1.Container{{
+				Name: "netexec", Image: agnhost, Args: []string{"netexec", "--http-port=8090", "--udp-port=8091"},
+				Env: []corev1.EnvVar{{Name: "MY_POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}},
+			}},
+		},
+	}
+	if err := createWhenServiceAccountExists(ctx, c, hostPod); err != nil {
+		t.Fatal(err)
 	}
 	svc, err := cs.CoreV1().Services("web").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "netexec", Namespace: "web"},
@@ -164,7 +185,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	t.Logf("4 backends and %d clients ready after %s", len(clients), time.Since(began).Round(time.Millisecond))
 
 	// Exec reaches the container: its own hostname (a UTS namespace per
-	// pod) and its environment.
+	// pod), and a failing command's exit code comes back.
 	for _, p := range clients {
 		out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "hostname")
 		if err != nil {
@@ -176,6 +197,23 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	}
 	if _, _, err := c.Exec(ctx, clients[0].Namespace, clients[0].Name, "client", "sh", "-c", "exit 3"); err == nil || !strings.Contains(err.Error(), "exit code 3") {
 		t.Fatalf("exec of a command exiting 3: got %v, want an error with exit code 3", err)
+	}
+	// The hostNetwork pod has its node's address and name, and its
+	// environment the downward API's values; a client reaches it.
+	host := waitPodsReady(ctx, t, c, "client", "app=host", 1)[0]
+	if host.Status.PodIP != c.Nodes[1].IP.String() {
+		t.Fatalf("hostNetwork pod IP %s, want node address %s", host.Status.PodIP, c.Nodes[1].IP)
+	}
+	out, _, err := c.Exec(ctx, "client", "host", "netexec", "sh", "-c", "hostname; echo $MY_POD_IP")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := c.Nodes[1].Name + "\n" + c.Nodes[1].IP.String() + "\n"; out != want {
+		t.Fatalf("hostname and MY_POD_IP in the hostNetwork pod: %q, want %q", out, want)
+	}
+	out, _, err = c.Exec(ctx, clients[0].Namespace, clients[0].Name, "client", "curl", "-sS", "--max-time", "2", "http://"+host.Status.PodIP+":8090/hostname")
+	if err != nil || strings.TrimSpace(out) != c.Nodes[1].Name {
+		t.Fatalf("a client reaching the hostNetwork pod: %q, %v", out, err)
 	}
 
 	// The Service from every node's client reaches backends on both
@@ -377,5 +415,35 @@ func waitAllClients(ctx context.Context, t *testing.T, c *cluster.Cluster, clien
 	})
 	if err != nil {
 		t.Fatalf("requests to %s from every client never %s three times in a row: %v (last: %s)", url, map[bool]string{true: "passed", false: "failed"}[pass], err, last)
+	}
+}
+
+// checkNodes checks what the kubelets registered: the InternalIP on the
+// shared link, the endpoint the API server dials, the pod CIDR and a
+// renewed lease.
+func checkNodes(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		node, err := c.Clientset.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs := map[corev1.NodeAddressType]string{}
+		for _, a := range node.Status.Addresses {
+			addrs[a.Type] = a.Address
+		}
+		if addrs[corev1.NodeInternalIP] != n.IP.String() || addrs[corev1.NodeInternalDNS] != "127.0.0.1" || addrs[corev1.NodeHostName] != n.Name {
+			t.Errorf("node %s addresses %v", n.Name, node.Status.Addresses)
+		}
+		if node.Status.DaemonEndpoints.KubeletEndpoint.Port == 0 || node.Spec.PodCIDR != n.PodCIDR.String() {
+			t.Errorf("node %s: kubelet port %d, pod CIDR %q", n.Name, node.Status.DaemonEndpoints.KubeletEndpoint.Port, node.Spec.PodCIDR)
+		}
+		lease, err := c.Clientset.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("node %s lease: %v", n.Name, err)
+		}
+		if lease.Spec.RenewTime == nil || time.Since(lease.Spec.RenewTime.Time) > time.Minute {
+			t.Errorf("node %s lease not renewed: %v", n.Name, lease.Spec.RenewTime)
+		}
 	}
 }

@@ -218,7 +218,9 @@ func (k *Kubelet) processNext(ctx context.Context) bool {
 	}
 	defer k.queue.Done(key)
 	if err := k.syncPod(ctx, key); err != nil {
-		if ctx.Err() == nil {
+		// A conflict only means our cache was behind a write: the next
+		// sync reads the newer object.
+		if ctx.Err() == nil && !apierrors.IsConflict(err) {
 			k.log.Error(err, "pod sync failed; retrying", "pod", key)
 		}
 		k.queue.AddRateLimited(key)

@@ -27,6 +27,7 @@ func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, rt *podRunti
 		}
 		return fmt.Errorf("writing the status of pod %s: %w", rt.key, err)
 	}
+	k.log.V(1).Info("pod status written", "pod", rt.key, "phase", status.Phase, "ready", podReady(status))
 	return nil
 }
 
@@ -138,4 +139,13 @@ func setCondition(s *corev1.PodStatus, generation int64, t corev1.PodConditionTy
 		Type: t, Status: status, ObservedGeneration: generation,
 		LastTransitionTime: metav1.Now().Rfc3339Copy(),
 	})
+}
+
+func podReady(s corev1.PodStatus) bool {
+	for _, c := range s.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
