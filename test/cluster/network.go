@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/nftpol/nftpol/test/netnskubelet"
@@ -104,13 +105,23 @@ func (c *Cluster) createNode(i int) (*Node, error) {
 	return n, nil
 }
 
+// ownNetns matches the names of the namespaces a cluster with this prefix
+// creates — "<prefix>-lan", nodes "<prefix>-n<i>", pods
+// "<prefix>-p<i>-<12 hex>" — and nothing else, so a prefix that starts
+// another package's ("nftpol" and "nftpol-demo") never removes its
+// namespaces.
+func ownNetns(prefix string) *regexp.Regexp {
+	return regexp.MustCompile("^" + regexp.QuoteMeta(prefix) + `-(lan|n[0-9]+|p[0-9]+-[0-9a-f]{12})$`)
+}
+
 // removeNamespaces stops every process left in the cluster's namespaces
 // and deletes them: the pods' (which the kubelets normally remove), the
 // nodes' and the LAN.
 func removeNamespaces(prefix string) {
+	own := ownNetns(prefix)
 	entries, _ := os.ReadDir(netnskubelet.NetnsDir)
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), prefix+"-") {
+		if !own.MatchString(e.Name()) {
 			continue
 		}
 		netnskubelet.KillProcessesIn(filepath.Join(netnskubelet.NetnsDir, e.Name()))

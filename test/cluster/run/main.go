@@ -20,7 +20,7 @@ import (
 
 func main() {
 	nodes := flag.Int("nodes", 2, "number of nodes")
-	prefix := flag.String("prefix", "nftpol", "prefix of the cluster's namespaces and node names")
+	prefix := flag.String("prefix", "nftcl", "prefix of the cluster's namespaces and node names")
 	proxyMode := flag.String("proxy-mode", "nftables", "kube-proxy mode (nftables or iptables)")
 	noAgent := flag.Bool("no-agent", false, "leave the nftpol agent out")
 	flag.Parse()
