@@ -217,14 +217,19 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	}
 
 	// The Service from every node's client reaches backends on both
-	// nodes, by the pod names the backends answer with.
+	// nodes, by the pod names the backends answer with. Requests may fail
+	// until kube-proxy has the endpoints the API server already lists
+	// (its rules reject a service without any), so they retry, bounded.
 	url := fmt.Sprintf("http://%s/hostname", svc.Spec.ClusterIP)
 	for _, p := range clients {
 		seen := map[string]bool{}
-		for i := 0; i < 40 && len(seen) < len(c.Nodes); i++ {
+		var last string
+		for i := 0; i < 60 && len(seen) < len(c.Nodes); i++ {
 			out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "curl", "-sS", "--max-time", "2", url)
 			if err != nil {
-				t.Fatalf("from %s: %v", p.Name, err)
+				last = err.Error()
+				time.Sleep(250 * time.Millisecond)
+				continue
 			}
 			node, ok := nodesOf[strings.TrimSpace(out)]
 			if !ok {
@@ -233,7 +238,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 			seen[node] = true
 		}
 		if len(seen) < len(c.Nodes) {
-			t.Fatalf("from %s: 40 requests to %s reached backends on %v only", p.Name, url, seen)
+			t.Fatalf("from %s: 60 requests to %s reached backends on %v only (last error: %s)", p.Name, url, seen, last)
 		}
 	}
 	t.Logf("service reached backends on every node from every node after %s", time.Since(began).Round(time.Millisecond))
