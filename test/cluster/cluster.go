@@ -108,9 +108,11 @@ type Node struct {
 	Name string
 	// Netns is the node's network namespace (a path under /run/netns).
 	Netns string
-	// IP is the node's InternalIP on the link between nodes.
-	IP      netip.Addr
-	PodCIDR netip.Prefix
+	// IPs are the node's InternalIPs on the link between nodes, IPv4
+	// then IPv6.
+	IPs []netip.Addr
+	// PodCIDRs are the node's pod ranges, IPv4 then IPv6.
+	PodCIDRs []netip.Prefix
 
 	netns string
 	index int
@@ -301,7 +303,7 @@ func (c *Cluster) startControlPlane(pki *kubeletPKI) error {
 		Set("kubelet-preferred-address-types", "InternalDNS").
 		Set("kubelet-client-certificate", pki.ClientCert).
 		Set("kubelet-client-key", pki.ClientKey).
-		Set("service-cluster-ip-range", serviceCIDR)
+		Set("service-cluster-ip-range", serviceCIDRs)
 	etcd := &envtest.Etcd{}
 	env.ControlPlane.Etcd = etcd
 	etcd.DataDir = filepath.Join(c.Dir, "etcd")
@@ -340,8 +342,8 @@ func (c *Cluster) startControllers() error {
 		"--service-account-private-key-file="+filepath.Join(c.Dir, "apiserver", "sa-signer.key"),
 		"--root-ca-file="+filepath.Join(c.Dir, "ca.crt"),
 		"--allocate-node-cidrs=false",
-		"--cluster-cidr="+clusterCIDR,
-		"--service-cluster-ip-range="+serviceCIDR,
+		"--cluster-cidr="+clusterCIDRs,
+		"--service-cluster-ip-range="+serviceCIDRs,
 		"--v=2")
 	if err != nil {
 		return err
@@ -387,8 +389,8 @@ func (c *Cluster) startKubelet(ctx context.Context, n *Node, pki *kubeletPKI) er
 	k, err := netnskubelet.New(netnskubelet.Config{
 		NodeName:    n.Name,
 		NodeNetns:   n.Netns,
-		NodeIP:      n.IP,
-		PodCIDR:     n.PodCIDR,
+		NodeIPs:     n.IPs,
+		PodCIDRs:    n.PodCIDRs,
 		ServeAddr:   net.JoinHostPort(host, "0"),
 		TLS:         tlsCfg,
 		Client:      client,
@@ -429,7 +431,7 @@ func (c *Cluster) startNodeDaemons(n *Node) error {
 		"--kubeconfig="+c.Kubeconfig,
 		"--hostname-override="+n.Name,
 		"--proxy-mode="+c.opts.ProxyMode,
-		"--cluster-cidr="+clusterCIDR,
+		"--cluster-cidr="+clusterCIDRs,
 		"--metrics-bind-address=127.0.0.1:10249",
 		"--healthz-bind-address=127.0.0.1:10256",
 		// Conntrack limits and timeouts are the host's, not the node's

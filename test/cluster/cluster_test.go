@@ -3,9 +3,12 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,8 +166,9 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	svc, err := cs.CoreV1().Services("web").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "netexec", Namespace: "web"},
 		Spec: corev1.ServiceSpec{
-			Selector: labels,
-			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
+			IPFamilyPolicy: ptr.To(corev1.IPFamilyPolicyRequireDualStack),
+			Selector:       labels,
+			Ports:          []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -201,17 +205,17 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	// The hostNetwork pod has its node's address and name, and its
 	// environment the downward API's values; a client reaches it.
 	host := waitPodsReady(ctx, t, c, "client", "app=host", 1)[0]
-	if host.Status.PodIP != c.Nodes[1].IP.String() {
-		t.Fatalf("hostNetwork pod IP %s, want node address %s", host.Status.PodIP, c.Nodes[1].IP)
+	if host.Status.PodIP != c.Nodes[1].IPs[0].String() || len(host.Status.PodIPs) != 2 || host.Status.PodIPs[1].IP != c.Nodes[1].IPs[1].String() {
+		t.Fatalf("hostNetwork pod IPs %v, want the node's %v", host.Status.PodIPs, c.Nodes[1].IPs)
 	}
 	out, _, err := c.Exec(ctx, "client", "host", "netexec", "sh", "-c", "hostname; echo $MY_POD_IP")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := c.Nodes[1].Name + "\n" + c.Nodes[1].IP.String() + "\n"; out != want {
+	if want := c.Nodes[1].Name + "\n" + c.Nodes[1].IPs[0].String() + "\n"; out != want {
 		t.Fatalf("hostname and MY_POD_IP in the hostNetwork pod: %q, want %q", out, want)
 	}
-	out, _, err = c.Exec(ctx, clients[0].Namespace, clients[0].Name, "client", "curl", "-sS", "--max-time", "2", "http://"+host.Status.PodIP+":8090/hostname")
+	out, _, err = c.Exec(ctx, clients[0].Namespace, clients[0].Name, "client", "curl", "-gsS", "--max-time", "2", "http://"+host.Status.PodIP+":8090/hostname")
 	if err != nil || strings.TrimSpace(out) != c.Nodes[1].Name {
 		t.Fatalf("a client reaching the hostNetwork pod: %q, %v", out, err)
 	}
@@ -220,25 +224,33 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	// nodes, by the pod names the backends answer with. Requests may fail
 	// until kube-proxy has the endpoints the API server already lists
 	// (its rules reject a service without any), so they retry, bounded.
-	url := fmt.Sprintf("http://%s/hostname", svc.Spec.ClusterIP)
-	for _, p := range clients {
-		seen := map[string]bool{}
-		var last string
-		for i := 0; i < 60 && len(seen) < len(c.Nodes); i++ {
-			out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "curl", "-sS", "--max-time", "2", url)
-			if err != nil {
-				last = err.Error()
-				time.Sleep(250 * time.Millisecond)
-				continue
+	if len(svc.Spec.ClusterIPs) != 2 {
+		t.Fatalf("dual-stack service got cluster IPs %v", svc.Spec.ClusterIPs)
+	}
+	var urls []string
+	for _, ip := range svc.Spec.ClusterIPs {
+		urls = append(urls, "http://"+net.JoinHostPort(ip, "80")+"/hostname")
+	}
+	for _, url := range urls {
+		for _, p := range clients {
+			seen := map[string]bool{}
+			var last string
+			for i := 0; i < 60 && len(seen) < len(c.Nodes); i++ {
+				out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "curl", "-gsS", "--max-time", "2", url)
+				if err != nil {
+					last = err.Error()
+					time.Sleep(250 * time.Millisecond)
+					continue
+				}
+				node, ok := nodesOf[strings.TrimSpace(out)]
+				if !ok {
+					t.Fatalf("from %s: %s answered %q, not a backend's name", p.Name, url, out)
+				}
+				seen[node] = true
 			}
-			node, ok := nodesOf[strings.TrimSpace(out)]
-			if !ok {
-				t.Fatalf("from %s: %s answered %q, not a backend's name", p.Name, url, out)
+			if len(seen) < len(c.Nodes) {
+				t.Fatalf("from %s: 60 requests to %s reached backends on %v only (last error: %s)", p.Name, url, seen, last)
 			}
-			seen[node] = true
-		}
-		if len(seen) < len(c.Nodes) {
-			t.Fatalf("from %s: 60 requests to %s reached backends on %v only (last error: %s)", p.Name, url, seen, last)
 		}
 	}
 	t.Logf("service reached backends on every node from every node after %s", time.Since(began).Round(time.Millisecond))
@@ -256,7 +268,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	if _, err := cs.NetworkingV1().NetworkPolicies("web").Create(ctx, denyAll, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the deny policy: %v", err)
 	}
-	waitAllClients(ctx, t, c, clients, url, false)
+	waitAllClients(ctx, t, c, clients, urls, false)
 	t.Logf("deny-all enforced after %s", time.Since(began).Round(time.Millisecond))
 	allowClients := &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "allow-client", Namespace: "web"},
@@ -273,7 +285,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	if _, err := cs.NetworkingV1().NetworkPolicies("web").Create(ctx, allowClients, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the allow policy: %v", err)
 	}
-	waitAllClients(ctx, t, c, clients, url, true)
+	waitAllClients(ctx, t, c, clients, urls, true)
 	t.Logf("allow-client enforced after %s", time.Since(began).Round(time.Millisecond))
 
 	// Deleting the namespaces stops every pod: the kubelets remove their
@@ -358,68 +370,90 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-// checkPodAddress checks the status the kubelet wrote: a pod IP from its
-// node's pod CIDR, the node's InternalIP as host IP.
+// checkPodAddress checks the status the kubelet wrote: a pod IP of each
+// family from its node's pod CIDRs, the node's InternalIPs as host IPs.
 func checkPodAddress(t *testing.T, c *cluster.Cluster, p corev1.Pod) {
 	t.Helper()
 	for _, n := range c.Nodes {
 		if n.Name != p.Spec.NodeName {
 			continue
 		}
-		if p.Status.HostIP != n.IP.String() {
-			t.Errorf("pod %s: hostIP %s, want %s", p.Name, p.Status.HostIP, n.IP)
+		if len(p.Status.HostIPs) != 2 || p.Status.HostIPs[0].IP != n.IPs[0].String() || p.Status.HostIPs[1].IP != n.IPs[1].String() {
+			t.Errorf("pod %s: hostIPs %v, want %v", p.Name, p.Status.HostIPs, n.IPs)
 		}
-		if a, err := netip.ParseAddr(p.Status.PodIP); err != nil || !n.PodCIDR.Contains(a) {
-			t.Errorf("pod %s: podIP %q outside its node's %s", p.Name, p.Status.PodIP, n.PodCIDR)
+		if len(p.Status.PodIPs) != 2 || p.Status.PodIP != p.Status.PodIPs[0].IP {
+			t.Errorf("pod %s: podIP %s, podIPs %v: want one per family, IPv4 first", p.Name, p.Status.PodIP, p.Status.PodIPs)
+			return
+		}
+		for f, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err != nil || !n.PodCIDRs[f].Contains(a) {
+				t.Errorf("pod %s: podIP %q outside its node's %s", p.Name, ip.IP, n.PodCIDRs[f])
+			}
 		}
 		return
 	}
 	t.Errorf("pod %s is bound to unknown node %q", p.Name, p.Spec.NodeName)
 }
 
+// waitEndpoints waits until the service's EndpointSlices list want ready
+// endpoints in each family.
 func waitEndpoints(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, svc string, want int) {
 	t.Helper()
+	var ready map[discoveryv1.AddressType]int
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		slices, err := c.Clientset.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
 		if err != nil {
 			return false, nil
 		}
-		ready := 0
+		ready = map[discoveryv1.AddressType]int{}
 		for _, s := range slices.Items {
 			for _, e := range s.Endpoints {
 				if e.Conditions.Ready != nil && *e.Conditions.Ready {
-					ready++
+					ready[s.AddressType]++
 				}
 			}
 		}
-		return ready == want, nil
+		return ready[discoveryv1.AddressTypeIPv4] == want && ready[discoveryv1.AddressTypeIPv6] == want, nil
 	})
 	if err != nil {
-		t.Fatalf("service %s/%s: %d ready endpoints: %v", ns, svc, want, err)
+		t.Fatalf("service %s/%s: want %d ready endpoints per family, have %v: %v", ns, svc, want, ready, err)
 	}
 }
 
-// waitAllClients waits (bounded) until a request from every client to url
-// succeeds (pass) or times out (!pass), three times in a row, so a rule
-// still being committed cannot pass the check by luck.
-func waitAllClients(ctx context.Context, t *testing.T, c *cluster.Cluster, clients []corev1.Pod, url string, pass bool) {
+// waitAllClients waits (bounded) until a request from every client to
+// every url succeeds (pass) or times out (!pass), three rounds in a row,
+// so a rule still being committed cannot pass the check by luck. The
+// requests of a round run in parallel.
+func waitAllClients(ctx context.Context, t *testing.T, c *cluster.Cluster, clients []corev1.Pod, urls []string, pass bool) {
 	t.Helper()
 	var last string
 	streak := 0
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		ok := true
 		for _, p := range clients {
-			out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "curl", "-sS", "--max-time", "1", url)
-			if (err == nil) != pass {
-				last = fmt.Sprintf("from %s: %q, %v", p.Name, out, err)
-				streak = 0
-				return false, nil
+			for _, url := range urls {
+				wg.Go(func() {
+					out, _, err := c.Exec(ctx, p.Namespace, p.Name, "client", "curl", "-gsS", "--max-time", "1", url)
+					if (err == nil) != pass {
+						mu.Lock()
+						ok, last = false, fmt.Sprintf("from %s to %s: %q, %v", p.Name, url, out, err)
+						mu.Unlock()
+					}
+				})
 			}
+		}
+		wg.Wait()
+		if !ok {
+			streak = 0
+			return false, nil
 		}
 		streak++
 		return streak == 3, nil
 	})
 	if err != nil {
-		t.Fatalf("requests to %s from every client never %s three times in a row: %v (last: %s)", url, map[bool]string{true: "passed", false: "failed"}[pass], err, last)
+		t.Fatalf("requests from every client to %v never %s three rounds in a row: %v (last: %s)", urls, map[bool]string{true: "passed", false: "failed"}[pass], err, last)
 	}
 }
 
@@ -433,15 +467,17 @@ func checkNodes(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		addrs := map[corev1.NodeAddressType]string{}
-		for _, a := range node.Status.Addresses {
-			addrs[a.Type] = a.Address
+		want := []corev1.NodeAddress{
+			{Type: corev1.NodeInternalIP, Address: n.IPs[0].String()},
+			{Type: corev1.NodeInternalIP, Address: n.IPs[1].String()},
+			{Type: corev1.NodeHostName, Address: n.Name},
+			{Type: corev1.NodeInternalDNS, Address: "127.0.0.1"},
 		}
-		if addrs[corev1.NodeInternalIP] != n.IP.String() || addrs[corev1.NodeInternalDNS] != "127.0.0.1" || addrs[corev1.NodeHostName] != n.Name {
-			t.Errorf("node %s addresses %v", n.Name, node.Status.Addresses)
+		if !slices.Equal(node.Status.Addresses, want) {
+			t.Errorf("node %s addresses %v, want %v", n.Name, node.Status.Addresses, want)
 		}
-		if node.Status.DaemonEndpoints.KubeletEndpoint.Port == 0 || node.Spec.PodCIDR != n.PodCIDR.String() {
-			t.Errorf("node %s: kubelet port %d, pod CIDR %q", n.Name, node.Status.DaemonEndpoints.KubeletEndpoint.Port, node.Spec.PodCIDR)
+		if node.Status.DaemonEndpoints.KubeletEndpoint.Port == 0 || !slices.Equal(node.Spec.PodCIDRs, []string{n.PodCIDRs[0].String(), n.PodCIDRs[1].String()}) {
+			t.Errorf("node %s: kubelet port %d, pod CIDRs %q", n.Name, node.Status.DaemonEndpoints.KubeletEndpoint.Port, node.Spec.PodCIDRs)
 		}
 		lease, err := c.Clientset.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {

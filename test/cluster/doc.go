@@ -9,8 +9,9 @@
 // It owns the cluster's layout, which the README ("A real cluster on one
 // machine") documents:
 //   - a node is a network namespace plugged into one shared link (a bridge
-//     in the "<prefix>-lan" namespace), 192.0.2.i/24, routing the other
-//     nodes' pod CIDRs (10.244.j.0/24) to them;
+//     in the "<prefix>-lan" namespace), 192.0.2.i/24 and 2001:db8::i/64,
+//     routing the other nodes' pod CIDRs (10.244.j.0/24,
+//     fd00:10:244:j::/64) to them;
 //   - the API server listens on loopback in the root namespace; a relay in
 //     every node's namespace answers on the same address, so kube-proxy
 //     there uses the same kubeconfig;

@@ -13,23 +13,34 @@ import (
 	"github.com/nftpol/nftpol/test/netnskubelet"
 )
 
-// The addressing: nodes share one link, 192.0.2.0/24 (TEST-NET-1, never
-// routed anywhere real); node i is 192.0.2.i with pod CIDR 10.244.i.0/24.
+// The addressing, dual stack with IPv4 primary: nodes share one link,
+// 192.0.2.0/24 (TEST-NET-1) and 2001:db8::/64 (documentation range), never
+// routed anywhere real; node i is 192.0.2.i and 2001:db8::i with pod CIDRs
+// 10.244.i.0/24 and fd00:10:244:i::/64.
 // Pod CIDRs are fixed by the launcher and registered by the kubelets
 // (spec.podCIDR), so the routes between nodes are known before any pod
 // exists: every node routes each other node's pod CIDR via that node's
 // address, as a routing CNI (Calico without encapsulation, kube-router)
 // would program them.
 const (
-	nodeLinkPrefix = 24
-	clusterCIDR    = "10.244.0.0/16"
-	serviceCIDR    = "10.0.0.0/24"
+	clusterCIDRs = "10.244.0.0/16,fd00:10:244::/48"
+	serviceCIDRs = "10.0.0.0/24,fd00:10:96::/112"
 )
 
-func nodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}) }
+// nodeIPs are node i's addresses on the shared link, with their prefix
+// lengths there.
+func nodeIPs(i int) []netip.Prefix {
+	return []netip.Prefix{
+		netip.MustParsePrefix(fmt.Sprintf("192.0.2.%d/24", i)),
+		netip.MustParsePrefix(fmt.Sprintf("2001:db8::%x/64", i)),
+	}
+}
 
-func podCIDR(i int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)
+func podCIDRs(i int) []netip.Prefix {
+	return []netip.Prefix{
+		netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i)),
+		netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", i)),
+	}
 }
 
 func ip(args ...string) error {
@@ -65,11 +76,13 @@ func (c *Cluster) createLAN() error {
 // and routes the other nodes' pod CIDRs.
 func (c *Cluster) createNode(i int) (*Node, error) {
 	n := &Node{
-		Name:    fmt.Sprintf("%s-node-%d", c.opts.Prefix, i),
-		IP:      nodeIP(i),
-		PodCIDR: podCIDR(i),
-		netns:   fmt.Sprintf("%s-n%d", c.opts.Prefix, i),
-		index:   i,
+		Name:     fmt.Sprintf("%s-node-%d", c.opts.Prefix, i),
+		PodCIDRs: podCIDRs(i),
+		netns:    fmt.Sprintf("%s-n%d", c.opts.Prefix, i),
+		index:    i,
+	}
+	for _, p := range nodeIPs(i) {
+		n.IPs = append(n.IPs, p.Addr())
 	}
 	n.Netns = filepath.Join(netnskubelet.NetnsDir, n.netns)
 	if err := ip("netns", "add", n.netns); err != nil {
@@ -79,6 +92,10 @@ func (c *Cluster) createNode(i int) (*Node, error) {
 	for _, kv := range [][2]string{
 		{"net.ipv4.ip_forward", "1"},
 		{"net.ipv6.conf.all.forwarding", "1"},
+		// Addresses are unique by construction: no duplicate address
+		// detection delaying IPv6 on the node's links.
+		{"net.ipv6.conf.all.accept_dad", "0"},
+		{"net.ipv6.conf.default.accept_dad", "0"},
 	} {
 		if err := netnskubelet.SetSysctlIn(n.Netns, kv[0], kv[1]); err != nil {
 			return nil, fmt.Errorf("node %s: sysctl %s: %w", n.Name, kv[0], err)
@@ -89,12 +106,17 @@ func (c *Cluster) createNode(i int) (*Node, error) {
 		{"-n", n.netns, "link", "set", "lo", "up"},
 		{"link", "add", "eth0", "netns", n.netns, "type", "veth", "peer", "name", port, "netns", c.lanNetns},
 		{"-n", c.lanNetns, "link", "set", port, "master", "br0", "up"},
-		{"-n", n.netns, "addr", "add", fmt.Sprintf("%s/%d", n.IP, nodeLinkPrefix), "dev", "eth0"},
 		{"-n", n.netns, "link", "set", "eth0", "up"},
 	}
+	for _, p := range nodeIPs(i) {
+		steps = append(steps, []string{"-n", n.netns, "addr", "add", p.String(), "dev", "eth0", "nodad"})
+	}
 	for j := 1; j <= c.opts.Nodes; j++ {
-		if j != i {
-			steps = append(steps, []string{"-n", n.netns, "route", "add", podCIDR(j).String(), "via", nodeIP(j).String(), "dev", "eth0"})
+		if j == i {
+			continue
+		}
+		for f, p := range podCIDRs(j) {
+			steps = append(steps, []string{"-n", n.netns, "route", "add", p.String(), "via", nodeIPs(j)[f].Addr().String(), "dev", "eth0"})
 		}
 	}
 	for _, s := range steps {

@@ -22,14 +22,25 @@ type cniNetwork struct {
 	pod      *libcni.NetworkConfigList
 }
 
-func newCNINetwork(binDir, stateDir string, podCIDR netip.Prefix) (*cniNetwork, error) {
+func newCNINetwork(binDir, stateDir string, podCIDRs []netip.Prefix) (*cniNetwork, error) {
 	for _, p := range []string{"loopback", "ptp", "host-local"} {
 		if _, err := os.Stat(filepath.Join(binDir, p)); err != nil {
 			return nil, fmt.Errorf("CNI plugin %s missing in %q: %w", p, binDir, err)
 		}
 	}
-	// The pod's default route goes to the ptp gateway (the first address
-	// of the range, on the host end of every pod link of this node).
+	// One range per family; the pod's default routes go to the ptp
+	// gateway (the first address of each range, on the host end of every
+	// pod link of this node).
+	var ranges [][]map[string]string
+	var routes []map[string]string
+	for _, p := range podCIDRs {
+		ranges = append(ranges, []map[string]string{{"subnet": p.Masked().String()}})
+		if p.Addr().Is4() {
+			routes = append(routes, map[string]string{"dst": "0.0.0.0/0"})
+		} else {
+			routes = append(routes, map[string]string{"dst": "::/0"})
+		}
+	}
 	conf := map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       "netnskubelet",
@@ -39,8 +50,8 @@ func newCNINetwork(binDir, stateDir string, podCIDR netip.Prefix) (*cniNetwork, 
 			"mtu":    1500,
 			"ipam": map[string]any{
 				"type":    "host-local",
-				"ranges":  [][]map[string]string{{{"subnet": podCIDR.Masked().String()}}},
-				"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
+				"ranges":  ranges,
+				"routes":  routes,
 				"dataDir": filepath.Join(stateDir, "ipam"),
 			},
 		}},

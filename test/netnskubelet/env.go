@@ -177,8 +177,14 @@ func (r *envResolver) field(path string) (string, error) {
 		return ips[0], nil
 	case "status.podIPs":
 		return strings.Join(ips, ","), nil
-	case "status.hostIP", "status.hostIPs":
-		return r.k.cfg.NodeIP.String(), nil
+	case "status.hostIP":
+		return r.k.cfg.NodeIPs[0].String(), nil
+	case "status.hostIPs":
+		hosts := make([]string, len(r.k.cfg.NodeIPs))
+		for i, a := range r.k.cfg.NodeIPs {
+			hosts[i] = a.String()
+		}
+		return strings.Join(hosts, ","), nil
 	}
 	for _, m := range []struct {
 		prefix string

@@ -35,11 +35,12 @@ type Config struct {
 	// /run/netns): hostNetwork pods run there, CNI plugins run there (so
 	// the host ends of pod links land in it) and probes start there.
 	NodeNetns string
-	// NodeIP is the node's InternalIP, its address inside NodeNetns.
-	NodeIP netip.Addr
-	// PodCIDR is the node's pod range, registered as spec.podCIDR and
-	// handed to host-local.
-	PodCIDR netip.Prefix
+	// NodeIPs are the node's InternalIPs, its addresses inside NodeNetns,
+	// one per family, the primary first.
+	NodeIPs []netip.Addr
+	// PodCIDRs are the node's pod ranges in the same family order,
+	// registered as spec.podCIDRs and handed to host-local.
+	PodCIDRs []netip.Prefix
 	// ServeAddr is the host:port of the kubelet endpoint (exec, logs) in
 	// the kubelet's own network namespace, which the API server must
 	// reach: the node reports the host as its InternalDNS address and the
@@ -92,8 +93,8 @@ type Kubelet struct {
 
 // New checks the configuration and prepares the node's state directory.
 func New(cfg Config) (*Kubelet, error) {
-	if cfg.NodeName == "" || cfg.NodeNetns == "" || !cfg.NodeIP.IsValid() || !cfg.PodCIDR.IsValid() {
-		return nil, errors.New("netnskubelet: NodeName, NodeNetns, NodeIP and PodCIDR are required")
+	if cfg.NodeName == "" || cfg.NodeNetns == "" || len(cfg.NodeIPs) == 0 || len(cfg.PodCIDRs) == 0 {
+		return nil, errors.New("netnskubelet: NodeName, NodeNetns, NodeIPs and PodCIDRs are required")
 	}
 	if cfg.Client == nil || cfg.TLS == nil || cfg.ServeAddr == "" {
 		return nil, errors.New("netnskubelet: Client, TLS and ServeAddr are required")
@@ -104,7 +105,7 @@ func New(cfg Config) (*Kubelet, error) {
 	if cfg.Log.GetSink() == nil {
 		cfg.Log = logr.Discard()
 	}
-	cni, err := newCNINetwork(cfg.CNIBinDir, filepath.Join(cfg.StateDir, "cni"), cfg.PodCIDR)
+	cni, err := newCNINetwork(cfg.CNIBinDir, filepath.Join(cfg.StateDir, "cni"), cfg.PodCIDRs)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +186,7 @@ func (k *Kubelet) Run(ctx context.Context) error {
 		})
 	}
 	wg.Go(func() { k.heartbeat(ctx, node) })
-	k.log.Info("node ready", "endpoint", l.Addr().String(), "podCIDR", k.cfg.PodCIDR.String())
+	k.log.Info("node ready", "endpoint", l.Addr().String(), "podCIDRs", fmt.Sprint(k.cfg.PodCIDRs))
 	close(k.ready)
 
 	<-ctx.Done()
@@ -244,8 +245,8 @@ func (k *Kubelet) registerNode(ctx context.Context, port int32) (*corev1.Node, e
 			},
 		},
 		Spec: corev1.NodeSpec{
-			PodCIDR:  k.cfg.PodCIDR.String(),
-			PodCIDRs: []string{k.cfg.PodCIDR.String()},
+			PodCIDR:  k.cfg.PodCIDRs[0].String(),
+			PodCIDRs: prefixStrings(k.cfg.PodCIDRs),
 		},
 	}
 	var node *corev1.Node
@@ -291,6 +292,13 @@ func (k *Kubelet) nodeStatus(port int32, old corev1.NodeStatus) corev1.NodeStatu
 		return c
 	}
 	res := resources()
+	var addrs []corev1.NodeAddress
+	for _, a := range k.cfg.NodeIPs {
+		addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a.String()})
+	}
+	addrs = append(addrs,
+		corev1.NodeAddress{Type: corev1.NodeHostName, Address: k.cfg.NodeName},
+		corev1.NodeAddress{Type: corev1.NodeInternalDNS, Address: host})
 	return corev1.NodeStatus{
 		Capacity:    res,
 		Allocatable: res,
@@ -302,11 +310,7 @@ func (k *Kubelet) nodeStatus(port int32, old corev1.NodeStatus) corev1.NodeStatu
 			cond(corev1.NodeNetworkUnavailable, corev1.ConditionFalse, "RouteCreated", "pod routes are set up with the node's namespace"),
 			cond(corev1.NodeReady, corev1.ConditionTrue, "KubeletReady", "netnskubelet is posting ready status"),
 		},
-		Addresses: []corev1.NodeAddress{
-			{Type: corev1.NodeInternalIP, Address: k.cfg.NodeIP.String()},
-			{Type: corev1.NodeHostName, Address: k.cfg.NodeName},
-			{Type: corev1.NodeInternalDNS, Address: host},
-		},
+		Addresses:       addrs,
 		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: port}},
 		NodeInfo: corev1.NodeSystemInfo{
 			MachineID:               k.cfg.NodeName,
@@ -358,4 +362,12 @@ func (k *Kubelet) refreshNodeStatus(ctx context.Context, port int32) error {
 		return fmt.Errorf("writing node %s status: %w", k.cfg.NodeName, err)
 	}
 	return nil
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
 }

@@ -123,13 +123,22 @@ func (k *Kubelet) startPod(ctx context.Context, pod *corev1.Pod) (*podRuntime, e
 	if pod.Spec.HostNetwork {
 		rt.netnsPath = k.cfg.NodeNetns
 		rt.hostname = k.cfg.NodeName
-		rt.ips = []netip.Addr{k.cfg.NodeIP}
+		rt.ips = k.cfg.NodeIPs
 	} else {
 		rt.netnsName = fmt.Sprintf("%s-%s", k.cfg.NetnsPrefix, strings.ReplaceAll(string(pod.UID), "-", "")[:12])
 		rt.netnsPath = filepath.Join(NetnsDir, rt.netnsName)
 		rt.cniConf = runtimeConf(rt.netnsPath, string(pod.UID), pod.Namespace, pod.Name, string(pod.UID))
 		if err := runIP("netns", "add", rt.netnsName); err != nil {
 			return nil, fmt.Errorf("creating the network namespace of %s: %w", key, err)
+		}
+		// No duplicate address detection on the pod's link (the node
+		// hands out each address once): an IPv6 address is usable as
+		// soon as CNI ADD returns, not a second later.
+		for _, sysctl := range []string{"net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"} {
+			if err := SetSysctlIn(rt.netnsPath, sysctl, "0"); err != nil {
+				_ = runIP("netns", "delete", rt.netnsName)
+				return nil, fmt.Errorf("pod %s: sysctl %s: %w", key, sysctl, err)
+			}
 		}
 		ips, err := k.cni.add(ctx, k.cfg.NodeNetns, rt.cniConf)
 		if err != nil {

@@ -34,8 +34,11 @@ func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, rt *podRunti
 func (k *Kubelet) podStatus(pod *corev1.Pod, rt *podRuntime) corev1.PodStatus {
 	s := *pod.Status.DeepCopy()
 	s.ObservedGeneration = pod.Generation
-	s.HostIP = k.cfg.NodeIP.String()
-	s.HostIPs = []corev1.HostIP{{IP: s.HostIP}}
+	s.HostIP = k.cfg.NodeIPs[0].String()
+	s.HostIPs = nil
+	for _, a := range k.cfg.NodeIPs {
+		s.HostIPs = append(s.HostIPs, corev1.HostIP{IP: a.String()})
+	}
 	s.PodIP, s.PodIPs = "", nil
 	for _, a := range rt.ips {
 		if s.PodIP == "" {
