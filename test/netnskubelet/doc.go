@@ -14,9 +14,9 @@
 //     restarts, readiness and liveness probes, and the pod status written
 //     through the status subresource; deletion stops the processes, runs
 //     CNI DEL, removes the namespace and deletes the pod object;
-//   - the kubelet endpoint the API server calls: /exec (kubectl exec,
-//     client-go remotecommand, via k8s.io/cri-streaming) and
-//     /containerLogs.
+//   - the kubelet endpoint the API server calls: /exec (kubectl exec, with
+//     or without a TTY, client-go remotecommand) and /portForward, both
+//     through k8s.io/cri-streaming, and /containerLogs.
 //
 // Images are never pulled: an image table (images.go) maps an image
 // reference to binaries built from source. A container therefore shares
