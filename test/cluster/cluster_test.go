@@ -1,6 +1,7 @@
 package cluster_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -20,6 +21,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/utils/ptr"
 
 	"github.com/go-logr/logr/funcr"
@@ -187,6 +190,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	}
 	waitEndpoints(ctx, t, c, "web", "netexec", 4)
 	t.Logf("4 backends and %d clients ready after %s", len(clients), time.Since(began).Round(time.Millisecond))
+	lifecycle := startLifecyclePods(ctx, t, c)
 
 	// Exec reaches the container: its own hostname (a UTS namespace per
 	// pod), and a failing command's exit code comes back.
@@ -201,6 +205,9 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	}
 	if _, _, err := c.Exec(ctx, clients[0].Namespace, clients[0].Name, "client", "sh", "-c", "exit 3"); err == nil || !strings.Contains(err.Error(), "exit code 3") {
 		t.Fatalf("exec of a command exiting 3: got %v, want an error with exit code 3", err)
+	}
+	if out := execTTY(ctx, t, c, clients[0], "tty"); !strings.HasPrefix(out, "/dev/pts/") {
+		t.Fatalf("exec with a TTY: tty printed %q", out)
 	}
 	// The hostNetwork pod has its node's address and name, and its
 	// environment the downward API's values; a client reaches it.
@@ -253,6 +260,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 			}
 		}
 	}
+	checkLifecyclePods(ctx, t, c, lifecycle)
 	t.Logf("service reached backends on every node from every node after %s", time.Since(began).Round(time.Millisecond))
 
 	// Deny all ingress to the backends: the agent must make every request
@@ -486,5 +494,86 @@ func checkNodes(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 		if lease.Spec.RenewTime == nil || time.Since(lease.Spec.RenewTime.Time) > time.Minute {
 			t.Errorf("node %s lease not renewed: %v", n.Name, lease.Spec.RenewTime)
 		}
+	}
+}
+
+// execTTY runs a command with a TTY, as kubectl exec -it does, and
+// returns what it printed.
+func execTTY(ctx context.Context, t *testing.T, c *cluster.Cluster, p corev1.Pod, command ...string) string {
+	t.Helper()
+	req := c.Clientset.CoreV1().RESTClient().Post().
+		Resource("pods").Namespace(p.Namespace).Name(p.Name).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: p.Spec.Containers[0].Name, Command: command, Stdout: true, TTY: true}, scheme.ParameterCodec)
+	ex, err := remotecommand.NewSPDYExecutor(c.Config, "POST", req.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Tty: true}); err != nil {
+		t.Fatalf("exec %v with a TTY in %s: %v", command, p.Name, err)
+	}
+	return strings.TrimSpace(out.String())
+}
+
+// startLifecyclePods creates pods whose containers end: one that fails
+// and must be restarted (after an init container that succeeds), one that
+// succeeds and must end the pod.
+func startLifecyclePods(ctx context.Context, t *testing.T, c *cluster.Cluster) []string {
+	t.Helper()
+	sh := func(name, script string) corev1.Container {
+		return corev1.Container{Name: name, Image: agnhost, Command: []string{"sh", "-c", script}}
+	}
+	pods := []*corev1.Pod{
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "crashing", Namespace: "client"},
+			Spec: corev1.PodSpec{
+				InitContainers: []corev1.Container{sh("init", "exit 0")},
+				Containers:     []corev1.Container{sh("crash", "exit 7")},
+			},
+		},
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "job", Namespace: "client"},
+			Spec: corev1.PodSpec{
+				RestartPolicy: corev1.RestartPolicyNever,
+				Containers:    []corev1.Container{sh("work", "exit 0")},
+			},
+		},
+	}
+	var names []string
+	for _, p := range pods {
+		if _, err := c.Clientset.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("creating pod %s: %v", p.Name, err)
+		}
+		names = append(names, p.Name)
+	}
+	return names
+}
+
+// checkLifecyclePods waits (bounded) for what the kubelet must report:
+// the crashing container restarted with its exit code as last state, the
+// pod that ran to completion Succeeded.
+func checkLifecyclePods(ctx context.Context, t *testing.T, c *cluster.Cluster, names []string) {
+	t.Helper()
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		crashing, err := c.Clientset.CoreV1().Pods("client").Get(ctx, names[0], metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		job, err := c.Clientset.CoreV1().Pods("client").Get(ctx, names[1], metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		last = fmt.Sprintf("crashing: %s %+v %+v; job: %s", crashing.Status.Phase, crashing.Status.InitContainerStatuses, crashing.Status.ContainerStatuses, job.Status.Phase)
+		if len(crashing.Status.ContainerStatuses) != 1 || len(crashing.Status.InitContainerStatuses) != 1 {
+			return false, nil
+		}
+		cs, init := crashing.Status.ContainerStatuses[0], crashing.Status.InitContainerStatuses[0]
+		restarted := cs.RestartCount >= 1 && cs.LastTerminationState.Terminated != nil && cs.LastTerminationState.Terminated.ExitCode == 7
+		initDone := init.State.Terminated != nil && init.State.Terminated.ExitCode == 0
+		return restarted && initDone && crashing.Status.Phase == corev1.PodRunning && job.Status.Phase == corev1.PodSucceeded, nil
+	})
+	if err != nil {
+		t.Fatalf("container restarts and completion not reported: %v (last: %s)", err, last)
 	}
 }
