@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
 	cnitypes100 "github.com/containernetworking/cni/pkg/types/100"
 )
 
@@ -20,7 +22,11 @@ type cniNetwork struct {
 	cni      *libcni.CNIConfig
 	loopback *libcni.NetworkConfigList
 	pod      *libcni.NetworkConfigList
+	stderr   *os.File
 }
+
+// close closes the plugin log; call it once no plugin runs any more.
+func (n *cniNetwork) close() { _ = n.stderr.Close() }
 
 func newCNINetwork(binDir, stateDir string, podCIDRs []netip.Prefix) (*cniNetwork, error) {
 	for _, p := range []string{"loopback", "ptp", "host-local"} {
@@ -75,10 +81,20 @@ func newCNINetwork(binDir, stateDir string, podCIDRs []netip.Prefix) (*cniNetwor
 	if err != nil {
 		return nil, fmt.Errorf("parsing the loopback configuration: %w", err)
 	}
+	// Plugins' stderr (their errors also come back in the result) goes to
+	// a file next to the configuration.
+	stderr, err := os.OpenFile(filepath.Join(stateDir, "plugins.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening the CNI plugin log: %w", err)
+	}
+	// An explicit exec: libcni creates its default one lazily, which
+	// races when pods are set up in parallel.
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: stderr}, PluginDecoder: version.PluginDecoder{}}
 	return &cniNetwork{
-		cni:      libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(stateDir, "cache"), nil),
+		cni:      libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(stateDir, "cache"), exec),
 		loopback: loopback,
 		pod:      pod,
+		stderr:   stderr,
 	}, nil
 }
 

@@ -193,6 +193,7 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	k.queue.ShutDown()
 	wg.Wait()
 	k.stopAllPods()
+	k.cni.close()
 	return nil
 }
 
