@@ -21,7 +21,7 @@ import (
 func main() {
 	nodes := flag.Int("nodes", 2, "number of nodes")
 	prefix := flag.String("prefix", "nftcl", "prefix of the cluster's namespaces and node names")
-	proxyMode := flag.String("proxy-mode", "nftables", "kube-proxy mode (nftables or iptables)")
+	proxyMode := flag.String("proxy-mode", "nftables", "kube-proxy mode: nftables, or iptables (needs the iptables commands)")
 	noAgent := flag.Bool("no-agent", false, "leave the nftpol agent out")
 	flag.Parse()
 
