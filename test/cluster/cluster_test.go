@@ -576,4 +576,22 @@ func checkLifecyclePods(ctx context.Context, t *testing.T, c *cluster.Cluster, n
 	if err != nil {
 		t.Fatalf("container restarts and completion not reported: %v (last: %s)", err, last)
 	}
+	// And the kubelet told `kubectl describe` about it.
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		events, err := c.Clientset.CoreV1().Events("client").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + names[0]})
+		if err != nil {
+			return false, nil
+		}
+		reasons := map[string]bool{}
+		for _, e := range events.Items {
+			if e.Source.Component == "kubelet" {
+				reasons[e.Reason] = true
+			}
+		}
+		last = fmt.Sprint(reasons)
+		return reasons["Started"] && reasons["BackOff"], nil
+	})
+	if err != nil {
+		t.Fatalf("kubelet events Started and BackOff for the crashing pod: %v (have %s)", err, last)
+	}
 }

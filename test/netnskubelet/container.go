@@ -79,6 +79,7 @@ func (c *container) supervise() {
 	if c.configErr != "" {
 		c.mu.Lock()
 		c.waitReason, c.waitMessage = c.configErr, c.configWhy
+		c.k.events.Event(c.rt.ref, corev1.EventTypeWarning, "Failed", fmt.Sprintf("container %s: %s: %s", c.spec.Name, c.configErr, c.configWhy))
 		c.mu.Unlock()
 		c.k.queue.Add(c.rt.key)
 		<-c.rt.stopCh
@@ -92,7 +93,9 @@ func (c *container) supervise() {
 			c.waitReason, c.waitMessage = "RunContainerError", err.Error()
 			c.mu.Unlock()
 			c.k.log.Error(err, "starting a container", "pod", c.rt.key, "container", c.spec.Name)
+			c.k.events.Event(c.rt.ref, corev1.EventTypeWarning, "Failed", fmt.Sprintf("Error starting container %s: %v", c.spec.Name, err))
 		} else {
+			c.k.events.Event(c.rt.ref, corev1.EventTypeNormal, "Started", "Started container "+c.spec.Name)
 			c.k.queue.Add(c.rt.key)
 			c.wait()
 		}
@@ -108,6 +111,7 @@ func (c *container) supervise() {
 			return
 		}
 		c.waitReason, c.waitMessage = "CrashLoopBackOff", fmt.Sprintf("back-off %s restarting failed container %s", backoff, c.spec.Name)
+		c.k.events.Event(c.rt.ref, corev1.EventTypeWarning, "BackOff", "Back-off restarting failed container "+c.spec.Name)
 		c.mu.Unlock()
 		c.k.queue.Add(c.rt.key)
 		select {

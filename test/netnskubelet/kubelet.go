@@ -22,8 +22,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 )
 
@@ -84,6 +87,9 @@ type Kubelet struct {
 	lister corelisters.PodLister
 	queue  workqueue.TypedRateLimitingInterface[string]
 	cni    *cniNetwork
+	// events records what `kubectl describe pod` shows: containers
+	// started, failing, backing off, unhealthy; sandboxes that failed.
+	events record.EventRecorder
 
 	mu   sync.Mutex
 	pods map[string]*podRuntime // by "namespace/name"
@@ -173,6 +179,10 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	}
 	informerCtx, stopInformers := context.WithCancel(context.Background())
 	defer stopInformers()
+	broadcaster := record.NewBroadcaster(record.WithContext(informerCtx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: k.cfg.Client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	k.events = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: k.cfg.NodeName})
 	factory.Start(informerCtx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), podInformer.Informer().HasSynced) {
 		return fmt.Errorf("node %s: pod cache did not sync: %w", k.cfg.NodeName, ctx.Err())

@@ -27,6 +27,8 @@ import (
 type podRuntime struct {
 	key, namespace, name string
 	uid                  types.UID
+	// ref names the pod in Events.
+	ref *corev1.ObjectReference
 	// netnsName is the pod's own namespace; empty for hostNetwork pods.
 	netnsName string
 	// netnsPath is where the containers run: the pod's namespace or the
@@ -112,6 +114,7 @@ func (k *Kubelet) startPod(ctx context.Context, pod *corev1.Pod) (*podRuntime, e
 	key := pod.Namespace + "/" + pod.Name
 	rt := &podRuntime{
 		key: key, namespace: pod.Namespace, name: pod.Name, uid: pod.UID,
+		ref:       &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, ResourceVersion: pod.ResourceVersion},
 		hostname:  podHostname(pod),
 		startTime: metav1.Now().Rfc3339Copy(),
 		logDir:    filepath.Join(k.cfg.StateDir, "pods", fmt.Sprintf("%s_%s_%s", pod.Namespace, pod.Name, pod.UID)),
@@ -144,6 +147,7 @@ func (k *Kubelet) startPod(ctx context.Context, pod *corev1.Pod) (*podRuntime, e
 		if err != nil {
 			_ = k.cni.del(ctx, k.cfg.NodeNetns, rt.cniConf)
 			_ = runIP("netns", "delete", rt.netnsName)
+			k.events.Event(rt.ref, corev1.EventTypeWarning, "FailedCreatePodSandBox", err.Error())
 			return nil, fmt.Errorf("setting up the network of %s: %w", key, err)
 		}
 		rt.ips = ips

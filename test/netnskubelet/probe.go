@@ -72,6 +72,7 @@ func (k *Kubelet) probe(c *container) {
 				s.failures++
 				s.successes = 0
 				k.log.V(1).Info("probe failed", "pod", c.rt.key, "container", c.spec.Name, "err", err.Error())
+				k.events.Event(c.rt.ref, corev1.EventTypeWarning, "Unhealthy", fmt.Sprintf("%s probe failed: %v", map[bool]string{true: "Readiness", false: "Liveness"}[s == readiness], err))
 			}
 			success := max(p.SuccessThreshold, 1)
 			failure := max(p.FailureThreshold, 1)
@@ -95,6 +96,7 @@ func (k *Kubelet) probe(c *container) {
 			case liveness:
 				if s.failures >= failure && proc != nil {
 					k.log.Info("liveness probe failed; killing the container", "pod", c.rt.key, "container", c.spec.Name, "err", err.Error())
+					k.events.Event(c.rt.ref, corev1.EventTypeNormal, "Killing", fmt.Sprintf("Container %s failed liveness probe, will be restarted", c.spec.Name))
 					_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
 					s.successes, s.failures = 0, 0
 				}
