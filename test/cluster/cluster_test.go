@@ -517,7 +517,7 @@ func execTTY(ctx context.Context, t *testing.T, c *cluster.Cluster, p corev1.Pod
 
 // startLifecyclePods creates pods whose containers end: one that fails
 // and must be restarted (after an init container that succeeds), one that
-// succeeds and must end the pod.
+// succeeds and must end the pod; and one that ignores SIGTERM.
 func startLifecyclePods(ctx context.Context, t *testing.T, c *cluster.Cluster) []string {
 	t.Helper()
 	sh := func(name, script string) corev1.Container {
@@ -536,6 +536,12 @@ func startLifecyclePods(ctx context.Context, t *testing.T, c *cluster.Cluster) [
 			Spec: corev1.PodSpec{
 				RestartPolicy: corev1.RestartPolicyNever,
 				Containers:    []corev1.Container{sh("work", "exit 0")},
+			},
+		},
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "stubborn", Namespace: "client"},
+			Spec: corev1.PodSpec{
+				Containers: []corev1.Container{sh("stubborn", "trap '' TERM; while true; do sleep 0.2; done")},
 			},
 		},
 	}
@@ -593,5 +599,31 @@ func checkLifecyclePods(ctx context.Context, t *testing.T, c *cluster.Cluster, n
 	})
 	if err != nil {
 		t.Fatalf("kubelet events Started and BackOff for the crashing pod: %v (have %s)", err, last)
+	}
+
+	// A pod ignoring SIGTERM is killed when its grace period ends, and
+	// only then does its object go.
+	waitPodsRunning(ctx, t, c, "client", names[2])
+	deleted := time.Now()
+	if err := c.Clientset.CoreV1().Pods("client").Delete(ctx, names[2], metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(2))}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := c.Clientset.CoreV1().Pods("client").Get(ctx, names[2], metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if took := time.Since(deleted); err != nil || took < 2*time.Second {
+		t.Fatalf("pod ignoring SIGTERM with a 2s grace period gone after %s: %v", took, err)
+	}
+}
+
+func waitPodsRunning(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, name string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := c.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning, nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s/%s not running: %v", ns, name, err)
 	}
 }

@@ -93,6 +93,8 @@ type Kubelet struct {
 
 	mu   sync.Mutex
 	pods map[string]*podRuntime // by "namespace/name"
+	// terminations are the pods being stopped in the background.
+	terminations sync.WaitGroup
 
 	ready chan struct{}
 }

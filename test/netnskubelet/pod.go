@@ -60,28 +60,34 @@ func (k *Kubelet) syncPod(ctx context.Context, key string) error {
 		return fmt.Errorf("splitting key %q: %w", key, err)
 	}
 	pod, err := k.lister.Pods(namespace).Get(name)
-	if apierrors.IsNotFound(err) {
-		k.removePod(ctx, key, 0)
-		return nil
-	}
-	if err != nil {
+	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("reading pod %s from the cache: %w", key, err)
 	}
 	k.mu.Lock()
 	rt := k.pods[key]
 	k.mu.Unlock()
+	if pod == nil || apierrors.IsNotFound(err) {
+		if rt != nil {
+			k.terminate(rt, 0) // force-deleted: nothing to wait for
+		}
+		return nil
+	}
 	if rt != nil && rt.uid != pod.UID {
-		// A new pod under the name of one we still run.
-		k.removePod(ctx, key, 0)
-		rt = nil
+		// A new pod under the name of one we still run: it starts once
+		// the old one is gone.
+		k.terminate(rt, 0)
+		return nil
 	}
 
 	if pod.DeletionTimestamp != nil {
-		grace := defaultTerminateWait
-		if pod.DeletionGracePeriodSeconds != nil {
-			grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+		if rt != nil {
+			grace := defaultTerminateWait
+			if pod.DeletionGracePeriodSeconds != nil {
+				grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+			}
+			k.terminate(rt, grace)
+			return nil
 		}
-		k.removePod(ctx, key, grace)
 		// The kubelet has the last word: the object goes once nothing
 		// runs, and only the pod we stopped (not a successor of the same
 		// name).
@@ -217,41 +223,53 @@ func (rt *podRuntime) finished() bool {
 	return true
 }
 
-// removePod stops the pod's containers (SIGTERM, then SIGKILL after
-// grace), tears its network down and forgets it.
-func (k *Kubelet) removePod(ctx context.Context, key string, grace time.Duration) {
-	k.mu.Lock()
-	rt := k.pods[key]
-	k.mu.Unlock()
-	if rt == nil {
-		return
-	}
+// terminate stops the pod's containers (SIGTERM, then SIGKILL after
+// grace), tears its network down, forgets it and queues its key again, in
+// the background: a pod that takes its whole grace period to stop holds no
+// worker. Asked again with grace 0 (a forced deletion), it kills at once.
+func (k *Kubelet) terminate(rt *podRuntime, grace time.Duration) {
+	all := append(append([]*container{}, rt.inits...), rt.apps...)
 	rt.mu.Lock()
+	already := rt.stopping
 	rt.stopping = true
 	rt.mu.Unlock()
+	if already {
+		if grace == 0 {
+			for _, c := range all {
+				c.signal(syscall.SIGKILL)
+			}
+		}
+		return
+	}
 	close(rt.stopCh)
-	all := append(append([]*container{}, rt.inits...), rt.apps...)
 	for _, c := range all {
 		c.signal(syscall.SIGTERM)
 	}
-	done := make(chan struct{})
-	go func() {
-		rt.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(grace):
-		for _, c := range all {
-			c.signal(syscall.SIGKILL)
+	k.terminations.Go(func() {
+		done := make(chan struct{})
+		go func() {
+			rt.wg.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(grace):
+			for _, c := range all {
+				c.signal(syscall.SIGKILL)
+			}
+			<-done
 		}
-		<-done
-	}
-	k.releaseSandbox(ctx, rt)
-	k.mu.Lock()
-	delete(k.pods, key)
-	k.mu.Unlock()
-	k.log.Info("pod stopped", "pod", key)
+		k.releaseSandbox(context.Background(), rt)
+		k.mu.Lock()
+		if k.pods[rt.key] == rt {
+			delete(k.pods, rt.key)
+		}
+		k.mu.Unlock()
+		k.log.Info("pod stopped", "pod", rt.key)
+		// The next sync deletes the object, or starts a successor of
+		// the same name.
+		k.queue.Add(rt.key)
+	})
 }
 
 // releaseSandbox kills whatever still runs in the pod's namespace (exec
@@ -280,19 +298,19 @@ func (k *Kubelet) releaseSandbox(ctx context.Context, rt *podRuntime) {
 	}
 }
 
-// stopAllPods stops every pod, as a node shutting down does.
+// stopAllPods stops every pod, as a node shutting down does, and waits
+// until they are gone.
 func (k *Kubelet) stopAllPods() {
 	k.mu.Lock()
-	keys := make([]string, 0, len(k.pods))
-	for key := range k.pods {
-		keys = append(keys, key)
+	rts := make([]*podRuntime, 0, len(k.pods))
+	for _, rt := range k.pods {
+		rts = append(rts, rt)
 	}
 	k.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, key := range keys {
-		wg.Go(func() { k.removePod(context.Background(), key, 5*time.Second) })
+	for _, rt := range rts {
+		k.terminate(rt, 5*time.Second)
 	}
-	wg.Wait()
+	k.terminations.Wait()
 }
 
 // podHostname is the hostname a pod's containers see.
