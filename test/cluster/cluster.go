@@ -137,7 +137,6 @@ type Cluster struct {
 	log      logr.Logger
 	env      *envtest.Environment
 	lanNetns string
-	nodes    []*Node
 	procs    []*process
 	relays   []*relay
 	cancel   context.CancelFunc

@@ -88,7 +88,6 @@ func (c *Cluster) createNode(i int) (*Node, error) {
 	if err := ip("netns", "add", n.netns); err != nil {
 		return nil, err
 	}
-	c.nodes = append(c.nodes, n)
 	for _, kv := range [][2]string{
 		{"net.ipv4.ip_forward", "1"},
 		{"net.ipv6.conf.all.forwarding", "1"},
