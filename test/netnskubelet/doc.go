@@ -22,6 +22,5 @@
 // reference to binaries built from source. A container therefore shares
 // the host's filesystem, users and process table; only its network and
 // hostname are its own. That is enough for what the cluster tests — packet
-// paths, Services and NetworkPolicy — and keeps the kubelet a few hundred
-// lines.
+// paths, Services and NetworkPolicy — without a container runtime.
 package netnskubelet
