@@ -87,13 +87,21 @@ func (c *container) supervise() {
 	}
 	backoff := backoffInitial
 	for {
-		err := c.start()
-		if err != nil {
-			c.mu.Lock()
-			c.waitReason, c.waitMessage = "RunContainerError", err.Error()
-			c.mu.Unlock()
+		if err := c.start(); err != nil {
+			if c.rt.isStopping() {
+				return
+			}
+			// A command that cannot start ends like one that exits at
+			// once with 128, as a runtime reports StartError.
 			c.k.log.Error(err, "starting a container", "pod", c.rt.key, "container", c.spec.Name)
 			c.k.events.Event(c.rt.ref, corev1.EventTypeWarning, "Failed", fmt.Sprintf("Error starting container %s: %v", c.spec.Name, err))
+			now := metav1.Now().Rfc3339Copy()
+			c.mu.Lock()
+			c.current = &corev1.ContainerStateTerminated{
+				ExitCode: 128, Reason: "StartError", Message: err.Error(),
+				StartedAt: now, FinishedAt: now, ContainerID: c.containerID(),
+			}
+			c.mu.Unlock()
 		} else {
 			c.k.events.Event(c.rt.ref, corev1.EventTypeNormal, "Started", "Started container "+c.spec.Name)
 			c.k.queue.Add(c.rt.key)
@@ -101,9 +109,7 @@ func (c *container) supervise() {
 		}
 		stopping := c.rt.isStopping()
 		c.mu.Lock()
-		// A start that failed is retried like a crash; an exit follows
-		// the restart policy.
-		again := !stopping && (err != nil || c.restarts(c.current.ExitCode))
+		again := !stopping && c.restarts(c.current.ExitCode)
 		if !again {
 			c.done = !stopping
 			c.mu.Unlock()
