@@ -103,3 +103,28 @@ kind-try:
 
 kind-down:
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+# --- A real cluster on one machine (README): kube-controller-manager,
+# kube-scheduler, kube-proxy, kubectl and agnhost from k8s.io/kubernetes and
+# the CNI plugins, built from the Go module proxy next to the envtest
+# control plane; test/cluster runs them with netnskubelet's kubelets.
+CNI_PLUGINS_VERSION ?= v1.10.0
+CLUSTER_ASSETS      ?= $(CURDIR)/.cache/cluster/k8s-$(KUBERNETES_VERSION)-cni-$(CNI_PLUGINS_VERSION)
+# Extra flags for `make cluster`, e.g. CLUSTER_ARGS="-nodes 3".
+CLUSTER_ARGS        ?=
+export NFTPOL_CLUSTER_ASSETS := $(CLUSTER_ASSETS)
+
+.PHONY: cluster cluster-assets
+
+cluster-assets:
+	bash test/cluster/build-assets.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(CNI_PLUGINS_VERSION) $(CLUSTER_ASSETS)
+
+# test/cluster's test needs them: make test builds them when missing.
+test: cluster-assets
+
+# Runs until Ctrl-C, then removes everything it created. Built first and
+# run directly, so the interrupt reaches the cluster and make waits for its
+# cleanup.
+cluster: envtest-assets cluster-assets build
+	$(GO) build -o $(BIN)/nftpol-cluster ./test/cluster/run
+	$(BIN)/nftpol-cluster $(CLUSTER_ARGS)

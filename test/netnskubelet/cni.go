@@ -1,0 +1,160 @@
+package netnskubelet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	cnitypes100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// cniNetwork is the node's pod network: the loopback plugin for lo, then
+// ptp with host-local IPAM over the node's pod CIDR for eth0, the setup
+// the kubelet's CRI runtime would run from /etc/cni/net.d. The plugins run
+// in the node's namespace, so the host ends of the pod links land there.
+type cniNetwork struct {
+	cni      *libcni.CNIConfig
+	loopback *libcni.NetworkConfigList
+	pod      *libcni.NetworkConfigList
+	stderr   *os.File
+}
+
+// close closes the plugin log; call it once no plugin runs any more.
+func (n *cniNetwork) close() { _ = n.stderr.Close() }
+
+func newCNINetwork(binDir, stateDir string, podCIDRs []netip.Prefix) (*cniNetwork, error) {
+	for _, p := range []string{"loopback", "ptp", "host-local"} {
+		if _, err := os.Stat(filepath.Join(binDir, p)); err != nil {
+			return nil, fmt.Errorf("CNI plugin %s missing in %q: %w", p, binDir, err)
+		}
+	}
+	// One range per family; the pod's default routes go to the ptp
+	// gateway (the first address of each range, on the host end of every
+	// pod link of this node).
+	var ranges [][]map[string]string
+	var routes []map[string]string
+	for _, p := range podCIDRs {
+		ranges = append(ranges, []map[string]string{{"subnet": p.Masked().String()}})
+		if p.Addr().Is4() {
+			routes = append(routes, map[string]string{"dst": "0.0.0.0/0"})
+		} else {
+			routes = append(routes, map[string]string{"dst": "::/0"})
+		}
+	}
+	conf := map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       "netnskubelet",
+		"plugins": []any{map[string]any{
+			"type":   "ptp",
+			"ipMasq": false,
+			"mtu":    1500,
+			"ipam": map[string]any{
+				"type":    "host-local",
+				"ranges":  ranges,
+				"routes":  routes,
+				"dataDir": filepath.Join(stateDir, "ipam"),
+			},
+		}},
+	}
+	data, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding the CNI configuration: %w", err)
+	}
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the CNI state directory: %w", err)
+	}
+	// Written out so an operator can read what the pods run with.
+	if err := os.WriteFile(filepath.Join(stateDir, "10-netnskubelet.conflist"), data, 0o644); err != nil {
+		return nil, fmt.Errorf("writing the CNI configuration: %w", err)
+	}
+	pod, err := libcni.ConfListFromBytes(data)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the CNI configuration: %w", err)
+	}
+	loopback, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.0.0","name":"cni-loopback","plugins":[{"type":"loopback"}]}`))
+	if err != nil {
+		return nil, fmt.Errorf("parsing the loopback configuration: %w", err)
+	}
+	// Plugins' stderr (their errors also come back in the result) goes to
+	// a file next to the configuration.
+	stderr, err := os.OpenFile(filepath.Join(stateDir, "plugins.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening the CNI plugin log: %w", err)
+	}
+	// An explicit exec: libcni creates its default one lazily, which
+	// races when pods are set up in parallel.
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: stderr}, PluginDecoder: version.PluginDecoder{}}
+	return &cniNetwork{
+		cni:      libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(stateDir, "cache"), exec),
+		loopback: loopback,
+		pod:      pod,
+		stderr:   stderr,
+	}, nil
+}
+
+func runtimeConf(podNetns, containerID, namespace, name, uid string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: containerID,
+		NetNS:       podNetns,
+		IfName:      "eth0",
+		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
+			{"K8S_POD_NAMESPACE", namespace},
+			{"K8S_POD_NAME", name},
+			{"K8S_POD_INFRA_CONTAINER_ID", containerID},
+			{"K8S_POD_UID", uid},
+		},
+	}
+}
+
+// add runs CNI ADD for lo and eth0 and returns the pod's addresses.
+func (n *cniNetwork) add(ctx context.Context, nodeNetns string, rt *libcni.RuntimeConf) ([]netip.Addr, error) {
+	var addrs []netip.Addr
+	err := onThreadIn(nodeNetns, "", func() error {
+		lo := *rt
+		lo.IfName = "lo"
+		if _, err := n.cni.AddNetworkList(ctx, n.loopback, &lo); err != nil {
+			return fmt.Errorf("CNI ADD loopback: %w", err)
+		}
+		res, err := n.cni.AddNetworkList(ctx, n.pod, rt)
+		if err != nil {
+			return fmt.Errorf("CNI ADD %s: %w", n.pod.Name, err)
+		}
+		cur, err := cnitypes100.NewResultFromResult(res)
+		if err != nil {
+			return fmt.Errorf("reading the CNI result: %w", err)
+		}
+		for _, ipc := range cur.IPs {
+			if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+				addrs = append(addrs, a.Unmap())
+			}
+		}
+		return nil
+	})
+	if err == nil && len(addrs) == 0 {
+		err = fmt.Errorf("CNI ADD %s returned no address", n.pod.Name)
+	}
+	return addrs, err
+}
+
+// del runs CNI DEL for eth0 and lo; it frees the address even when the
+// namespace is already gone.
+func (n *cniNetwork) del(ctx context.Context, nodeNetns string, rt *libcni.RuntimeConf) error {
+	return onThreadIn(nodeNetns, "", func() error {
+		if err := n.cni.DelNetworkList(ctx, n.pod, rt); err != nil {
+			return fmt.Errorf("CNI DEL %s: %w", n.pod.Name, err)
+		}
+		lo := *rt
+		lo.IfName = "lo"
+		if err := n.cni.DelNetworkList(ctx, n.loopback, &lo); err != nil {
+			return fmt.Errorf("CNI DEL loopback: %w", err)
+		}
+		return nil
+	})
+}

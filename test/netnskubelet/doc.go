@@ -1,0 +1,26 @@
+// Package netnskubelet is a kubelet whose pods are Linux network
+// namespaces instead of containers. It is the one non-upstream part of the
+// local cluster (test/cluster): everything around it — kube-apiserver,
+// kube-controller-manager, kube-scheduler, kube-proxy, the CNI plugins —
+// is the real upstream program, and they see it as a kubelet.
+//
+// It owns, for one node:
+//   - the Node object: registration (addresses, capacity, conditions,
+//     daemon endpoint) and the heartbeat (a Lease in kube-node-lease plus
+//     periodic status);
+//   - the pods bound to the node: a network namespace per pod set up and
+//     torn down by CNI plugins through libcni, each container's command
+//     started inside it (in its own UTS namespace named after the pod),
+//     restarts, readiness and liveness probes, and the pod status written
+//     through the status subresource; deletion stops the processes, runs
+//     CNI DEL, removes the namespace and deletes the pod object;
+//   - the kubelet endpoint the API server calls: /exec (kubectl exec, with
+//     or without a TTY, client-go remotecommand) and /portForward, both
+//     through k8s.io/cri-streaming, and /containerLogs.
+//
+// Images are never pulled: an image table (images.go) maps an image
+// reference to binaries built from source. A container therefore shares
+// the host's filesystem, users and process table; only its network and
+// hostname are its own. That is enough for what the cluster tests — packet
+// paths, Services and NetworkPolicy — without a container runtime.
+package netnskubelet
