@@ -11,8 +11,6 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/selectors/reference"
@@ -50,7 +48,7 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	cl, err := readCluster(ctx, reader)
+	cl, err := reference.Read(ctx, reader)
 	if err != nil {
 		return err
 	}
@@ -60,35 +58,6 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	_, err = io.WriteString(stdout, out)
 	return err
-}
-
-// readCluster lists the objects the reference evaluator reads. Node
-// addresses are left out: they only matter for traffic from a node, and
-// explain's source is always a pod.
-func readCluster(ctx context.Context, r client.Reader) (*reference.Cluster, error) {
-	var pods corev1.PodList
-	if err := r.List(ctx, &pods); err != nil {
-		return nil, fmt.Errorf("listing pods: %w", err)
-	}
-	var namespaces corev1.NamespaceList
-	if err := r.List(ctx, &namespaces); err != nil {
-		return nil, fmt.Errorf("listing namespaces: %w", err)
-	}
-	var policies networkingv1.NetworkPolicyList
-	if err := r.List(ctx, &policies); err != nil {
-		return nil, fmt.Errorf("listing network policies: %w", err)
-	}
-	cl := &reference.Cluster{}
-	for i := range pods.Items {
-		cl.Pods = append(cl.Pods, &pods.Items[i])
-	}
-	for i := range namespaces.Items {
-		cl.Namespaces = append(cl.Namespaces, &namespaces.Items[i])
-	}
-	for i := range policies.Items {
-		cl.Policies = append(cl.Policies, &policies.Items[i])
-	}
-	return cl, nil
 }
 
 func parsePort(s string) (int32, corev1.Protocol, error) {

@@ -219,18 +219,8 @@ func decodeRuleCounters(data []byte) (string, counterSum, error) {
 
 // addCounter adds one expression's counts to sum if it is a counter.
 func addCounter(ex *netlink.AttributeDecoder, sum *counterSum) error {
-	ex.ByteOrder = binary.BigEndian
-	var name string
-	var data []byte
-	for ex.Next() {
-		switch ex.Type() {
-		case unix.NFTA_EXPR_NAME:
-			name = ex.String()
-		case unix.NFTA_EXPR_DATA:
-			data = ex.Bytes()
-		}
-	}
-	if err := ex.Err(); err != nil {
+	name, data, err := exprAttrs(ex)
+	if err != nil {
 		return err
 	}
 	if name != "counter" || data == nil {

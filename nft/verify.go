@@ -237,17 +237,8 @@ func decodeRuleMessage(data []byte) (dumpedRule, error) {
 // addExpr decodes one expression: with google/nftables' own decoder for
 // the kinds nftpol writes, and as an unknown name for every other kind.
 func (r *dumpedRule) addExpr(family byte, ex *netlink.AttributeDecoder) error {
-	var name string
-	var data []byte
-	for ex.Next() {
-		switch ex.Type() {
-		case unix.NFTA_EXPR_NAME:
-			name = ex.String()
-		case unix.NFTA_EXPR_DATA:
-			data = ex.Bytes()
-		}
-	}
-	if err := ex.Err(); err != nil {
+	name, data, err := exprAttrs(ex)
+	if err != nil {
 		return err
 	}
 	var e expr.Any
@@ -293,6 +284,21 @@ func (r *dumpedRule) addExpr(family byte, ex *netlink.AttributeDecoder) error {
 	}
 	r.exprs = append(r.exprs, e)
 	return nil
+}
+
+// exprAttrs reads the name and the raw data of one expression of a rule
+// dump.
+func exprAttrs(ex *netlink.AttributeDecoder) (name string, data []byte, err error) {
+	ex.ByteOrder = binary.BigEndian
+	for ex.Next() {
+		switch ex.Type() {
+		case unix.NFTA_EXPR_NAME:
+			name = ex.String()
+		case unix.NFTA_EXPR_DATA:
+			data = ex.Bytes()
+		}
+	}
+	return name, data, ex.Err()
 }
 
 // annotateChains recovers which policies a chain read from the kernel comes

@@ -212,7 +212,7 @@ func (m *modelBed) clusterState(t *testing.T) *reference.Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, err := testbed.ReadCluster(context.Background(), reader)
+	state, err := reference.Read(context.Background(), reader)
 	if err != nil {
 		t.Fatal(err)
 	}

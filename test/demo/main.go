@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftpol/nftpol/controllers"
+	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -196,7 +197,7 @@ func evaluatorMatrix(ctx context.Context, cp *testbed.ControlPlane, pods []*test
 	if err != nil {
 		return nil, err
 	}
-	state, err := testbed.ReadCluster(ctx, reader)
+	state, err := reference.Read(ctx, reader)
 	if err != nil {
 		return nil, err
 	}
