@@ -14,6 +14,9 @@ GO      ?= go
 # e2e probes (short timeouts) never compete for the two cores with a build.
 TEST_FLAGS ?= -count=1 -p 1 -timeout 45m
 FUZZ_TIME  ?= 20s
+# The fuzzer minimizes each new input for up to 60 s by default, which took
+# most of a 20 s budget here; 5 runs keep it exploring (RELIABILITY.md).
+FUZZ_FLAGS ?= -fuzzminimizetime 5x
 
 export KUBEBUILDER_ASSETS := $(ENVTEST_ASSETS)
 export NFTPOL_BIN := $(BIN)/nftpol
@@ -40,8 +43,8 @@ lint:
 # Everything: unit, envtest, kernel and e2e tests, then a bounded fuzz run.
 test: lint envtest-assets build
 	$(GO) test $(TEST_FLAGS) ./...
-	$(GO) test -run '^$$' -fuzz FuzzModelAgreesWithEvaluate -fuzztime $(FUZZ_TIME) ./selectors
-	$(GO) test -run '^$$' -fuzz FuzzCompiledTablesAgreeWithEvaluate -fuzztime $(FUZZ_TIME) ./nft
+	$(GO) test -run '^$$' -fuzz FuzzModelAgreesWithEvaluate -fuzztime $(FUZZ_TIME) $(FUZZ_FLAGS) ./selectors
+	$(GO) test -run '^$$' -fuzz FuzzCompiledTablesAgreeWithEvaluate -fuzztime $(FUZZ_TIME) $(FUZZ_FLAGS) ./nft
 
 # Only the tests that need neither root nor the control plane.
 unit:
@@ -65,8 +68,8 @@ bench: envtest-assets build
 
 # Longer fuzz runs; new failing inputs land in <package>/testdata/fuzz.
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzModelAgreesWithEvaluate -fuzztime 10m ./selectors
-	$(GO) test -run '^$$' -fuzz FuzzCompiledTablesAgreeWithEvaluate -fuzztime 10m ./nft
+	$(GO) test -run '^$$' -fuzz FuzzModelAgreesWithEvaluate -fuzztime 10m $(FUZZ_FLAGS) ./selectors
+	$(GO) test -run '^$$' -fuzz FuzzCompiledTablesAgreeWithEvaluate -fuzztime 10m $(FUZZ_FLAGS) ./nft
 
 # Known bugs injected one at a time into a scratch copy of the tree: the
 # property tests and fuzz targets must catch every one (RELIABILITY.md).
