@@ -1,14 +1,13 @@
 package cluster
 
 import (
-	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
+
+	"github.com/nftpol/nftpol/test/kerneltest"
 
 	"github.com/nftpol/nftpol/test/netnskubelet"
 )
@@ -43,15 +42,7 @@ func podCIDRs(i int) []netip.Prefix {
 	}
 }
 
-func ip(args ...string) error {
-	cmd := exec.Command("ip", args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return nil
-}
+func ip(args ...string) error { return kerneltest.IP(args...) }
 
 // createLAN creates the namespace that holds the bridge every node plugs
 // into: the one shared link, like the switch between real machines.

@@ -8,6 +8,7 @@
 package kerneltest
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -133,4 +134,15 @@ func NftErr(netnsPath string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("nft %s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// IP runs the ip command (iproute2); the error carries its output.
+func IP(args ...string) error {
+	cmd := exec.Command("ip", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+	}
+	return nil
 }

@@ -1,17 +1,17 @@
 package netnskubelet
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nftpol/nftpol/test/kerneltest"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,15 +20,7 @@ import (
 const NetnsDir = "/run/netns"
 
 // runIP runs the ip command; errors carry its output.
-func runIP(args ...string) error {
-	cmd := exec.Command("ip", args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return nil
-}
+func runIP(args ...string) error { return kerneltest.IP(args...) }
 
 // onThreadIn runs fn on an OS thread that has entered the network namespace
 // at netnsPath ("" keeps the current one) and, when hostname is not empty,

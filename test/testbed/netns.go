@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -15,15 +14,7 @@ import (
 )
 
 // ip runs the ip command; errors carry its output.
-func ip(args ...string) error {
-	cmd := exec.Command("ip", args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return nil
-}
+func ip(args ...string) error { return kerneltest.IP(args...) }
 
 // setSysctl writes a sysctl inside a network namespace: /proc/sys/net
 // shows the namespace of the thread that opens it.
