@@ -32,10 +32,19 @@ import (
 	"github.com/nftpol/nftpol/test/netnskubelet"
 )
 
-const (
-	prefix  = "nftclt"
-	agnhost = "registry.k8s.io/e2e-test-images/agnhost:2.53"
-)
+const agnhost = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+
+// prefix names the test cluster's namespaces. NFTPOL_TEST_CLUSTER_PREFIX
+// overrides it (at most 6 characters, so interface names fit) so that two
+// checkouts can run this package's tests on one machine at once.
+var prefix = testPrefix()
+
+func testPrefix() string {
+	if p := os.Getenv("NFTPOL_TEST_CLUSTER_PREFIX"); p != "" {
+		return p
+	}
+	return "nftclt"
+}
 
 // startCluster starts a 2-node cluster for the test; it is stopped, with
 // every namespace removed, when the test ends, and its logs are printed if
