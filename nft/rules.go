@@ -30,7 +30,7 @@ const (
 	verdictAccept
 	verdictDrop
 	verdictJump
-	verdictGoto // to a chain that ends in a final verdict or returns to the base chain
+	verdictGoto        // to a chain that ends in a final verdict or returns to the base chain
 	verdictRejectTCP   // tcp reset
 	verdictRejectICMPX // icmpx admin-prohibited
 )
