@@ -193,6 +193,13 @@ func TestClusterPolicyCRDAppearsLater(t *testing.T) {
 	eventually(t, "creating a ClusterNetworkPolicy", func() error { return a.client.Create(a.ctx, deny) })
 	eventually(t, "the pod selected by the admin deny", wantKeys(a.kernel, nft.MapIngressV4, "10.1.0.1"))
 	eventually(t, "the pod selected by the admin deny (v6)", wantKeys(a.kernel, nft.MapIngressV6, "fd00:1::1"))
+	eventually(t, "the CNP gauges", func() error {
+		pods, policies, isolated := gaugeValue(t, a.metrics, "nftpol_cluster_policy_pods"), gaugeValue(t, a.metrics, "nftpol_cluster_policies"), gaugeValue(t, a.metrics, "nftpol_isolated_pods")
+		if pods != 1 || policies != 1 || isolated != 0 {
+			return fmt.Errorf("cluster policy pods %v, cluster policies %v, isolated pods %v; want 1, 1, 0", pods, policies, isolated)
+		}
+		return nil
+	})
 	eventually(t, "status of deny-prod", wantConditions(a, "deny-prod", map[string]metav1.ConditionStatus{
 		ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionTrue, ConditionPriorityTie: metav1.ConditionFalse,
 	}, "domainNames are not supported"))
