@@ -226,6 +226,28 @@ func TestClusterPolicyCRDAppearsLater(t *testing.T) {
 	eventually(t, "tie on also-10", wantConditions(a, "also-10", map[string]metav1.ConditionStatus{
 		ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionFalse, ConditionPriorityTie: metav1.ConditionTrue}, "deny-prod"))
 
+	// A nodes peer: the agent watches Nodes (with its RBAC) and puts the
+	// addresses of the matching ones in a set.
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cp-1", Labels: map[string]string{"role": "control-plane"}}}
+	if err := a.client.Create(a.ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.7.1"}, {Type: corev1.NodeHostName, Address: "cp-1"}}
+	if err := a.client.Status().Update(a.ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	toNodes := adminDeny("deny-to-control-plane", 20, map[string]string{"env": "prod"})
+	toNodes.Spec.Ingress = nil
+	toNodes.Spec.Egress = []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+		To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Nodes: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "control-plane"}}}}}}
+	if err := a.client.Create(a.ctx, toNodes); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the node address in a peer set", wantInSomeSet(a.kernel, "192.168.7.1", true))
+	eventually(t, "the pod in the egress map", wantKeys(a.kernel, nft.MapEgressV4, "10.1.0.1"))
+	a.relabel(t, node, map[string]string{"role": "worker"})
+	eventually(t, "the relabelled node's address out of the set", wantInSomeSet(a.kernel, "192.168.7.1", false))
+
 	// The namespace relabelled out of the subject: the pod leaves the map.
 	var ns corev1.Namespace
 	ns.Name = "prod"
