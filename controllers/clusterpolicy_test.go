@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -272,6 +273,28 @@ func TestClusterPolicyCRDAppearsLater(t *testing.T) {
 	}
 	if err := as.Delete(a.ctx, &got); !apierrors.IsForbidden(err) {
 		t.Errorf("deleting a policy as the agent: %v, want Forbidden", err)
+	}
+
+	// The CRD removed: the agent stops its informers and goes on with
+	// NetworkPolicies alone.
+	if err := envtest.UninstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{crdPath(t, "experimental")}}); err != nil {
+		t.Fatalf("removing the CRD: %v", err)
+	}
+	eventually(t, "the informers stopped", func() error {
+		if a.syncer.cached.clusterPolicies.Active() {
+			return fmt.Errorf("still active")
+		}
+		return nil
+	})
+	// Syncs go on and succeed: an isolating NetworkPolicy is enforced.
+	npDeny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "deny"},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	if err := a.client.Create(a.ctx, npDeny); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a NetworkPolicy enforced without the CRD", wantKeys(a.kernel, nft.MapIngressV4, "10.1.0.1"))
+	if f := gaugeValue(t, a.metrics, "nftpol_sync_consecutive_failures"); f != 0 {
+		t.Errorf("%v syncs in a row failed after the CRD went", f)
 	}
 }
 
