@@ -1,8 +1,10 @@
 package nft
 
 import (
+	"fmt"
 	"math/rand"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables/expr"
@@ -176,4 +178,31 @@ func TestCompiledTiersFollowTheModel(t *testing.T) {
 		}
 	}
 	t.Logf("%d packet directions checked", checked)
+}
+
+// TestPodChainHoldsOnlyItsPolicies: with many ClusterNetworkPolicies, the
+// chain a pod's element jumps to holds the rules of the policies that
+// select that pod and no others, so the rules a packet walks do not grow
+// with the number of policies in the cluster.
+func TestPodChainHoldsOnlyItsPolicies(t *testing.T) {
+	m := &selectors.Model{}
+	for i := 0; i < 50; i++ {
+		name := fmt.Sprintf("cnp-%02d", i)
+		m.ClusterPolicies = append(m.ClusterPolicies, selectors.ClusterPolicyRules{Name: name, Tier: selectors.TierAdmin, Priority: int32(i),
+			Ingress: []selectors.ClusterRule{{Action: selectors.ActionDeny, Peers: selectors.PeerMatch{All: true},
+				Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: uint16(1000 + i), Last: uint16(1000 + i)}}}}}})
+		m.Pods = append(m.Pods, selectors.PodRules{Key: fmt.Sprintf("x/p%02d", i), IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)})},
+			Cluster: [2]selectors.ClusterTiers{selectors.Ingress: {Admin: []string{name}}}})
+	}
+	rs := Compile(m, Config{})
+	vmap := rs.sets[MapIngressV4]
+	for i, p := range m.Pods {
+		chain := rs.chains[vmap.elems[addrKey(p.IPs[0])]]
+		if chain == nil {
+			t.Fatalf("%s has no chain", p.Key)
+		}
+		if len(chain.rules) != 1 || !strings.HasPrefix(chain.rules[0].comment, fmt.Sprintf("cnp:cnp-%02d ", i)) {
+			t.Errorf("%s walks %d rules: %v", p.Key, len(chain.rules), chain.rules)
+		}
+	}
 }
