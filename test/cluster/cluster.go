@@ -47,6 +47,14 @@ type Options struct {
 	ProxyMode string
 	// NoAgent leaves the nftpol agent out.
 	NoAgent bool
+	// AgentAsProcess runs the agent as a process per node, from the root
+	// namespace with --netns and the admin kubeconfig, instead of
+	// installing it as users do (kubectl apply -k Manifests).
+	AgentAsProcess bool
+	// Manifests is the kustomization the agent is installed from with
+	// `kubectl apply -k`. Default: config/default of the nftpol module
+	// the working directory is in.
+	Manifests string
 	// Log receives progress (what starts, how long it took).
 	Log logr.Logger
 }
@@ -75,7 +83,7 @@ func AssetsFromEnv() Assets {
 func (a Assets) Missing(withAgent bool) string {
 	need := map[string][]string{
 		a.ControlPlane: {"kube-apiserver", "etcd"},
-		a.Cluster:      {"kube-controller-manager", "kube-scheduler", "kube-proxy", "agnhost", "ptp", "host-local", "loopback"},
+		a.Cluster:      {"kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "agnhost", "ptp", "host-local", "loopback"},
 	}
 	if a.ControlPlane == "" {
 		return "KUBEBUILDER_ASSETS is not set (make envtest-assets; make test and make cluster set it)"
@@ -137,6 +145,7 @@ type Cluster struct {
 	log      logr.Logger
 	env      *envtest.Environment
 	lanNetns string
+	cpNetns  string
 	procs    []*process
 	relays   []*relay
 	cancel   context.CancelFunc
@@ -214,13 +223,22 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := c.createLAN(); err != nil {
 		return c, err
 	}
+	if err := c.createControlPlaneNetns(); err != nil {
+		return c, err
+	}
+	_, apiPort, _ := net.SplitHostPort(apiHostPort(c.Config))
+	cpRelay, err := startRelay(filepath.Join(netnskubelet.NetnsDir, c.cpNetns), net.JoinHostPort("", apiPort), apiHostPort(c.Config), c.log.WithValues("relay", "control-plane"))
+	if err != nil {
+		return c, fmt.Errorf("control-plane relay: %w", err)
+	}
+	c.relays = append(c.relays, cpRelay)
 	for i := 1; i <= opts.Nodes; i++ {
 		n, err := c.createNode(i)
 		if err != nil {
 			return c, err
 		}
 		c.Nodes = append(c.Nodes, n)
-		r, err := startRelay(n.Netns, apiHostPort(c.Config), c.log.WithValues("node", n.Name))
+		r, err := startRelay(n.Netns, apiHostPort(c.Config), apiHostPort(c.Config), c.log.WithValues("node", n.Name))
 		if err != nil {
 			return c, fmt.Errorf("node %s: API relay: %w", n.Name, err)
 		}
@@ -247,6 +265,13 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 	c.log.Info("cluster usable", "components", time.Since(step).Round(time.Millisecond), "total", time.Since(start).Round(time.Millisecond))
+	if !opts.NoAgent && !opts.AgentAsProcess {
+		step = time.Now()
+		if err := c.installAgent(ctx); err != nil {
+			return c, err
+		}
+		c.log.Info("agent DaemonSet ready on every node", "took", time.Since(step).Round(time.Millisecond), "total", time.Since(start).Round(time.Millisecond))
+	}
 	return c, nil
 }
 
@@ -277,9 +302,11 @@ func apiHostPort(cfg *rest.Config) string {
 
 // startControlPlane starts kube-apiserver and etcd through envtest, with
 // what a cluster needs on top of envtest's defaults: the ServiceAccount
-// admission plugin back on, the kubelets' client certificate, and
-// kubelets reached at their InternalDNS address (their loopback endpoint,
-// see netnskubelet.Config.ServeAddr).
+// admission plugin back on, the kubelets' client certificate, kubelets
+// reached at their InternalDNS address (their loopback endpoint, see
+// netnskubelet.Config.ServeAddr), the control plane's address on the
+// shared link advertised as the `kubernetes` Service's endpoint, and a
+// serving certificate valid there and on that Service.
 func (c *Cluster) startControlPlane(pki *kubeletPKI) error {
 	logf, err := os.Create(filepath.Join(c.LogDir, "kube-apiserver.log"))
 	if err != nil {
@@ -296,8 +323,20 @@ func (c *Cluster) startControlPlane(pki *kubeletPKI) error {
 	if err := os.MkdirAll(api.CertDir, 0o700); err != nil {
 		return fmt.Errorf("creating the API server directory: %w", err)
 	}
+	var certIPs []net.IP
+	for _, a := range append([]netip.Addr{netip.MustParseAddr("127.0.0.1"), controlPlaneIPs[0].Addr(), controlPlaneIPs[1].Addr()}, kubernetesServiceIPs...) {
+		certIPs = append(certIPs, a.AsSlice())
+	}
+	caPEM, err := writeAPIServerPKI(api.CertDir, certIPs,
+		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"})
+	if err != nil {
+		return err
+	}
+	// envtest keeps the files it finds and would otherwise fill this in.
+	api.SecureServing.CA = caPEM
 	api.Out, api.Err = logf, logf
 	api.Configure().
+		Set("advertise-address", controlPlaneIPs[0].Addr().String()).
 		Disable("disable-admission-plugins").
 		Set("kubelet-preferred-address-types", "InternalDNS").
 		Set("kubelet-client-certificate", pki.ClientCert).
@@ -422,8 +461,9 @@ func (c *Cluster) startKubelet(ctx context.Context, n *Node, pki *kubeletPKI) er
 
 // startNodeDaemons starts what runs on every node besides the kubelet:
 // kube-proxy inside the node's namespace (through `ip netns exec`, which
-// also gives it the namespace's own /sys), and the nftpol agent from the
-// root namespace with --netns, as the testbed runs it.
+// also gives it the namespace's own /sys), and, with AgentAsProcess, the
+// nftpol agent from the root namespace with --netns, as the testbed runs
+// it (otherwise the DaemonSet runs it, see installAgent).
 func (c *Cluster) startNodeDaemons(n *Node) error {
 	proxy, err := startProcess(c.LogDir, "kube-proxy-"+n.Name,
 		"ip", "netns", "exec", n.netns, filepath.Join(c.opts.Assets.Cluster, "kube-proxy"),
@@ -443,7 +483,7 @@ func (c *Cluster) startNodeDaemons(n *Node) error {
 		return err
 	}
 	c.procs = append(c.procs, proxy)
-	if c.opts.NoAgent {
+	if c.opts.NoAgent || !c.opts.AgentAsProcess {
 		return nil
 	}
 	agent, err := startProcess(c.LogDir, "nftpol-"+n.Name, c.opts.Assets.Agent,
