@@ -104,6 +104,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	cs := c.Clientset
 	began := time.Now()
 	checkNodes(ctx, t, c)
+	checkAgents(ctx, t, c)
 
 	for _, ns := range []string{"web", "client"} {
 		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -304,6 +305,8 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	}
 	waitAllClients(ctx, t, c, clients, urls, true)
 	t.Logf("allow-client enforced after %s", time.Since(began).Round(time.Millisecond))
+
+	checkAgentRBAC(ctx, t, c, "web")
 
 	// Deleting the namespaces stops every pod: the kubelets remove their
 	// network namespaces and the pod objects go.

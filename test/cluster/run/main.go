@@ -23,6 +23,7 @@ func main() {
 	prefix := flag.String("prefix", "nftcl", "prefix of the cluster's namespaces and node names")
 	proxyMode := flag.String("proxy-mode", "nftables", "kube-proxy mode: nftables, or iptables (needs the iptables commands)")
 	noAgent := flag.Bool("no-agent", false, "leave the nftpol agent out")
+	agentAsProcess := flag.Bool("agent-as-process", false, "run the agent as a process per node with --netns instead of installing config/default")
 	flag.Parse()
 
 	log := funcr.New(func(prefix, args string) {
@@ -32,7 +33,7 @@ func main() {
 	defer stop()
 
 	c, err := cluster.Start(ctx, cluster.Options{
-		Prefix: *prefix, Nodes: *nodes, ProxyMode: *proxyMode, NoAgent: *noAgent,
+		Prefix: *prefix, Nodes: *nodes, ProxyMode: *proxyMode, NoAgent: *noAgent, AgentAsProcess: *agentAsProcess,
 		Assets: cluster.AssetsFromEnv(), Log: log,
 	})
 	if err != nil {
