@@ -51,6 +51,13 @@ func testPrefix() string {
 // the test failed.
 func startCluster(t *testing.T) *cluster.Cluster {
 	t.Helper()
+	return startClusterWith(t, cluster.Options{})
+}
+
+// startClusterWith starts a 2-node cluster with opts (prefix, nodes,
+// assets and log filled in).
+func startClusterWith(t *testing.T, opts cluster.Options) *cluster.Cluster {
+	t.Helper()
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	assets := cluster.AssetsFromEnv()
 	if reason := assets.Missing(true); reason != "" {
@@ -62,10 +69,9 @@ func startCluster(t *testing.T) *cluster.Cluster {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{
-		Prefix: prefix, Nodes: 2, Assets: assets,
-		Log: funcr.New(func(p, args string) { t.Log(p, args) }, funcr.Options{}),
-	})
+	opts.Prefix, opts.Nodes, opts.Assets = prefix, 2, assets
+	opts.Log = funcr.New(func(p, args string) { t.Log(p, args) }, funcr.Options{})
+	c, err := cluster.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
