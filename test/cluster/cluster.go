@@ -45,6 +45,9 @@ type Options struct {
 	Assets Assets
 	// ProxyMode is kube-proxy's mode (default nftables).
 	ProxyMode string
+	// CNI is the plugin linking pods to their node: "ptp" (default, a
+	// routed link per pod) or "bridge" (one bridge per node).
+	CNI string
 	// NoAgent leaves the nftpol agent out.
 	NoAgent bool
 	// AgentAsProcess runs the agent as a process per node, from the root
@@ -433,6 +436,7 @@ func (c *Cluster) startKubelet(ctx context.Context, n *Node, pki *kubeletPKI) er
 		TLS:         tlsCfg,
 		Client:      client,
 		CNIBinDir:   c.opts.Assets.Cluster,
+		CNI:         c.opts.CNI,
 		StateDir:    filepath.Join(c.Dir, "nodes", n.Name),
 		NetnsPrefix: fmt.Sprintf("%s-p%d", c.opts.Prefix, n.index),
 		Images:      c.Images,

@@ -44,9 +44,9 @@ func TestCompatibilityIPTables(t *testing.T) {
 }
 
 // compatPods are the workloads the statements use, in namespace compat:
-// a server on node 1 behind a dual-stack NodePort Service, two clients on
-// node 2 (one the policies allow, one not), and a hostNetwork pod on
-// node 2 serving on its node's address.
+// a server on node 1 behind a dual-stack NodePort Service, two clients
+// (one the policies allow, one not) on a node of the test's choice, and a
+// hostNetwork pod on node 2 serving on its node's address.
 type compatPods struct {
 	server, client, other, hostPeer corev1.Pod
 	clusterIPs                      []string
@@ -60,7 +60,7 @@ func runCompatibility(t *testing.T, opts cluster.Options) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	began := time.Now()
-	w := startCompatPods(ctx, t, c)
+	w := startCompatPods(ctx, t, c, c.Nodes[1])
 	t.Logf("workloads ready after %s", time.Since(began).Round(time.Millisecond))
 	n1, n2 := c.Nodes[0].IPs[0].String(), c.Nodes[1].IPs[0].String()
 	svc4 := "http://" + net.JoinHostPort(w.clusterIPs[0], "80") + "/hostname"
@@ -229,7 +229,7 @@ func expectConns(ctx context.Context, t *testing.T, c *cluster.Cluster, cases []
 	}
 }
 
-func startCompatPods(ctx context.Context, t *testing.T, c *cluster.Cluster) compatPods {
+func startCompatPods(ctx context.Context, t *testing.T, c *cluster.Cluster, clientNode *cluster.Node) compatPods {
 	t.Helper()
 	cs := c.Clientset
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: compatNS}}, metav1.CreateOptions{}); err != nil {
@@ -259,7 +259,7 @@ func startCompatPods(ctx context.Context, t *testing.T, c *cluster.Cluster) comp
 	}
 	hostPeer := pod("hostpeer", c.Nodes[1], "netexec", "--http-port=8090", "--udp-port=8091")
 	hostPeer.Spec.HostNetwork = true
-	for _, p := range []*corev1.Pod{server, pod("client", c.Nodes[1], "pause"), pod("other", c.Nodes[1], "pause"), hostPeer} {
+	for _, p := range []*corev1.Pod{server, pod("client", clientNode, "pause"), pod("other", clientNode, "pause"), hostPeer} {
 		if err := createWhenServiceAccountExists(ctx, c, p); err != nil {
 			t.Fatal(err)
 		}

@@ -23,6 +23,7 @@ func main() {
 	prefix := flag.String("prefix", "nftcl", "prefix of the cluster's namespaces and node names")
 	proxyMode := flag.String("proxy-mode", "nftables", "kube-proxy mode: nftables, or iptables (needs the iptables commands)")
 	noAgent := flag.Bool("no-agent", false, "leave the nftpol agent out")
+	cni := flag.String("cni", "ptp", "CNI plugin linking pods to their node: ptp or bridge")
 	agentAsProcess := flag.Bool("agent-as-process", false, "run the agent as a process per node with --netns instead of installing config/default")
 	flag.Parse()
 
@@ -33,7 +34,7 @@ func main() {
 	defer stop()
 
 	c, err := cluster.Start(ctx, cluster.Options{
-		Prefix: *prefix, Nodes: *nodes, ProxyMode: *proxyMode, NoAgent: *noAgent, AgentAsProcess: *agentAsProcess,
+		Prefix: *prefix, Nodes: *nodes, ProxyMode: *proxyMode, NoAgent: *noAgent, AgentAsProcess: *agentAsProcess, CNI: *cni,
 		Assets: cluster.AssetsFromEnv(), Log: log,
 	})
 	if err != nil {
