@@ -14,12 +14,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
 	"github.com/nftpol/nftpol/test/cluster"
+	"github.com/nftpol/nftpol/test/netnskubelet"
 )
 
 // TestCompatibility checks, with packets, how the agent (installed from
@@ -177,6 +179,25 @@ func runCompatibility(t *testing.T, opts cluster.Options) {
 			{"other to the hostNetwork pod", w.other, hostPeer, true},
 			{"server to the hostNetwork pod (another node)", w.server, "http://" + net.JoinHostPort(n2, "8090") + "/hostname", true},
 		})
+	// A pod deleted and another created on its addresses: the new pod's
+	// labels decide, not the old one's.
+	t.Run("same-ip-recreated", func(t *testing.T) {
+		start := time.Now()
+		impostor := recreateOnSameIPs(ctx, t, c, w.client, "impostor", map[string]string{"app": "other"})
+		expectConns(ctx, t, c, []connCase{
+			{"a pod the policy does not allow, on the allowed client's addresses, to the ClusterIP", impostor, svc4, false},
+			{"the same to the ClusterIP (IPv6)", impostor, svc6, false},
+			{"the same to the server pod", impostor, serverPod, false},
+		})
+		// And the other way round: an allowed pod on the addresses of a
+		// denied one is allowed.
+		newClient := recreateOnSameIPs(ctx, t, c, w.other, "newclient", map[string]string{"app": "client"})
+		expectConns(ctx, t, c, []connCase{
+			{"an allowed pod on the denied pod's addresses to the ClusterIP", newClient, svc4, true},
+			{"the same to the server pod (IPv6)", newClient, "http://" + net.JoinHostPort(w.server.Status.PodIPs[1].IP, "8080") + "/hostname", true},
+		})
+		t.Logf("same-ip-recreated: the new pods' labels in force after %s", time.Since(start).Round(time.Millisecond))
+	})
 	t.Logf("compatibility (%s) done after %s", opts.ProxyMode, time.Since(began).Round(time.Millisecond))
 }
 
@@ -328,4 +349,50 @@ func egressPolicy(name, app string, ports []networkingv1.NetworkPolicyPort, peer
 			Egress:      []networkingv1.NetworkPolicyEgressRule{{To: peers, Ports: ports}},
 		},
 	}
+}
+
+// recreateOnSameIPs deletes old and creates a pod named name with labels
+// on the same node and, once old is gone and its addresses are free, the
+// same addresses; it returns the new pod once ready.
+func recreateOnSameIPs(ctx context.Context, t *testing.T, c *cluster.Cluster, old corev1.Pod, name string, labels map[string]string) corev1.Pod {
+	t.Helper()
+	pods := c.Clientset.CoreV1().Pods(old.Namespace)
+	if err := pods.Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := pods.Get(ctx, old.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s not gone: %v", old.Name, err)
+	}
+	var ips []string
+	for _, ip := range old.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: old.Namespace, Labels: labels,
+			Annotations: map[string]string{netnskubelet.PodIPsAnnotation: strings.Join(ips, ",")}},
+		Spec: corev1.PodSpec{
+			NodeName:                      old.Spec.NodeName,
+			TerminationGracePeriodSeconds: ptr.To(int64(1)),
+			Containers:                    []corev1.Container{{Name: "c", Image: agnhost, Args: []string{"pause"}}},
+		},
+	}
+	if _, err := pods.Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var got *corev1.Pod
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		got, err = pods.Get(ctx, name, metav1.GetOptions{})
+		return err == nil && podReady(got), nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s not ready: %v", name, err)
+	}
+	if got.Status.PodIP != old.Status.PodIP || len(got.Status.PodIPs) != len(old.Status.PodIPs) || got.Status.PodIPs[1] != old.Status.PodIPs[1] {
+		t.Fatalf("pod %s got addresses %v, want %v", name, got.Status.PodIPs, old.Status.PodIPs)
+	}
+	return *got
 }

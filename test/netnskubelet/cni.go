@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -59,6 +60,9 @@ func newCNINetwork(binDir, stateDir, plugin string, podCIDRs []netip.Prefix) (*c
 		"type":   plugin,
 		"ipMasq": false,
 		"mtu":    1500,
+		// host-local takes requested addresses (PodIPsAnnotation) from
+		// the runtime configuration.
+		"capabilities": map[string]bool{"ips": true},
 		"ipam": map[string]any{
 			"type":    "host-local",
 			"ranges":  ranges,
@@ -114,8 +118,19 @@ func newCNINetwork(binDir, stateDir, plugin string, podCIDRs []netip.Prefix) (*c
 	}, nil
 }
 
-func runtimeConf(podNetns, containerID, namespace, name, uid string) *libcni.RuntimeConf {
+// PodIPsAnnotation on a pod asks for its addresses (comma-separated, one
+// per family, inside the node's pod CIDRs), as CNIs with static-address
+// annotations offer: host-local hands them out if they are free. Tests use
+// it to recreate a pod on the address of one just deleted.
+const PodIPsAnnotation = "netnskubelet/ips"
+
+func runtimeConf(podNetns, containerID, namespace, name, uid, ips string) *libcni.RuntimeConf {
+	var capArgs map[string]any
+	if ips != "" {
+		capArgs = map[string]any{"ips": strings.Split(ips, ",")}
+	}
 	return &libcni.RuntimeConf{
+		CapabilityArgs: capArgs,
 		ContainerID: containerID,
 		NetNS:       podNetns,
 		IfName:      "eth0",

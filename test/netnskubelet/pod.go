@@ -136,7 +136,7 @@ func (k *Kubelet) startPod(ctx context.Context, pod *corev1.Pod) (*podRuntime, e
 	} else {
 		rt.netnsName = fmt.Sprintf("%s-%s", k.cfg.NetnsPrefix, strings.ReplaceAll(string(pod.UID), "-", "")[:12])
 		rt.netnsPath = filepath.Join(NetnsDir, rt.netnsName)
-		rt.cniConf = runtimeConf(rt.netnsPath, string(pod.UID), pod.Namespace, pod.Name, string(pod.UID))
+		rt.cniConf = runtimeConf(rt.netnsPath, string(pod.UID), pod.Namespace, pod.Name, string(pod.UID), pod.Annotations[PodIPsAnnotation])
 		if err := runIP("netns", "add", rt.netnsName); err != nil {
 			return nil, fmt.Errorf("creating the network namespace of %s: %w", key, err)
 		}
