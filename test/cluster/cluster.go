@@ -48,12 +48,9 @@ type Options struct {
 	// CNI is the plugin linking pods to their node: "ptp" (default, a
 	// routed link per pod) or "bridge" (one bridge per node).
 	CNI string
-	// NoAgent leaves the nftpol agent out.
+	// NoAgent leaves the nftpol agent out; otherwise it is installed as
+	// users install it, kubectl apply -k Manifests.
 	NoAgent bool
-	// AgentAsProcess runs the agent as a process per node, from the root
-	// namespace with --netns and the admin kubeconfig, instead of
-	// installing it as users do (kubectl apply -k Manifests).
-	AgentAsProcess bool
 	// Manifests is the kustomization the agent is installed from with
 	// `kubectl apply -k`. Default: config/default of the nftpol module
 	// the working directory is in.
@@ -268,7 +265,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 	c.log.Info("cluster usable", "components", time.Since(step).Round(time.Millisecond), "total", time.Since(start).Round(time.Millisecond))
-	if !opts.NoAgent && !opts.AgentAsProcess {
+	if !opts.NoAgent {
 		step = time.Now()
 		if err := c.installAgent(ctx); err != nil {
 			return c, err
@@ -463,11 +460,10 @@ func (c *Cluster) startKubelet(ctx context.Context, n *Node, pki *kubeletPKI) er
 	}
 }
 
-// startNodeDaemons starts what runs on every node besides the kubelet:
-// kube-proxy inside the node's namespace (through `ip netns exec`, which
-// also gives it the namespace's own /sys), and, with AgentAsProcess, the
-// nftpol agent from the root namespace with --netns, as the testbed runs
-// it (otherwise the DaemonSet runs it, see installAgent).
+// startNodeDaemons starts what runs on every node besides the kubelet and
+// its pods: kube-proxy inside the node's namespace (through `ip netns
+// exec`, which also gives it the namespace's own /sys). The agent is a
+// pod (installAgent).
 func (c *Cluster) startNodeDaemons(n *Node) error {
 	proxy, err := startProcess(c.LogDir, "kube-proxy-"+n.Name,
 		"ip", "netns", "exec", n.netns, filepath.Join(c.opts.Assets.Cluster, "kube-proxy"),
@@ -487,19 +483,6 @@ func (c *Cluster) startNodeDaemons(n *Node) error {
 		return err
 	}
 	c.procs = append(c.procs, proxy)
-	if c.opts.NoAgent || !c.opts.AgentAsProcess {
-		return nil
-	}
-	agent, err := startProcess(c.LogDir, "nftpol-"+n.Name, c.opts.Assets.Agent,
-		"--node-name="+n.Name,
-		"--kubeconfig="+c.Kubeconfig,
-		"--netns="+n.Netns,
-		"--metrics-bind-address=0",
-		"--health-probe-bind-address=0")
-	if err != nil {
-		return err
-	}
-	c.procs = append(c.procs, agent)
 	return nil
 }
 

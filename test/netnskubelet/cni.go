@@ -131,9 +131,9 @@ func runtimeConf(podNetns, containerID, namespace, name, uid, ips string) *libcn
 	}
 	return &libcni.RuntimeConf{
 		CapabilityArgs: capArgs,
-		ContainerID: containerID,
-		NetNS:       podNetns,
-		IfName:      "eth0",
+		ContainerID:    containerID,
+		NetNS:          podNetns,
+		IfName:         "eth0",
 		Args: [][2]string{
 			{"IgnoreUnknown", "1"},
 			{"K8S_POD_NAMESPACE", namespace},

@@ -22,9 +22,8 @@ func main() {
 	nodes := flag.Int("nodes", 2, "number of nodes")
 	prefix := flag.String("prefix", "nftcl", "prefix of the cluster's namespaces and node names")
 	proxyMode := flag.String("proxy-mode", "nftables", "kube-proxy mode: nftables, or iptables (needs the iptables commands)")
-	noAgent := flag.Bool("no-agent", false, "leave the nftpol agent out")
+	noAgent := flag.Bool("no-agent", false, "do not install the nftpol agent (kubectl apply -k config/default)")
 	cni := flag.String("cni", "ptp", "CNI plugin linking pods to their node: ptp or bridge")
-	agentAsProcess := flag.Bool("agent-as-process", false, "run the agent as a process per node with --netns instead of installing config/default")
 	flag.Parse()
 
 	log := funcr.New(func(prefix, args string) {
@@ -34,7 +33,7 @@ func main() {
 	defer stop()
 
 	c, err := cluster.Start(ctx, cluster.Options{
-		Prefix: *prefix, Nodes: *nodes, ProxyMode: *proxyMode, NoAgent: *noAgent, AgentAsProcess: *agentAsProcess, CNI: *cni,
+		Prefix: *prefix, Nodes: *nodes, ProxyMode: *proxyMode, NoAgent: *noAgent, CNI: *cni,
 		Assets: cluster.AssetsFromEnv(), Log: log,
 	})
 	if err != nil {
