@@ -234,8 +234,9 @@ func checkAgentRBAC(ctx context.Context, t *testing.T, c *cluster.Cluster, ns st
 	if err != nil {
 		t.Fatalf("the agent restarted without networkpolicies in its role never logged the refusal: %v\n%s", err, tailString(last, 3000))
 	}
-	// The readiness probe runs every 5 seconds: two periods unready.
-	time.Sleep(10 * time.Second)
+	// The readiness probe runs every 5 seconds: still unready more than
+	// one period later.
+	time.Sleep(6 * time.Second)
 	p, err := c.Clientset.CoreV1().Pods(cluster.AgentNamespace).Get(ctx, successor.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
