@@ -46,17 +46,68 @@ func testPrefix() string {
 	return "nftclt"
 }
 
-// startCluster starts a 2-node cluster for the test; it is stopped, with
-// every namespace removed, when the test ends, and its logs are printed if
-// the test failed.
-func startCluster(t *testing.T) *cluster.Cluster {
-	t.Helper()
-	return startClusterWith(t, cluster.Options{})
+// shared is the package's default cluster (nftables kube-proxy, ptp, the
+// agent from config/default), started by the first test that needs it and
+// stopped by TestMain: tests on it use namespaces of their own.
+var shared = struct {
+	once *sync.Once
+	c    *cluster.Cluster
+	err  error
+	took time.Duration
+}{once: new(sync.Once)}
+
+// stopShared stops the shared cluster, if running; the next test that
+// needs it starts it again.
+func stopShared() {
+	if shared.c != nil {
+		shared.c.Stop()
+	}
+	shared.c, shared.err, shared.once = nil, nil, new(sync.Once)
 }
 
-// startClusterWith starts a 2-node cluster with opts (prefix, nodes,
-// assets and log filled in).
-func startClusterWith(t *testing.T, opts cluster.Options) *cluster.Cluster {
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.c != nil {
+		stopShared()
+		if left := leftovers(); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "namespaces left after Stop: %v\n", left)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// sharedCluster returns the shared cluster, starting it on first use; its
+// log goes to standard error, since it outlives the test that started it.
+// A failing test prints the end of every component's log.
+func sharedCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	assets := requireCluster(t)
+	shared.once.Do(func() {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		shared.c, shared.err = cluster.Start(ctx, cluster.Options{
+			Prefix: prefix, Nodes: 2, Assets: assets,
+			Log: funcr.New(func(p, args string) { fmt.Fprintln(os.Stderr, "cluster:", p, args) }, funcr.Options{}),
+		})
+		shared.took = time.Since(start)
+	})
+	if shared.err != nil {
+		t.Fatalf("starting the shared cluster: %v", shared.err)
+	}
+	t.Logf("shared cluster (started in %s)", shared.took.Round(time.Millisecond))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(shared.c.Logs(4000))
+		}
+	})
+	return shared.c
+}
+
+// requireCluster skips the test, or fails it under CI=true, when a cluster
+// cannot start here.
+func requireCluster(t *testing.T) cluster.Assets {
 	t.Helper()
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	assets := cluster.AssetsFromEnv()
@@ -66,6 +117,18 @@ func startClusterWith(t *testing.T, opts cluster.Options) *cluster.Cluster {
 		}
 		t.Skip(reason)
 	}
+	return assets
+}
+
+// startClusterWith starts a 2-node cluster of the test's own with opts
+// (prefix, nodes, assets and log filled in); it is stopped, with every
+// namespace removed, when the test ends, and its logs are printed if the
+// test failed. The shared cluster, if running, is stopped first: two
+// clusters of one prefix cannot run at once.
+func startClusterWith(t *testing.T, opts cluster.Options) *cluster.Cluster {
+	t.Helper()
+	assets := requireCluster(t)
+	stopShared()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -104,11 +167,13 @@ func leftovers() []string {
 // Service through kube-proxy, kubectl-style exec through the API server
 // and the kubelet, then a NetworkPolicy enforced by the agent.
 func TestServicesAndPolicyOnARealCluster(t *testing.T) {
-	c := startCluster(t)
+	c := sharedCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cs := c.Clientset
 	began := time.Now()
+	// Pod namespaces of other tests on the shared cluster.
+	before := len(podNamespaces())
 	checkNodes(ctx, t, c)
 	checkAgents(ctx, t, c)
 
@@ -327,10 +392,10 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 				return false, nil
 			}
 		}
-		return len(podNamespaces()) == 0, nil
+		return len(podNamespaces()) == before, nil
 	})
 	if err != nil {
-		t.Fatalf("namespaces not gone after 2 minutes (pod network namespaces left: %v)", podNamespaces())
+		t.Fatalf("namespaces not gone after 2 minutes (pod network namespaces: %v, %d before the test)", podNamespaces(), before)
 	}
 	t.Logf("everything removed after %s", time.Since(began).Round(time.Millisecond))
 }

@@ -25,12 +25,12 @@ import (
 )
 
 // TestCompatibility checks, with packets, how the agent (installed from
-// config/default) and kube-proxy in nftables mode work together on one
-// shared cluster: Services, NodePorts, hairpin, the node, hostNetwork
-// pods. Each subtest is one statement of the README's compatibility
-// notes.
+// config/default) and kube-proxy in nftables mode work together, on the
+// package's shared cluster: Services, NodePorts, hairpin, the node,
+// hostNetwork pods, addresses reused. Each subtest is one statement of the
+// README's compatibility notes; they build on each other's policies.
 func TestCompatibility(t *testing.T) {
-	runCompatibility(t, cluster.Options{ProxyMode: "nftables"})
+	runCompatibility(t, sharedCluster(t))
 }
 
 // TestCompatibilityIPTables runs the same statements with kube-proxy in
@@ -42,7 +42,7 @@ func TestCompatibilityIPTables(t *testing.T) {
 		}
 		t.Skip("kube-proxy's iptables mode needs the iptables commands (Debian package iptables)")
 	}
-	runCompatibility(t, cluster.Options{ProxyMode: "iptables"})
+	runCompatibility(t, startClusterWith(t, cluster.Options{ProxyMode: "iptables"}))
 }
 
 // compatPods are the workloads the statements use, in namespace compat:
@@ -57,8 +57,7 @@ type compatPods struct {
 
 const compatNS = "compat"
 
-func runCompatibility(t *testing.T, opts cluster.Options) {
-	c := startClusterWith(t, opts)
+func runCompatibility(t *testing.T, c *cluster.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	began := time.Now()
@@ -198,7 +197,7 @@ func runCompatibility(t *testing.T, opts cluster.Options) {
 		})
 		t.Logf("same-ip-recreated: the new pods' labels in force after %s", time.Since(start).Round(time.Millisecond))
 	})
-	t.Logf("compatibility (%s) done after %s", opts.ProxyMode, time.Since(began).Round(time.Millisecond))
+	t.Logf("compatibility done after %s", time.Since(began).Round(time.Millisecond))
 }
 
 // connCase is one connection and whether it must connect.
