@@ -487,8 +487,9 @@ func (c *Cluster) startNodeDaemons(n *Node) error {
 }
 
 // waitUsable waits (bounded) until every node is Ready, every kube-proxy
-// answers its health check inside its node, and the controller-manager
-// has created the default ServiceAccount.
+// answers its health check inside its node and has programmed the
+// kubernetes Service there, and the controller-manager has created the
+// default ServiceAccount.
 func (c *Cluster) waitUsable(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -513,6 +514,15 @@ func (c *Cluster) waitUsable(ctx context.Context) error {
 				last = "kube-proxy on " + n.Name + ": " + err.Error()
 				return false, nil
 			}
+			// In-cluster clients (the agent) start as soon as they are
+			// installed: kube-proxy must have programmed the kubernetes
+			// Service, which its health check does not wait for.
+			conn, err := netnskubelet.DialIn(ctx, n.Netns, "tcp", net.JoinHostPort(kubernetesServiceIPs[0].String(), "443"), time.Second)
+			if err != nil {
+				last = "the kubernetes Service from " + n.Name + ": " + err.Error()
+				return false, nil
+			}
+			conn.Close()
 		}
 		if _, err := c.Clientset.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{}); err != nil {
 			last = "default ServiceAccount: " + err.Error()

@@ -130,17 +130,23 @@ func runCompatibility(t *testing.T, c *cluster.Cluster) {
 			t.Fatalf("server under an ingress policy: ready %v, restarts %d (%d before the policy); the kubelet's probes from the node were blocked", podReady(p), restarts, w.server.Status.ContainerStatuses[0].RestartCount)
 		}
 	})
-	// The nodes' ipBlock admits hostNetwork peers; the pod's own labels
-	// admit hairpin.
-	step("ingress-nodes-and-hairpin",
-		[]*networkingv1.NetworkPolicy{
-			ingressPolicy("server-from-nodes", "server", tcpPort(8080), networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "192.0.2.0/24"}}),
-			ingressPolicy("server-from-itself", "server", tcpPort(8080), podPeer("server")),
-		},
+	// The pod's own labels admit hairpin: the agent sees it from the
+	// pod's address (kube-proxy masquerades it only after the forward
+	// hook), not from the node, which stays denied.
+	step("ingress-hairpin",
+		[]*networkingv1.NetworkPolicy{ingressPolicy("server-from-itself", "server", tcpPort(8080), podPeer("server"))},
+		[]connCase{
+			{"server to itself through its Service (hairpin)", w.server, svc4, true},
+			{"server to itself through its Service (hairpin, IPv6)", w.server, svc6, true},
+			{"hostNetwork pod to the server pod", w.hostPeer, serverPod, false},
+			{"other to the ClusterIP", w.other, svc4, false},
+		})
+	// The nodes' ipBlock admits hostNetwork peers.
+	step("ingress-node-ipblock",
+		[]*networkingv1.NetworkPolicy{ingressPolicy("server-from-nodes", "server", tcpPort(8080), networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "192.0.2.0/24"}})},
 		[]connCase{
 			{"hostNetwork pod to the server pod", w.hostPeer, serverPod, true},
 			{"hostNetwork pod to a NodePort", w.hostPeer, nodePort, true},
-			{"server to itself through its Service (hairpin)", w.server, svc4, true},
 			{"other to the ClusterIP", w.other, svc4, false},
 		})
 	// Egress: the client may reach app=server on TCP 8080 only.
