@@ -47,6 +47,7 @@ The cluster is up: %d nodes, logs in %s.
   export KUBECONFIG=%s
   alias kubectl=%s
   kubectl get nodes -o wide
+  kubectl -n nftpol-system get pods -o wide    # the agent (kubectl apply -k config/default)
   kubectl create deployment web --image=registry.k8s.io/e2e-test-images/agnhost:2.53 --replicas=2 -- /agnhost netexec --http-port=8080
   kubectl expose deployment web --port=80 --target-port=8080
   kubectl exec deploy/web -- curl -s http://$(kubectl get svc web -o jsonpath='{.spec.clusterIP}')/hostname
