@@ -49,11 +49,11 @@ func (c *Cluster) installAgent(ctx context.Context) error {
 		}
 		dir = filepath.Join(root, "config", "default")
 	}
-	if out, err := c.Kubectl(ctx, "apply", "-k", dir); err != nil {
+	out, err := c.Kubectl(ctx, "apply", "-k", dir)
+	if err != nil {
 		return fmt.Errorf("installing the agent: %w", err)
-	} else {
-		c.log.Info("agent installed", "manifests", dir, "kubectl", strings.TrimSpace(out))
 	}
+	c.log.Info("agent installed", "manifests", dir, "kubectl", strings.TrimSpace(out))
 	return c.WaitAgentsReady(ctx, 2*time.Minute)
 }
 
