@@ -2,6 +2,8 @@ package cluster_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -73,6 +75,9 @@ func checkAgents(ctx context.Context, t *testing.T, c *cluster.Cluster) []corev1
 		token, _, err := c.Exec(ctx, p.Namespace, p.Name, "nftpol", "cat", saDir+"/token")
 		if err != nil {
 			t.Fatal(err)
+		}
+		if life := tokenLifetime(t, token); life < 24*time.Hour {
+			t.Errorf("agent pod %s: token valid for %s; the kubelet never refreshes it, so it relies on the API server extending the admission plugin's one-hour tokens", p.Name, life)
 		}
 		review, err := c.Clientset.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
 		if err != nil {
@@ -274,4 +279,23 @@ func tailString(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// tokenLifetime reads a ServiceAccount token's validity (exp - iat) from
+// its claims.
+func tokenLifetime(t *testing.T, token string) time.Duration {
+	t.Helper()
+	parts := strings.Split(strings.TrimSpace(token), ".")
+	if len(parts) != 3 {
+		t.Fatalf("token is not a JWT: %d parts", len(parts))
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatalf("token claims: %v", err)
+	}
+	var claims struct{ Exp, Iat int64 }
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatalf("token claims: %v", err)
+	}
+	return time.Duration(claims.Exp-claims.Iat) * time.Second
 }
