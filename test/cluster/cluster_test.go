@@ -272,6 +272,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	waitEndpoints(ctx, t, c, "web", "netexec", 4)
 	t.Logf("4 backends and %d clients ready after %s", len(clients), time.Since(began).Round(time.Millisecond))
 	lifecycle := startLifecyclePods(ctx, t, c)
+	volumesPod, volumesDir := startVolumesPod(ctx, t, c, "client")
 
 	// Exec reaches the container: its own hostname (a UTS namespace per
 	// pod), and a failing command's exit code comes back.
@@ -342,6 +343,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 		}
 	}
 	checkLifecyclePods(ctx, t, c, lifecycle)
+	checkVolumesPod(ctx, t, c, "client", volumesPod, volumesDir)
 	t.Logf("service reached backends on every node from every node after %s", time.Since(began).Round(time.Millisecond))
 
 	// Deny all ingress to the backends: the agent must make every request
