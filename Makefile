@@ -131,3 +131,27 @@ test: cluster-assets
 cluster: envtest-assets cluster-assets build
 	$(GO) build -o $(BIN)/nftpol-cluster ./test/cluster/run
 	$(BIN)/nftpol-cluster $(CLUSTER_ARGS)
+
+# --- The upstream NetworkPolicy e2e suite (README, "The upstream
+# NetworkPolicy e2e suite"): the [sig-network] Netpol specs of
+# k8s.io/kubernetes and the ginkgo command, built from the Go module proxy,
+# run unmodified against the local cluster.
+UPSTREAM_SUITE ?= $(CURDIR)/.cache/upstream/k8s-$(KUBERNETES_VERSION)
+# Extra flags for `make conformance-upstream`, e.g. UPSTREAM_ARGS="-procs 3".
+UPSTREAM_ARGS  ?=
+export NFTPOL_UPSTREAM_SUITE := $(UPSTREAM_SUITE)
+
+.PHONY: upstream-e2e conformance-upstream
+
+upstream-e2e:
+	bash test/upstream/build-e2e.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(UPSTREAM_SUITE)
+
+# test/upstream's subset test needs it: make test builds it when missing.
+test: upstream-e2e
+
+# The whole suite (SCTP specs skipped: no SCTP in this kernel); writes
+# test/upstream/RESULTS.md. Built first and run directly, so Ctrl-C
+# reaches the cluster and make waits for its cleanup.
+conformance-upstream: envtest-assets cluster-assets upstream-e2e build
+	$(GO) build -o $(BIN)/nftpol-upstream ./test/upstream/run
+	$(BIN)/nftpol-upstream -results $(CURDIR)/test/upstream/RESULTS.md -kubernetes-version $(KUBERNETES_VERSION) $(UPSTREAM_ARGS)

@@ -1,0 +1,90 @@
+package upstream
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Summary writes the counts, the time and every spec that did not pass,
+// with its reason: what a run prints when it ends.
+func (r *Result) Summary(w io.Writer) {
+	n := r.Count()
+	fmt.Fprintf(w, "upstream Netpol suite: %d passed, %d failed, %d skipped of %d specs in %s (%d ginkgo processes)\n",
+		n["passed"], r.Failed(), n["skipped"], len(r.Specs), r.Duration.Round(time.Second), r.Procs)
+	for _, s := range r.Specs {
+		if s.State != "passed" {
+			fmt.Fprintf(w, "  %-8s %s\n           %s\n", s.State, s.Name, s.Reason)
+		}
+	}
+}
+
+// Failed is the number of specs that neither passed nor were skipped.
+func (r *Result) Failed() int {
+	failed := 0
+	for _, s := range r.Specs {
+		if s.State != "passed" && s.State != "skipped" {
+			failed++
+		}
+	}
+	return failed
+}
+
+// Machine describes where a run happened, for the results file.
+type Machine struct {
+	Kernel, CPU string
+	Cores       int
+	Nodes       int
+	ProxyMode   string
+	Kubernetes  string
+	Cluster     string
+}
+
+// ReadMachine fills the kernel, CPU and core count from /proc.
+func ReadMachine() Machine {
+	m := Machine{Cores: runtime.NumCPU()}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// WriteResults writes the results file: the machine, the counts and time,
+// and one row per spec.
+func (r *Result) WriteResults(w io.Writer, m Machine, when time.Time) {
+	n := r.Count()
+	fmt.Fprintf(w, "# Upstream NetworkPolicy e2e suite on the local cluster\n\n")
+	fmt.Fprintf(w, "Written by `make conformance-upstream` (test/upstream/run); do not edit.\n\n")
+	fmt.Fprintf(w, "The `[sig-network] Netpol` specs of k8s.io/kubernetes %s, compiled unmodified\n", m.Kubernetes)
+	fmt.Fprintf(w, "(test/upstream/build-e2e.sh), run by ginkgo against the local cluster\n")
+	fmt.Fprintf(w, "(test/cluster) with the nftpol agent enforcing NetworkPolicy.\n\n")
+	fmt.Fprintf(w, "| | |\n|---|---|\n")
+	fmt.Fprintf(w, "| run | %s |\n", when.UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(w, "| passed | %d |\n| failed | %d |\n| skipped | %d |\n| specs | %d |\n", n["passed"], r.Failed(), n["skipped"], len(r.Specs))
+	fmt.Fprintf(w, "| suite time | %s (%d ginkgo processes) |\n", r.Duration.Round(time.Second), r.Procs)
+	fmt.Fprintf(w, "| cluster | %s |\n", m.Cluster)
+	fmt.Fprintf(w, "| machine | %d cores, %s, kernel %s |\n\n", m.Cores, m.CPU, m.Kernel)
+	specs := append([]Spec(nil), r.Specs...)
+	sort.SliceStable(specs, func(i, j int) bool { return specs[i].Name < specs[j].Name })
+	fmt.Fprintf(w, "| spec | result | time | reason |\n|---|---|---|---|\n")
+	for _, s := range specs {
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", cell(s.Name), s.State, s.Duration.Round(time.Second), cell(s.Reason))
+	}
+}
+
+// cell keeps a table cell on one row.
+func cell(s string) string {
+	return strings.NewReplacer("|", `\|`, "\n", " ").Replace(s)
+}
