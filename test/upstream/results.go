@@ -16,10 +16,22 @@ func (r *Result) Summary(w io.Writer) {
 	n := r.Count()
 	fmt.Fprintf(w, "upstream Netpol suite: %d passed, %d failed, %d skipped of %d specs in %s (%d ginkgo processes)\n",
 		n["passed"], r.Failed(), n["skipped"], len(r.Specs), r.Duration.Round(time.Second), r.Procs)
+	skipped := map[string]int{}
+	var reasons []string
 	for _, s := range r.Specs {
-		if s.State != "passed" {
-			fmt.Fprintf(w, "  %-8s %s\n           %s\n", s.State, s.Name, s.Reason)
+		switch s.State {
+		case "passed":
+		case "skipped":
+			if skipped[s.Reason] == 0 {
+				reasons = append(reasons, s.Reason)
+			}
+			skipped[s.Reason]++
+		default:
+			fmt.Fprintf(w, "  %s: %s\n    %s\n", s.State, s.Name, s.Reason)
 		}
+	}
+	for _, reason := range reasons {
+		fmt.Fprintf(w, "  skipped %d: %s\n", skipped[reason], reason)
 	}
 }
 

@@ -136,6 +136,11 @@ func Run(ctx context.Context, suite Suite, opts Options) (*Result, error) {
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(string(suite), "ginkgo"), args...)
 	cmd.Dir = opts.Dir
+	// ginkgo compares its version with `go list -m` run in the suite's
+	// directory, which lies inside the nftpol module, not the module
+	// build-e2e.sh built the suite and ginkgo in (one module, so one
+	// version): without modules that check finds nothing to compare.
+	cmd.Env = append(os.Environ(), "GO111MODULE=off")
 	cmd.Stdout, cmd.Stderr = opts.Output, opts.Output
 	// ginkgo interrupts its processes on SIGINT and still writes the
 	// report; a cancelled context sends that first.
