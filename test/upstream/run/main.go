@@ -27,14 +27,15 @@ func main() {
 	focus := flag.String("focus", "", "regular expression selecting specs (default: the whole Netpol suite)")
 	results := flag.String("results", "", "write the results file (Markdown) here")
 	k8sVersion := flag.String("kubernetes-version", "", "version of the suite, for the results file")
+	noAgent := flag.Bool("no-agent", false, "leave the nftpol agent out (the specs that expect a denial must then fail)")
 	flag.Parse()
-	if err := run(*nodes, *prefix, *procs, *focus, *results, *k8sVersion); err != nil {
+	if err := run(*nodes, *prefix, *procs, *focus, *results, *k8sVersion, *noAgent); err != nil {
 		fmt.Fprintln(os.Stderr, "conformance-upstream:", err)
 		os.Exit(1)
 	}
 }
 
-func run(nodes int, prefix string, procs int, focus, results, k8sVersion string) error {
+func run(nodes int, prefix string, procs int, focus, results, k8sVersion string, noAgent bool) error {
 	log := funcr.New(func(prefix, args string) {
 		fmt.Fprintln(os.Stderr, time.Now().Format(time.TimeOnly), prefix, args)
 	}, funcr.Options{})
@@ -48,7 +49,7 @@ func run(nodes int, prefix string, procs int, focus, results, k8sVersion string)
 	startCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	c, err := cluster.Start(startCtx, cluster.Options{
-		Prefix: prefix, Nodes: nodes, Assets: cluster.AssetsFromEnv(), Log: log,
+		Prefix: prefix, Nodes: nodes, Assets: cluster.AssetsFromEnv(), NoAgent: noAgent, Log: log,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the cluster: %w", err)
@@ -73,6 +74,9 @@ func run(nodes int, prefix string, procs int, focus, results, k8sVersion string)
 		m := upstream.ReadMachine()
 		m.Kubernetes = k8sVersion
 		m.Cluster = fmt.Sprintf("%d nodes, kube-proxy nftables, nftpol agent per node", nodes)
+		if noAgent {
+			m.Cluster = fmt.Sprintf("%d nodes, kube-proxy nftables, no NetworkPolicy enforcement", nodes)
+		}
 		f, err := os.Create(results)
 		if err != nil {
 			return fmt.Errorf("writing the results: %w", err)
