@@ -134,17 +134,20 @@ cluster: envtest-assets cluster-assets build
 
 # --- The upstream NetworkPolicy e2e suite (README, "The upstream
 # NetworkPolicy e2e suite"): the [sig-network] Netpol specs of
-# k8s.io/kubernetes and the ginkgo command, built from the Go module proxy,
+# k8s.io/kubernetes and the ginkgo command, and the ClusterNetworkPolicy
+# conformance suite of network-policy-api, built from the Go module proxy,
 # run unmodified against the local cluster.
-UPSTREAM_SUITE ?= $(CURDIR)/.cache/upstream/k8s-$(KUBERNETES_VERSION)
-# Extra flags for `make conformance-upstream`, e.g. UPSTREAM_ARGS="-procs 3".
+NETWORK_POLICY_API_VERSION ?= v0.3.0
+UPSTREAM_SUITE ?= $(CURDIR)/.cache/upstream/k8s-$(KUBERNETES_VERSION)-npapi-$(NETWORK_POLICY_API_VERSION)
+# Extra flags for `make conformance-upstream`, e.g. UPSTREAM_ARGS="-procs 3"
+# or UPSTREAM_ARGS=-cnp (also the ClusterNetworkPolicy suite).
 UPSTREAM_ARGS  ?=
 export NFTPOL_UPSTREAM_SUITE := $(UPSTREAM_SUITE)
 
 .PHONY: upstream-e2e conformance-upstream
 
 upstream-e2e:
-	bash test/upstream/build-e2e.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(UPSTREAM_SUITE)
+	bash test/upstream/build-e2e.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(NETWORK_POLICY_API_VERSION) $(UPSTREAM_SUITE)
 
 # test/upstream's subset test needs it: make test builds it when missing.
 test: upstream-e2e
@@ -154,4 +157,5 @@ test: upstream-e2e
 # reaches the cluster and make waits for its cleanup.
 conformance-upstream: envtest-assets cluster-assets upstream-e2e build
 	$(GO) build -o $(BIN)/nftpol-upstream ./test/upstream/run
-	$(BIN)/nftpol-upstream -results $(CURDIR)/test/upstream/RESULTS.md -kubernetes-version $(KUBERNETES_VERSION) $(UPSTREAM_ARGS)
+	$(BIN)/nftpol-upstream -results $(CURDIR)/test/upstream/RESULTS.md -kubernetes-version $(KUBERNETES_VERSION) \
+		-network-policy-api-version $(NETWORK_POLICY_API_VERSION) -agent-version $(VERSION) $(UPSTREAM_ARGS)

@@ -49,9 +49,9 @@ func TestParseReport(t *testing.T) {
 	}
 	var summary strings.Builder
 	res.Procs = 2
-	res.Summary(&summary)
+	res.Summary(&summary, "upstream Netpol suite")
 	for _, want := range []string{
-		"1 passed, 3 failed, 2 skipped of 6 specs in 1m40s (2 ginkgo processes)",
+		"1 passed, 3 failed, 2 skipped of 6 specs in 1m40s (2 processes)",
 		"skipped 1: " + Skips[0].Reason,
 		"failed: [sig-network] Netpol NetworkPolicy between server and client should allow ingress access on one named port",
 	} {

@@ -12,10 +12,10 @@ import (
 
 // Summary writes the counts, the time and every spec that did not pass,
 // with its reason: what a run prints when it ends.
-func (r *Result) Summary(w io.Writer) {
+func (r *Result) Summary(w io.Writer, suite string) {
 	n := r.Count()
-	fmt.Fprintf(w, "upstream Netpol suite: %d passed, %d failed, %d skipped of %d specs in %s (%d ginkgo processes)\n",
-		n["passed"], r.Failed(), n["skipped"], len(r.Specs), r.Duration.Round(time.Second), r.Procs)
+	fmt.Fprintf(w, "%s: %d passed, %d failed, %d skipped of %d specs in %s (%d processes)\n",
+		suite, n["passed"], r.Failed(), n["skipped"], len(r.Specs), r.Duration.Round(time.Second), r.Procs)
 	skipped := map[string]int{}
 	var reasons []string
 	for _, s := range r.Specs {
@@ -52,7 +52,6 @@ type Machine struct {
 	Cores       int
 	Nodes       int
 	ProxyMode   string
-	Kubernetes  string
 	Cluster     string
 }
 
@@ -73,19 +72,16 @@ func ReadMachine() Machine {
 	return m
 }
 
-// WriteResults writes the results file: the machine, the counts and time,
-// and one row per spec.
-func (r *Result) WriteResults(w io.Writer, m Machine, when time.Time) {
+// WriteResults writes one suite's part of the results file: a heading,
+// what the suite is, the counts and time, the cluster and machine, and
+// one row per spec.
+func (r *Result) WriteResults(w io.Writer, title, about string, m Machine, when time.Time) {
 	n := r.Count()
-	fmt.Fprintf(w, "# Upstream NetworkPolicy e2e suite on the local cluster\n\n")
-	fmt.Fprintf(w, "Written by `make conformance-upstream` (test/upstream/run); do not edit.\n\n")
-	fmt.Fprintf(w, "The `[sig-network] Netpol` specs of k8s.io/kubernetes %s, compiled unmodified\n", m.Kubernetes)
-	fmt.Fprintf(w, "(test/upstream/build-e2e.sh), run by ginkgo against the local cluster\n")
-	fmt.Fprintf(w, "(test/cluster) with the nftpol agent enforcing NetworkPolicy.\n\n")
+	fmt.Fprintf(w, "## %s\n\n%s\n\n", title, about)
 	fmt.Fprintf(w, "| | |\n|---|---|\n")
 	fmt.Fprintf(w, "| run | %s |\n", when.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "| passed | %d |\n| failed | %d |\n| skipped | %d |\n| specs | %d |\n", n["passed"], r.Failed(), n["skipped"], len(r.Specs))
-	fmt.Fprintf(w, "| suite time | %s (%d ginkgo processes) |\n", r.Duration.Round(time.Second), r.Procs)
+	fmt.Fprintf(w, "| suite time | %s (%d processes) |\n", r.Duration.Round(time.Second), r.Procs)
 	fmt.Fprintf(w, "| cluster | %s |\n", m.Cluster)
 	fmt.Fprintf(w, "| machine | %d cores, %s, kernel %s |\n\n", m.Cores, m.CPU, m.Kernel)
 	specs := append([]Spec(nil), r.Specs...)
@@ -94,6 +90,7 @@ func (r *Result) WriteResults(w io.Writer, m Machine, when time.Time) {
 	for _, s := range specs {
 		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", cell(s.Name), s.State, s.Duration.Round(time.Second), cell(s.Reason))
 	}
+	fmt.Fprintln(w)
 }
 
 // cell keeps a table cell on one row.

@@ -107,7 +107,7 @@ func TestUpstreamNetpolSubset(t *testing.T) {
 		t.Fatal(err)
 	}
 	var summary strings.Builder
-	res.Summary(&summary)
+	res.Summary(&summary, "upstream Netpol suite")
 	t.Log(summary.String())
 
 	ran := map[string]int{}

@@ -1,0 +1,174 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The ClusterNetworkPolicy conformance suite of sigs.k8s.io/network-policy-api
+// (conformance/ in that module): build-e2e.sh compiles its own test
+// package, unmodified, into cnp-conformance.test and copies the module's
+// experimental CRD (a superset of the standard one) next to it.
+
+// CNPSkips are the tests every CNP run leaves out (go test -skip).
+var CNPSkips = []Skip{{
+	Pattern: `SCTP`,
+	Reason:  "needs SCTP, which this kernel lacks (no /proc/net/sctp)",
+}}
+
+// CNPFeatures are the suite's features nftpol claims: the standard one and
+// the experimental ones, which together make the ClusterNetworkPolicy
+// conformance profile.
+var CNPFeatures = []string{"ClusterNetworkPolicy", "ClusterNetworkPolicyNamedPorts", "ClusterNetworkPolicyEgressNodePeers"}
+
+// MissingCNP returns why the CNP suite cannot run, or "".
+func (s Suite) MissingCNP() string {
+	if s == "" {
+		return "NFTPOL_UPSTREAM_SUITE is not set (make upstream-e2e)"
+	}
+	for _, b := range []string{"cnp-conformance.test", "clusternetworkpolicies.yaml"} {
+		if _, err := os.Stat(filepath.Join(string(s), b)); err != nil {
+			return fmt.Sprintf("%s lacks %s (make upstream-e2e)", s, b)
+		}
+	}
+	return ""
+}
+
+// CNPOptions shape one run of the CNP conformance suite.
+type CNPOptions struct {
+	// Kubeconfig is the cluster's admin kubeconfig; Kubectl runs kubectl.
+	Kubeconfig, Kubectl string
+	// Dir receives the suite's output and its conformance report.
+	Dir string
+	// Version is nftpol's version, for the suite's report.
+	Version string
+	// Timeout bounds the run.
+	Timeout time.Duration
+	// Output receives the suite's output as it runs.
+	Output io.Writer
+}
+
+// RunCNP installs the ClusterNetworkPolicy CRD and runs the CNP
+// conformance suite with the ClusterNetworkPolicy profile (standard and
+// experimental features), SCTP tests skipped. The Result has one Spec per
+// conformance test (the suite's subtests).
+func RunCNP(ctx context.Context, suite Suite, opts CNPOptions) (*Result, error) {
+	if reason := suite.MissingCNP(); reason != "" {
+		return nil, errors.New(reason)
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Hour
+	}
+	if opts.Output == nil {
+		opts.Output = io.Discard
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the report directory: %w", err)
+	}
+	crd := exec.CommandContext(ctx, opts.Kubectl, "--kubeconfig", opts.Kubeconfig,
+		"apply", "--server-side", "-f", filepath.Join(string(suite), "clusternetworkpolicies.yaml"))
+	if out, err := crd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("installing the ClusterNetworkPolicy CRD: %w: %s", err, out)
+	}
+	wait := exec.CommandContext(ctx, opts.Kubectl, "--kubeconfig", opts.Kubeconfig,
+		"wait", "--for", "condition=Established", "--timeout", "60s", "crd/clusternetworkpolicies.policy.networking.k8s.io")
+	if out, err := wait.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("waiting for the ClusterNetworkPolicy CRD: %w: %s", err, out)
+	}
+
+	var skips []string
+	for _, s := range CNPSkips {
+		skips = append(skips, s.Pattern)
+	}
+	args := []string{
+		"-test.v", "-test.timeout", opts.Timeout.String(),
+		// -skip applies each slash-separated part to one level of
+		// tests: the conformance tests are subtests of
+		// TestConformanceProfiles.
+		"-test.skip", "/" + strings.Join(skips, "|"),
+		"-conformance-profiles", "ClusterNetworkPolicy",
+		"-supported-features", strings.Join(CNPFeatures, ","),
+		"-organization", "nftpol", "-project", "nftpol", "-url", "https://github.com/nftpol/nftpol",
+		"-version", opts.Version, "-contact", "nftpol maintainers",
+		"-report-output", filepath.Join(opts.Dir, "cnp-report.yaml"),
+	}
+	out, err := os.Create(filepath.Join(opts.Dir, "cnp-conformance.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+	cmd := exec.CommandContext(ctx, filepath.Join(string(suite), "cnp-conformance.test"), args...)
+	cmd.Dir = opts.Dir
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+opts.Kubeconfig)
+	cmd.Stdout = io.MultiWriter(out, opts.Output)
+	cmd.Stderr = cmd.Stdout
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = time.Minute
+	began := time.Now()
+	runErr := cmd.Run()
+	data, err := os.ReadFile(out.Name())
+	if err != nil {
+		return nil, err
+	}
+	res := ParseGoTestOutput(string(data))
+	res.Duration = time.Since(began)
+	if len(res.Specs) == 0 {
+		return nil, fmt.Errorf("the CNP suite reported no test (%v); its output is in %s", runErr, out.Name())
+	}
+	return res, nil
+}
+
+var goTestResult = regexp.MustCompile(`^(\s*)--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)`)
+
+// ParseGoTestOutput reads `go test -v` output: one Spec per test that has
+// no subtests (the leaves), with a skip's or failure's first logged line
+// as its reason.
+func ParseGoTestOutput(out string) *Result {
+	res := &Result{Procs: 1}
+	parents := map[string]bool{}
+	type pending struct {
+		spec  Spec
+		depth int
+	}
+	var all []pending
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var last *pending
+	for sc.Scan() {
+		line := sc.Text()
+		if m := goTestResult.FindStringSubmatch(line); m != nil {
+			secs, _ := strconv.ParseFloat(m[4], 64)
+			state := map[string]string{"PASS": "passed", "FAIL": "failed", "SKIP": "skipped"}[m[2]]
+			all = append(all, pending{spec: Spec{Name: m[3], State: state, Duration: time.Duration(secs * float64(time.Second))}, depth: len(m[1])})
+			last = &all[len(all)-1]
+			if i := strings.LastIndex(m[3], "/"); i > 0 {
+				parents[m[3][:i]] = true
+			}
+			continue
+		}
+		// The lines a result is followed by, indented deeper, are what
+		// the test logged; the first says why it skipped or failed.
+		if last != nil && last.spec.Reason == "" && last.spec.State != "passed" && strings.HasPrefix(line, strings.Repeat(" ", last.depth+4)) {
+			last.spec.Reason = strings.TrimSpace(line)
+			continue
+		}
+		last = nil
+	}
+	for _, p := range all {
+		if parents[p.spec.Name] {
+			continue
+		}
+		res.Specs = append(res.Specs, p.spec)
+	}
+	return res
+}
