@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -91,6 +92,9 @@ func RunCNP(ctx context.Context, suite Suite, opts CNPOptions) (*Result, error) 
 		skips = append(skips, s.Pattern)
 	}
 	args := []string{
+		// The profile run, as the module's own Makefile runs it
+		// (conformance-profiles).
+		"-test.run", "^TestConformanceProfiles$",
 		"-test.v", "-test.timeout", opts.Timeout.String(),
 		// -skip applies each slash-separated part to one level of
 		// tests: the conformance tests are subtests of
@@ -100,6 +104,7 @@ func RunCNP(ctx context.Context, suite Suite, opts CNPOptions) (*Result, error) 
 		"-supported-features", strings.Join(CNPFeatures, ","),
 		"-organization", "nftpol", "-project", "nftpol", "-url", "https://github.com/nftpol/nftpol",
 		"-version", opts.Version, "-contact", "nftpol maintainers",
+		"-additional-info", "make conformance-upstream UPSTREAM_ARGS=-cnp",
 		"-report-output", filepath.Join(opts.Dir, "cnp-report.yaml"),
 	}
 	out, err := os.Create(filepath.Join(opts.Dir, "cnp-conformance.log"))
@@ -128,47 +133,69 @@ func RunCNP(ctx context.Context, suite Suite, opts CNPOptions) (*Result, error) 
 	return res, nil
 }
 
-var goTestResult = regexp.MustCompile(`^(\s*)--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)`)
+var (
+	goTestRun     = regexp.MustCompile(`^=== (?:RUN|CONT|NAME)\s+(\S+)`)
+	goTestResult  = regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)`)
+	goTestLog     = regexp.MustCompile(`^\s+[\w.-]+\.go:\d+: (.+)$`)
+	testifyReason = regexp.MustCompile(`^\s+(Messages|Error):\s+(.+)$`)
+)
 
 // ParseGoTestOutput reads `go test -v` output: one Spec per test that has
-// no subtests (the leaves), with a skip's or failure's first logged line
-// as its reason.
+// no subtests (the leaves). A test logs before its result line, so each
+// log line is kept for the test that last started; a skip's reason is its
+// last log line, a failure's is testify's message, else its error, else
+// its last log line.
 func ParseGoTestOutput(out string) *Result {
 	res := &Result{Procs: 1}
 	parents := map[string]bool{}
-	type pending struct {
-		spec  Spec
-		depth int
-	}
-	var all []pending
+	lastLog := map[string]string{}
+	testify := map[string]map[string]string{}
+	current := ""
+	var specs []Spec
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var last *pending
 	for sc.Scan() {
 		line := sc.Text()
+		if m := goTestRun.FindStringSubmatch(line); m != nil {
+			current = m[1]
+			continue
+		}
 		if m := goTestResult.FindStringSubmatch(line); m != nil {
-			secs, _ := strconv.ParseFloat(m[4], 64)
-			state := map[string]string{"PASS": "passed", "FAIL": "failed", "SKIP": "skipped"}[m[2]]
-			all = append(all, pending{spec: Spec{Name: m[3], State: state, Duration: time.Duration(secs * float64(time.Second))}, depth: len(m[1])})
-			last = &all[len(all)-1]
-			if i := strings.LastIndex(m[3], "/"); i > 0 {
-				parents[m[3][:i]] = true
+			secs, _ := strconv.ParseFloat(m[3], 64)
+			s := Spec{Name: m[2], Duration: time.Duration(secs * float64(time.Second))}
+			switch m[1] {
+			case "PASS":
+				s.State = "passed"
+			case "SKIP":
+				s.State, s.Reason = "skipped", lastLog[s.Name]
+			default:
+				s.State = "failed"
+				s.Reason = cmp.Or(testify[s.Name]["Messages"], testify[s.Name]["Error"], lastLog[s.Name])
+			}
+			specs = append(specs, s)
+			if i := strings.LastIndex(s.Name, "/"); i > 0 {
+				parents[s.Name[:i]] = true
 			}
 			continue
 		}
-		// The lines a result is followed by, indented deeper, are what
-		// the test logged; the first says why it skipped or failed.
-		if last != nil && last.spec.Reason == "" && last.spec.State != "passed" && strings.HasPrefix(line, strings.Repeat(" ", last.depth+4)) {
-			last.spec.Reason = strings.TrimSpace(line)
+		if current == "" {
 			continue
 		}
-		last = nil
+		if m := testifyReason.FindStringSubmatch(line); m != nil {
+			if testify[current] == nil {
+				testify[current] = map[string]string{}
+			}
+			if testify[current][m[1]] == "" {
+				testify[current][m[1]] = strings.TrimSpace(m[2])
+			}
+		} else if m := goTestLog.FindStringSubmatch(line); m != nil && strings.TrimSpace(m[1]) != "" {
+			lastLog[current] = strings.TrimSpace(m[1])
+		}
 	}
-	for _, p := range all {
-		if parents[p.spec.Name] {
-			continue
+	for _, s := range specs {
+		if !parents[s.Name] {
+			res.Specs = append(res.Specs, s)
 		}
-		res.Specs = append(res.Specs, p.spec)
 	}
 	return res
 }
