@@ -138,24 +138,30 @@ cluster: envtest-assets cluster-assets build
 # conformance suite of network-policy-api, built from the Go module proxy,
 # run unmodified against the local cluster.
 NETWORK_POLICY_API_VERSION ?= v0.3.0
-UPSTREAM_SUITE ?= $(CURDIR)/.cache/upstream/k8s-$(KUBERNETES_VERSION)-npapi-$(NETWORK_POLICY_API_VERSION)
+UPSTREAM_SUITE ?= $(CURDIR)/.cache/upstream/k8s-$(KUBERNETES_VERSION)
+CNP_SUITE      ?= $(CURDIR)/.cache/upstream/network-policy-api-$(NETWORK_POLICY_API_VERSION)
 # Extra flags for `make conformance-upstream`, e.g. UPSTREAM_ARGS="-procs 3"
 # or UPSTREAM_ARGS=-cnp (also the ClusterNetworkPolicy suite).
 UPSTREAM_ARGS  ?=
 export NFTPOL_UPSTREAM_SUITE := $(UPSTREAM_SUITE)
+export NFTPOL_CNP_SUITE      := $(CNP_SUITE)
 
-.PHONY: upstream-e2e conformance-upstream
+.PHONY: upstream-e2e upstream-cnp conformance-upstream
 
 upstream-e2e:
-	bash test/upstream/build-e2e.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(NETWORK_POLICY_API_VERSION) $(UPSTREAM_SUITE)
+	bash test/upstream/build-e2e.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(UPSTREAM_SUITE)
+
+upstream-cnp:
+	bash test/upstream/build-cnp.sh $(NETWORK_POLICY_API_VERSION) $(CNP_SUITE)
 
 # test/upstream's subset test needs it: make test builds it when missing.
 test: upstream-e2e
 
-# The whole suite (SCTP specs skipped: no SCTP in this kernel); writes
+# The whole suite (SCTP specs skipped: no SCTP in this kernel), and with
+# UPSTREAM_ARGS=-cnp the ClusterNetworkPolicy one; writes
 # test/upstream/RESULTS.md. Built first and run directly, so Ctrl-C
 # reaches the cluster and make waits for its cleanup.
-conformance-upstream: envtest-assets cluster-assets upstream-e2e build
+conformance-upstream: envtest-assets cluster-assets upstream-e2e upstream-cnp build
 	$(GO) build -o $(BIN)/nftpol-upstream ./test/upstream/run
 	$(BIN)/nftpol-upstream -results $(CURDIR)/test/upstream/RESULTS.md -kubernetes-version $(KUBERNETES_VERSION) \
 		-network-policy-api-version $(NETWORK_POLICY_API_VERSION) -agent-version $(VERSION) $(UPSTREAM_ARGS)

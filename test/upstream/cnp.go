@@ -16,10 +16,14 @@ import (
 	"time"
 )
 
-// The ClusterNetworkPolicy conformance suite of sigs.k8s.io/network-policy-api
-// (conformance/ in that module): build-e2e.sh compiles its own test
-// package, unmodified, into cnp-conformance.test and copies the module's
-// experimental CRD (a superset of the standard one) next to it.
+// CNPSuite is a directory build-cnp.sh filled: the ClusterNetworkPolicy
+// conformance suite of sigs.k8s.io/network-policy-api (its conformance/
+// test package, unmodified) as cnp-conformance.test, and the module's
+// experimental CRD (a superset of the standard one).
+type CNPSuite string
+
+// CNPSuiteFromEnv is the suite the Makefile builds ($NFTPOL_CNP_SUITE).
+func CNPSuiteFromEnv() CNPSuite { return CNPSuite(os.Getenv("NFTPOL_CNP_SUITE")) }
 
 // CNPSkips are the tests every CNP run leaves out (go test -skip).
 var CNPSkips = []Skip{{
@@ -32,14 +36,14 @@ var CNPSkips = []Skip{{
 // conformance profile.
 var CNPFeatures = []string{"ClusterNetworkPolicy", "ClusterNetworkPolicyNamedPorts", "ClusterNetworkPolicyEgressNodePeers"}
 
-// MissingCNP returns why the CNP suite cannot run, or "".
-func (s Suite) MissingCNP() string {
+// Missing returns why the suite cannot run, or "".
+func (s CNPSuite) Missing() string {
 	if s == "" {
-		return "NFTPOL_UPSTREAM_SUITE is not set (make upstream-e2e)"
+		return "NFTPOL_CNP_SUITE is not set (make upstream-cnp; make conformance-upstream sets it)"
 	}
 	for _, b := range []string{"cnp-conformance.test", "clusternetworkpolicies.yaml"} {
 		if _, err := os.Stat(filepath.Join(string(s), b)); err != nil {
-			return fmt.Sprintf("%s lacks %s (make upstream-e2e)", s, b)
+			return fmt.Sprintf("%s lacks %s (make upstream-cnp)", s, b)
 		}
 	}
 	return ""
@@ -63,8 +67,8 @@ type CNPOptions struct {
 // conformance suite with the ClusterNetworkPolicy profile (standard and
 // experimental features), SCTP tests skipped. The Result has one Spec per
 // conformance test (the suite's subtests).
-func RunCNP(ctx context.Context, suite Suite, opts CNPOptions) (*Result, error) {
-	if reason := suite.MissingCNP(); reason != "" {
+func RunCNP(ctx context.Context, suite CNPSuite, opts CNPOptions) (*Result, error) {
+	if reason := suite.Missing(); reason != "" {
 		return nil, errors.New(reason)
 	}
 	if opts.Timeout == 0 {

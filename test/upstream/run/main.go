@@ -59,7 +59,8 @@ func run(cfg config) error {
 	if reason := suite.Missing(); reason != "" {
 		return fmt.Errorf("%s", reason)
 	}
-	if reason := suite.MissingCNP(); cfg.cnp && reason != "" {
+	cnpSuite := upstream.CNPSuiteFromEnv()
+	if reason := cnpSuite.Missing(); cfg.cnp && reason != "" {
 		return fmt.Errorf("%s", reason)
 	}
 	assets := cluster.AssetsFromEnv()
@@ -103,7 +104,7 @@ func run(cfg config) error {
 
 	if cfg.cnp {
 		began := time.Now()
-		res, err := upstream.RunCNP(ctx, suite, upstream.CNPOptions{
+		res, err := upstream.RunCNP(ctx, cnpSuite, upstream.CNPOptions{
 			Kubeconfig: c.Kubeconfig, Kubectl: filepath.Join(assets.Cluster, "kubectl"),
 			Dir: dir, Version: cfg.agent, Output: os.Stdout,
 		})
