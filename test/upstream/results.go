@@ -14,8 +14,8 @@ import (
 // with its reason: what a run prints when it ends.
 func (r *Result) Summary(w io.Writer, suite string) {
 	n := r.Count()
-	fmt.Fprintf(w, "%s: %d passed, %d failed, %d skipped of %d specs in %s (%d processes)\n",
-		suite, n["passed"], r.Failed(), n["skipped"], len(r.Specs), r.Duration.Round(time.Second), r.Procs)
+	fmt.Fprintf(w, "%s: %d passed, %d failed, %d skipped of %d specs in %s (%s)\n",
+		suite, n["passed"], r.Failed(), n["skipped"], len(r.Specs), r.Duration.Round(time.Second), processes(r.Procs))
 	skipped := map[string]int{}
 	var reasons []string
 	for _, s := range r.Specs {
@@ -81,7 +81,7 @@ func (r *Result) WriteResults(w io.Writer, title, about string, m Machine, when 
 	fmt.Fprintf(w, "| | |\n|---|---|\n")
 	fmt.Fprintf(w, "| run | %s |\n", when.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "| passed | %d |\n| failed | %d |\n| skipped | %d |\n| specs | %d |\n", n["passed"], r.Failed(), n["skipped"], len(r.Specs))
-	fmt.Fprintf(w, "| suite time | %s (%d processes) |\n", r.Duration.Round(time.Second), r.Procs)
+	fmt.Fprintf(w, "| suite time | %s (%s) |\n", r.Duration.Round(time.Second), processes(r.Procs))
 	fmt.Fprintf(w, "| cluster | %s |\n", m.Cluster)
 	fmt.Fprintf(w, "| machine | %d cores, %s, kernel %s |\n\n", m.Cores, m.CPU, m.Kernel)
 	specs := append([]Spec(nil), r.Specs...)
@@ -96,4 +96,11 @@ func (r *Result) WriteResults(w io.Writer, title, about string, m Machine, when 
 // cell keeps a table cell on one row.
 func cell(s string) string {
 	return strings.NewReplacer("|", `\|`, "\n", " ").Replace(s)
+}
+
+func processes(n int) string {
+	if n == 1 {
+		return "1 process"
+	}
+	return fmt.Sprintf("%d processes", n)
 }
