@@ -4,12 +4,12 @@
 #
 # usage: build-assets.sh K8S_VERSION ETCD_VERSION OUT_DIR
 #
-# They build in the throwaway module test/k8s-module.sh lays out (requires
-# k8s.io/kubernetes and the etcd server, every staging module pinned to its
-# v0.Y.Z release), the same for every script that builds Kubernetes
-# programs, so each reuses what the others compiled. The result lands in OUT_DIR only
-# when both binaries built, so a half-built cache is never mistaken for a
-# complete one.
+# Both build in the throwaway module test/k8s-module.sh lays out (it
+# requires k8s.io/kubernetes and the etcd server, every staging module
+# pinned to its v0.Y.Z release), the same for every script that builds
+# Kubernetes programs, so each reuses what the others compiled. The result
+# lands in OUT_DIR only when both binaries built, so a half-built cache is
+# never mistaken for a complete one.
 set -euo pipefail
 # shellcheck source=../k8s-module.sh
 source "$(dirname "$0")/../k8s-module.sh"
