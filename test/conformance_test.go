@@ -14,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/test/kerneltest"
 	"github.com/nftpol/nftpol/test/testbed"
@@ -208,11 +207,7 @@ func (m *modelBed) convergeWithin(s step, bound time.Duration) (map[testbed.Prob
 // clusterState reads the cluster as the reference evaluator takes it.
 func (m *modelBed) clusterState(t *testing.T) *reference.Cluster {
 	t.Helper()
-	reader, err := controllers.NewReader(m.cp.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	state, err := reference.Read(context.Background(), reader)
+	state, err := reference.Read(context.Background(), m.cp.Client)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,18 +47,20 @@
 //   - A domainNames peer matches nothing: a packet filter cannot match
 //     names (the API allows them only in Accept rules, so this only ever
 //     accepts less).
-//   - A nodes peer matches every IP address in the selected Nodes'
-//     status.addresses, whatever its type.
+//   - A nodes peer matches the InternalIP and ExternalIP addresses in the
+//     selected Nodes' status.addresses.
 //   - Traffic from the destination pod's own node is allowed ingress in
 //     every tier, as for NetworkPolicy.
 //   - ClusterNetworkPolicy parts the API server would reject: a peer with
-//     no field or several fails closed as the type documentation says
-//     (an Accept rule matches nothing; a Deny or Pass rule denies
-//     everything); a subject with no field or both selects nothing; a
-//     protocol entry with no field or several, a port with neither or
-//     both of number and range, a number outside 1-65535, a range ending
-//     before it starts and a networks entry that is not a masked CIDR
-//     match nothing; a protocol without destinationPort matches every
-//     port of the protocol; a tier other than Admin and Baseline applies
-//     nowhere.
+//     no field fails closed as the type documentation says (an Accept
+//     rule matches nothing; a Deny or Pass rule denies everything), and
+//     so does an action other than Accept, Deny and Pass (the rule denies
+//     everything); a peer with several fields, a subject with no field or
+//     both, a protocol entry with no field or several, a port with
+//     neither or both of number and range, a number outside 1-65535, a
+//     range ending before it starts and a networks entry that does not
+//     parse match nothing; a networks entry with host bits is its
+//     network; a protocol without destinationPort matches every port of
+//     the protocol; a policy of a tier other than Admin and Baseline, or
+//     with a priority outside 0-1000, applies nowhere.
 package reference

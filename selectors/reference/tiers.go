@@ -66,13 +66,10 @@ func clusterTier(c *Cluster, tier Tier, dir Direction, pod *corev1.Pod, peerAddr
 			}
 			matched = append(matched, ClusterRuleRef{Tier: tier, Policy: cnp.Name, Priority: cnp.Spec.Priority,
 				Direction: dir, Index: i, Name: r.name, Action: action})
-			switch action {
-			case policyv1beta1.ClusterNetworkPolicyRuleActionAccept, policyv1beta1.ClusterNetworkPolicyRuleActionDeny:
-				return matched, true
-			case policyv1beta1.ClusterNetworkPolicyRuleActionPass:
+			if action == policyv1beta1.ClusterNetworkPolicyRuleActionPass {
 				return matched, false
 			}
-			// An action the API does not define does nothing.
+			return matched, true // Accept or Deny
 		}
 	}
 	return matched, false
@@ -84,7 +81,10 @@ func clusterTier(c *Cluster, tier Tier, dir Direction, pod *corev1.Pod, peerAddr
 func (c *Cluster) clusterPoliciesOf(tier Tier) []*policyv1beta1.ClusterNetworkPolicy {
 	var out []*policyv1beta1.ClusterNetworkPolicy
 	for _, cnp := range c.ClusterPolicies {
-		if cnp != nil && string(cnp.Spec.Tier) == string(tier) {
+		// "Priority is a value from 0 to 1000": a policy outside it
+		// applies nowhere, like one of an unknown tier.
+		inRange := cnp != nil && cnp.Spec.Priority >= 0 && cnp.Spec.Priority <= 1000
+		if inRange && string(cnp.Spec.Tier) == string(tier) {
 			out = append(out, cnp)
 		}
 	}
@@ -171,14 +171,22 @@ func clusterRulesOf(cnp *policyv1beta1.ClusterNetworkPolicy, dir Direction) []cl
 }
 
 // matches reports whether the rule applies to the packet and with which
-// action. A peer with no field set (or several) is, as the API says, a
-// CRD of another version: fail closed, which "For "Accept" rules ... means:
+// action. A peer with no field set is, as the API says, a CRD of another
+// version: fail closed, which "For "Accept" rules ... means:
 // "treat the rule as matching no traffic". For "Deny" and "Pass" rules ...
 // "treat the rule as a 'Deny all' rule"": the rule then denies every packet,
 // whatever its peers and protocols.
+//
+// An action the API does not define fails closed too: the rule denies
+// every packet (it may have meant to deny; it must not allow).
 func (r clusterRule) matches(c *Cluster, peerAddr netip.Addr, peerPod, portPod *corev1.Pod, p Packet) (policyv1beta1.ClusterNetworkPolicyRuleAction, bool) {
+	switch r.action {
+	case policyv1beta1.ClusterNetworkPolicyRuleActionAccept, policyv1beta1.ClusterNetworkPolicyRuleActionDeny, policyv1beta1.ClusterNetworkPolicyRuleActionPass:
+	default:
+		return policyv1beta1.ClusterNetworkPolicyRuleActionDeny, true
+	}
 	for _, pe := range r.peers {
-		if pe.fieldsSet() == 1 {
+		if pe.fieldsSet() != 0 {
 			continue
 		}
 		if r.action == policyv1beta1.ClusterNetworkPolicyRuleActionAccept {
@@ -198,9 +206,12 @@ func (r clusterRule) matches(c *Cluster, peerAddr netip.Addr, peerPod, portPod *
 	return r.action, peerOK && (len(r.protocols) == 0 || anyProtocolMatches(r.protocols, p, portPod))
 }
 
-// clusterPeerMatches checks one peer of exactly one kind.
+// clusterPeerMatches checks one peer of exactly one kind; one with
+// several ("Exactly one of the fields must be set") matches nothing.
 func clusterPeerMatches(c *Cluster, pe clusterPeer, addr netip.Addr, pod *corev1.Pod) bool {
 	switch {
+	case pe.fieldsSet() != 1:
+		return false
 	case pe.namespaces != nil:
 		// "select all pods within a set of Namespaces": pod is the
 		// endpoint owning the address, never a host-network pod.
@@ -218,10 +229,12 @@ func clusterPeerMatches(c *Cluster, pe clusterPeer, addr netip.Addr, pod *corev1
 		return false
 	case pe.networks != nil:
 		for _, n := range pe.networks {
-			// "should be provided in the CIDR format", masked (the
-			// CRD's validation): anything else matches nothing.
+			// "should be provided in the CIDR format"; what does not
+			// parse matches nothing. The CRD also demands the address
+			// be the network's own (masked): one with host bits set is
+			// read as its network.
 			prefix, err := netip.ParsePrefix(string(n))
-			if err == nil && prefix == prefix.Masked() && prefix.Contains(addr) {
+			if err == nil && prefix.Masked().Contains(addr) {
 				return true
 			}
 		}
@@ -234,10 +247,14 @@ func clusterPeerMatches(c *Cluster, pe clusterPeer, addr netip.Addr, pod *corev1
 	return false
 }
 
-// nodeHasAddress: every entry of status.addresses that is an IP address,
-// whatever its type.
+// nodeHasAddress: the node IPs of status.addresses, its InternalIP and
+// ExternalIP entries (the other types name the node, Hostname and
+// InternalDNS, even when their value happens to be an address).
 func nodeHasAddress(node *corev1.Node, addr netip.Addr) bool {
 	for _, na := range node.Status.Addresses {
+		if na.Type != corev1.NodeInternalIP && na.Type != corev1.NodeExternalIP {
+			continue
+		}
 		if a, err := netip.ParseAddr(na.Address); err == nil && a.Unmap().WithZone("") == addr {
 			return true
 		}

@@ -104,7 +104,8 @@ func TestEvaluateTiers(t *testing.T) {
 		for _, a := range addrs {
 			n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a})
 		}
-		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: name})
+		// A host name that happens to be an address is no node IP.
+		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: "192.0.2.9"})
 		return n
 	}
 	nodes := []*corev1.Node{node("n1", "control", "192.0.2.1", "2001:db8::1"), node("n2", "worker", "192.0.2.2", "2001:db8::2")}
@@ -264,8 +265,11 @@ func TestEvaluateTiers(t *testing.T) {
 		{name: "IPv4 networks peer does not match IPv6",
 			cnps: []*policyv1beta1.ClusterNetworkPolicy{withEg(cnp("no-net", admin, 10, nsSubject(teamA)), egRule(deny, nil, toNetworks("0.0.0.0/0")))},
 			src:  "fd00::1", dst: "fd00::3", port: 80, want: want{true, TierNone, "", 0}},
-		{name: "a networks cidr with host bits (the API refuses it) matches nothing",
+		{name: "a networks cidr with host bits (the API refuses it) is its network",
 			cnps: []*policyv1beta1.ClusterNetworkPolicy{withEg(cnp("no-net", admin, 10, nsSubject(teamA)), egRule(deny, nil, toNetworks("10.0.0.3/30")))},
+			src:  "10.0.0.1", dst: "10.0.0.3", port: 80, want: want{false, TierAdmin, "no-net", 0}, egress: true},
+		{name: "a networks entry that does not parse matches nothing",
+			cnps: []*policyv1beta1.ClusterNetworkPolicy{withEg(cnp("no-net", admin, 10, nsSubject(teamA)), egRule(deny, nil, toNetworks("10.0.0.0")))},
 			src:  "10.0.0.1", dst: "10.0.0.3", port: 80, want: want{true, TierNone, "", 0}},
 		{name: "nodes peer: the addresses of the nodes with the label",
 			cnps: []*policyv1beta1.ClusterNetworkPolicy{withEg(cnp("no-control", admin, 10, nsSubject(teamA)), egRule(deny, nil, toNodes(sel("role", "control"))))},
@@ -344,6 +348,19 @@ func TestEvaluateTiers(t *testing.T) {
 		{name: "an Accept rule with an empty peer fails closed: matches nothing",
 			cnps: []*policyv1beta1.ClusterNetworkPolicy{withIn(cnp("empty", admin, 10, toServer), inRule(accept, nil, fromNS(everything), policyv1beta1.ClusterNetworkPolicyIngressPeer{}))},
 			nps:  []*networkingv1.NetworkPolicy{npDenyAll}, src: "10.0.0.2", dst: "10.0.0.1", port: 80, want: want{false, TierNetworkPolicy, "", 0}},
+		{name: "an unknown action fails closed: denies everything",
+			cnps: []*policyv1beta1.ClusterNetworkPolicy{withIn(cnp("odd", admin, 10, toServer), inRule("Allow", tcpNumber(9), fromNS(teamB)))},
+			src:  "10.0.0.2", dst: "10.0.0.1", port: 80, want: want{false, TierAdmin, "odd", 0}},
+		{name: "a peer with two fields matches nothing",
+			cnps: []*policyv1beta1.ClusterNetworkPolicy{withEg(cnp("two", admin, 10, nsSubject(teamA)),
+				egRule(deny, nil, policyv1beta1.ClusterNetworkPolicyEgressPeer{Namespaces: everything, Networks: []policyv1beta1.CIDR{"0.0.0.0/0"}}))},
+			src: "10.0.0.2", dst: "10.0.0.3", port: 80, want: want{true, TierNone, "", 0}},
+		{name: "a priority above 1000 applies nowhere",
+			cnps: []*policyv1beta1.ClusterNetworkPolicy{withIn(cnp("high", admin, 1001, toServer), inRule(deny, nil, fromNS(everything)))},
+			src:  "10.0.0.2", dst: "10.0.0.1", port: 80, want: want{true, TierNone, "", 0}},
+		{name: "nodes peer: a Hostname entry is no node IP",
+			cnps: []*policyv1beta1.ClusterNetworkPolicy{withEg(cnp("no-nodes", admin, 10, nsSubject(teamA)), egRule(deny, nil, toNodes(everything)))},
+			src:  "10.0.0.2", dst: "192.0.2.9", port: 80, want: want{true, TierNone, "", 0}},
 		{name: "a subject with both fields selects nothing",
 			cnps: []*policyv1beta1.ClusterNetworkPolicy{withIn(cnp("both", admin, 10, policyv1beta1.ClusterNetworkPolicySubject{Namespaces: everything,
 				Pods: &policyv1beta1.NamespacedPod{}}), inRule(deny, nil, fromNS(everything)))},

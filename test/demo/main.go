@@ -23,7 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/test/testbed"
 )
@@ -193,11 +192,7 @@ func readPolicies(dir string) ([]*networkingv1.NetworkPolicy, error) {
 
 // evaluatorMatrix is what the reference evaluator predicts for spec.
 func evaluatorMatrix(ctx context.Context, cp *testbed.ControlPlane, pods []*testbed.Pod, spec testbed.ProbeSpec) (*testbed.Matrix, error) {
-	reader, err := controllers.NewReader(cp.Config)
-	if err != nil {
-		return nil, err
-	}
-	state, err := reference.Read(ctx, reader)
+	state, err := reference.Read(ctx, cp.Client)
 	if err != nil {
 		return nil, err
 	}
