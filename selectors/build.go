@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // BuildModel returns what node enforces: its endpoint pods that some policy
@@ -31,9 +32,17 @@ func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model
 			}
 		}
 	}
-	b := &modelBuilder{ix: ix, changes: changes, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, portSetProblems: map[string][]string{}, problemSeen: map[Problem]bool{}}
+	b := &modelBuilder{nodes: s.Nodes, ix: ix, changes: changes, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, portSetProblems: map[string][]string{}, problemSeen: map[Problem]bool{}}
 	model := &Model{}
-	isolation := map[*Pod]*[2][]string{}
+	isolation := map[*Pod]*PodRules{}
+	podRules := func(pod *Pod) *PodRules {
+		pr := isolation[pod]
+		if pr == nil {
+			pr = &PodRules{Key: pod.Key(), IPs: pod.IPs}
+			isolation[pod] = pr
+		}
+		return pr
+	}
 
 	policies := make([]*networkingv1.NetworkPolicy, 0, len(s.Policies))
 	for _, np := range s.Policies {
@@ -69,12 +78,12 @@ func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model
 				continue
 			}
 			for _, pod := range selected {
-				iso := isolation[pod]
-				if iso == nil {
-					iso = &[2][]string{}
-					isolation[pod] = iso
+				pr := podRules(pod)
+				if dir == Egress {
+					pr.Egress = append(pr.Egress, cp.key)
+				} else {
+					pr.Ingress = append(pr.Ingress, cp.key)
 				}
-				iso[dir] = append(iso[dir], cp.key)
 			}
 			for i := range cp.rules[dir] {
 				if r, ok := b.rule(cp, dir, &cp.rules[dir][i], selected); ok {
@@ -89,8 +98,10 @@ func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model
 		model.Policies = append(model.Policies, pr)
 	}
 
-	for pod, iso := range isolation {
-		model.Pods = append(model.Pods, PodRules{Key: pod.Key(), IPs: pod.IPs, Ingress: iso[Ingress], Egress: iso[Egress]})
+	b.clusterPolicies(s, localByNamespace, model, podRules)
+
+	for _, pr := range isolation {
+		model.Pods = append(model.Pods, *pr)
 	}
 	sort.Slice(model.Pods, func(i, j int) bool { return model.Pods[i].Key < model.Pods[j].Key })
 	for _, set := range b.addrSets {
@@ -105,6 +116,7 @@ func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model
 }
 
 type modelBuilder struct {
+	nodes    []*Node
 	ix       *index
 	changes  *buildChanges
 	addrSets map[string]*AddrSet
@@ -132,7 +144,7 @@ func (b *modelBuilder) rule(cp *policy, dir Direction, r *rule, selected []*Pod)
 	} else {
 		seen := map[string]bool{}
 		for i := range r.peers {
-			if id := b.addrSet(cp, &r.peers[i]); id != "" && !seen[id] {
+			if id := b.addrSet(cp.namespace, &r.peers[i]); id != "" && !seen[id] {
 				seen[id] = true
 				out.Peers.Sets = append(out.Peers.Sets, id)
 			}
@@ -187,7 +199,7 @@ func sortPortRanges(rs *[]PortRange) {
 }
 
 // addrSet returns the ID of the set of a peer, building it on first use.
-func (b *modelBuilder) addrSet(cp *policy, pe *peer) string {
+func (b *modelBuilder) addrSet(namespace string, pe *peer) string {
 	if pe.kind == peerNone {
 		return ""
 	}
@@ -197,16 +209,24 @@ func (b *modelBuilder) addrSet(cp *policy, pe *peer) string {
 	set := &AddrSet{ID: pe.id}
 	switch pe.kind {
 	case peerIPBlock:
-		set.Description = describePeer(pe, cp.namespace)
+		set.Description = describePeer(pe, namespace)
 		set.Ranges = append([]AddrRange(nil), pe.block.ranges...)
+	case peerNodes:
+		set.Description = describePeer(pe, namespace)
+		for _, n := range b.nodes {
+			if n != nil && pe.nsSel.Matches(labels.Set(n.Labels)) {
+				set.Addrs = append(set.Addrs, n.IPs...)
+			}
+		}
+		set.Addrs = sortAddrs(set.Addrs)
 	case peerPods, peerNsPods:
 		if reused := b.changes.reusable(pe); reused != nil {
 			b.addrSets[pe.id] = reused
 			return pe.id
 		}
-		set.Description = describePeer(pe, cp.namespace)
+		set.Description = describePeer(pe, namespace)
 		var namespaces []string
-		b.ix.peerPods(pe, cp.namespace, func(ns string) { namespaces = append(namespaces, ns) },
+		b.ix.peerPods(pe, namespace, func(ns string) { namespaces = append(namespaces, ns) },
 			func(p *Pod) { set.Addrs = append(set.Addrs, p.IPs...) })
 		set.Addrs = sortAddrs(set.Addrs)
 		b.changes.remember(pe, set, namespaces)
@@ -219,8 +239,14 @@ func (b *modelBuilder) addrSet(cp *policy, pe *peer) string {
 // policy in namespace ns: only what its ID is made of, so every policy
 // sharing the set describes it alike.
 func describePeer(pe *peer, ns string) string {
+	if strings.HasPrefix(pe.id, "cidrs=") {
+		return "networks " + strings.ReplaceAll(strings.TrimPrefix(pe.id, "cidrs="), ",", ", ")
+	}
 	if pe.kind == peerIPBlock {
 		return "ipBlock " + strings.ReplaceAll(strings.TrimPrefix(pe.id, "cidr="), "|except=", " except ")
+	}
+	if pe.kind == peerNodes {
+		return "addresses of the nodes matching " + selectorID(pe.nsSel)
 	}
 	if pe.kind == peerPods {
 		return fmt.Sprintf("pods in namespace %s matching %s", ns, selectorID(pe.podSel))

@@ -5,6 +5,7 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Builder builds one node's models one after another, as the agent's syncs
@@ -32,6 +33,8 @@ type Builder struct {
 	// policies are the parsed policies by object: the informer hands
 	// the same object until the policy changes.
 	policies map[*networkingv1.NetworkPolicy]*policyMemo
+	// clusterPolicies are the parsed ClusterNetworkPolicies by object.
+	clusterPolicies map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo
 }
 
 type policyMemo struct {
@@ -56,6 +59,8 @@ func NewBuilder() *Builder {
 		nsLabels: map[string]labels.Set{},
 		peerSets: map[string]*peerSetMemo{},
 		policies: map[*networkingv1.NetworkPolicy]*policyMemo{},
+
+		clusterPolicies: map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo{},
 	}
 }
 
@@ -72,6 +77,11 @@ func (bl *Builder) Build(node string, s *State) (*Model, []Problem) {
 	for np, memo := range bl.policies {
 		if memo.gen != bl.gen {
 			delete(bl.policies, np)
+		}
+	}
+	for cnp, memo := range bl.clusterPolicies {
+		if memo.gen != bl.gen {
+			delete(bl.clusterPolicies, cnp)
 		}
 	}
 	return m, problems

@@ -1,6 +1,7 @@
 package selectors
 
 import (
+	"fmt"
 	"net/netip"
 	"strconv"
 )
@@ -21,6 +22,11 @@ type Model struct {
 	AddrSets []AddrSet
 	// PortSets are the resolved named-port sets the rules refer to by ID.
 	PortSets []PortSet
+	// ClusterPolicies are the ClusterNetworkPolicies that select at least
+	// one local pod in a direction they have rules for, sorted by Name.
+	// Their peers and named ports use AddrSets and PortSets like the
+	// rules of Policies, sharing a set where the membership is the same.
+	ClusterPolicies []ClusterPolicyRules
 }
 
 // PodRules says which policies decide the traffic of one local pod.
@@ -35,6 +41,129 @@ type PodRules struct {
 	// Egress lists the keys of the policies that isolate the pod for
 	// egress, ascending. Nil means egress is not isolated.
 	Egress []string
+	// Cluster lists, by Direction, the names of the ClusterNetworkPolicies
+	// whose subject holds the pod and that have rules in that direction,
+	// per tier in evaluation order (see ClusterPolicyRules.Order). A pod
+	// only ClusterNetworkPolicies select is in Pods with nil Ingress and
+	// Egress: the NetworkPolicy tier does not decide its traffic.
+	Cluster [2]ClusterTiers
+}
+
+// ClusterTiers are the ClusterNetworkPolicies of one pod and direction,
+// by tier, each list in evaluation order.
+type ClusterTiers struct {
+	Admin, Baseline []string
+}
+
+// Empty reports whether no ClusterNetworkPolicy applies.
+func (t ClusterTiers) Empty() bool { return len(t.Admin) == 0 && len(t.Baseline) == 0 }
+
+// Tier is the tier of a ClusterNetworkPolicy.
+type Tier uint8
+
+// The tiers: Admin is evaluated before the NetworkPolicies, Baseline
+// after them.
+const (
+	TierAdmin Tier = iota + 1
+	TierBaseline
+)
+
+func (t Tier) String() string {
+	if t == TierBaseline {
+		return "Baseline"
+	}
+	return "Admin"
+}
+
+// Action is what a ClusterNetworkPolicy rule does with matching traffic.
+type Action uint8
+
+// The actions. Accept and Deny are final for the direction; Pass skips
+// the rest of the tier: from Admin to the NetworkPolicy tier (or, when no
+// NetworkPolicy isolates the pod, to Baseline), from Baseline to the
+// default, which allows.
+const (
+	ActionAccept Action = iota + 1
+	ActionDeny
+	ActionPass
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionAccept:
+		return "Accept"
+	case ActionDeny:
+		return "Deny"
+	case ActionPass:
+		return "Pass"
+	}
+	return "Action-" + strconv.Itoa(int(a))
+}
+
+// ClusterPolicyRules are the rules of one ClusterNetworkPolicy.
+//
+// Evaluation, per direction and pod: the Admin policies of the pod in
+// order, within one policy its rules in order, the first rule that matches
+// decides (Accept, Deny, or Pass to the next tier); then the
+// NetworkPolicies when any isolates the pod in that direction (allow if a
+// rule matches, else deny); then the Baseline policies the same way; then
+// allow. A connection passes only if both the source pod's egress and the
+// destination pod's ingress allow it.
+type ClusterPolicyRules struct {
+	// Name is the object's name (ClusterNetworkPolicies have no
+	// namespace).
+	Name     string
+	Tier     Tier
+	Priority int32
+	// Ingress rules match on the source address and destination port,
+	// Egress rules on the destination address and port; rules that can
+	// never match (every peer or every port invalid) are left out, the
+	// others keep their position in Index.
+	Ingress []ClusterRule
+	Egress  []ClusterRule
+}
+
+// Rules returns the policy's rules for dir.
+func (p *ClusterPolicyRules) Rules(dir Direction) []ClusterRule {
+	if dir == Egress {
+		return p.Egress
+	}
+	return p.Ingress
+}
+
+// ClusterPolicyBefore is the evaluation order within a tier: lower
+// priority first; equal priorities (which the API leaves to the
+// implementation) by name, ascending. Every agent thus orders a tie the
+// same way, and the tie is reported in the policies' status.
+func ClusterPolicyBefore(aPriority int32, aName string, bPriority int32, bName string) bool {
+	if aPriority != bPriority {
+		return aPriority < bPriority
+	}
+	return aName < bName
+}
+
+// ClusterRule is one rule of a ClusterNetworkPolicy.
+type ClusterRule struct {
+	// Name is the rule's name in the object, often "".
+	Name string
+	// Index is the rule's position in the object's ingress or egress list.
+	Index  int
+	Action Action
+	// Peers and Ports match like those of a NetworkPolicy Rule. Named
+	// ports (destinationNamedPort) name a PortSet whose entries hold the
+	// protocol of each pod's container port of that name.
+	Peers PeerMatch
+	Ports PortMatch
+}
+
+// Label names the rule for people and metrics: "name ingress[idx]", with
+// the rule's own name after a colon when it has one.
+func (r *ClusterRule) Label(policy string, dir Direction) string {
+	s := fmt.Sprintf("%s %s[%d]", policy, dir, r.Index)
+	if r.Name != "" {
+		s += ":" + r.Name
+	}
+	return s
 }
 
 // IngressIsolated reports whether any policy isolates the pod for ingress.

@@ -43,6 +43,7 @@ const (
 	peerPods                    // pods of the policy's namespace
 	peerNsPods                  // pods of matching namespaces
 	peerIPBlock                 // addresses
+	peerNodes                   // node addresses (nsSel selects the nodes)
 )
 
 type peer struct {

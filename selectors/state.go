@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Pod is the part of a pod the policy model reads. The agent's cache keeps
@@ -54,13 +55,46 @@ type State struct {
 	Pods       []*Pod
 	Namespaces []*Namespace
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the ClusterNetworkPolicies; nil when the CRD
+	// is not installed.
+	ClusterPolicies []*cnpv1beta1.ClusterNetworkPolicy
+	// Nodes are needed only for the nodes peers of ClusterNetworkPolicies.
+	Nodes []*Node
+}
+
+// Node is the part of a node the model reads: its labels and addresses
+// (what a ClusterNetworkPolicy nodes peer matches).
+type Node struct {
+	Name   string
+	Labels map[string]string
+	// IPs are the node's InternalIP and ExternalIP addresses, ascending.
+	IPs []netip.Addr
+}
+
+// NodeFromObject converts an API node; addresses that do not parse, and
+// host names, are left out.
+func NodeFromObject(n *corev1.Node) *Node {
+	out := &Node{Name: n.Name, Labels: n.Labels}
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			out.IPs = append(out.IPs, ip.Unmap().WithZone(""))
+		}
+	}
+	out.IPs = sortAddrs(out.IPs)
+	return out
 }
 
 // Problem is a part of a policy that cannot be enforced as written; that
 // part matches nothing, the rest of the policy is enforced.
 type Problem struct {
-	Policy string // "namespace/name"
-	Reason string
+	// Policy is "namespace/name" of a NetworkPolicy, or the name of a
+	// ClusterNetworkPolicy when Cluster is set.
+	Policy  string
+	Cluster bool
+	Reason  string
 }
 
 // metadataNameLabel is set by the API server on every namespace.
