@@ -13,6 +13,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/test/kerneltest"
@@ -85,11 +87,15 @@ func startModelOn(t *testing.T, cp *testbed.ControlPlane, prefix string, agentAr
 	return m
 }
 
-// reset deletes every policy of the model namespaces and restores labels.
+// reset deletes every ClusterNetworkPolicy and every policy of the model
+// namespaces, and restores labels.
 func (m *modelBed) reset(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	cs := m.cp.Clientset
+	if err := m.cp.Client.DeleteAllOf(ctx, &policyv1beta1.ClusterNetworkPolicy{}); err != nil {
+		t.Fatalf("deleting cluster network policies: %v", err)
+	}
 	for _, ns := range modelNamespaces {
 		if err := cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 			t.Fatalf("deleting policies of %s: %v", ns, err)
@@ -125,6 +131,27 @@ func (m *modelBed) applyPolicy(t *testing.T, p *networkingv1.NetworkPolicy) {
 	}
 }
 
+// applyClusterPolicy creates a ClusterNetworkPolicy or replaces its spec.
+func (m *modelBed) applyClusterPolicy(t *testing.T, p *policyv1beta1.ClusterNetworkPolicy) {
+	t.Helper()
+	ctx := context.Background()
+	var existing policyv1beta1.ClusterNetworkPolicy
+	err := m.cp.Client.Get(ctx, client.ObjectKey{Name: p.Name}, &existing)
+	switch {
+	case apierrors.IsNotFound(err):
+		if err := m.cp.Client.Create(ctx, p.DeepCopy()); err != nil {
+			t.Fatalf("creating cluster network policy %s: %v", p.Name, err)
+		}
+	case err != nil:
+		t.Fatalf("reading cluster network policy %s: %v", p.Name, err)
+	default:
+		existing.Spec = p.Spec
+		if err := m.cp.Client.Update(ctx, &existing); err != nil {
+			t.Fatalf("updating cluster network policy %s: %v", p.Name, err)
+		}
+	}
+}
+
 func (m *modelBed) doStep(t *testing.T, s step) {
 	t.Helper()
 	ctx := context.Background()
@@ -134,6 +161,16 @@ func (m *modelBed) doStep(t *testing.T, s step) {
 	if s.apply != nil {
 		for _, p := range s.apply(m) {
 			m.applyPolicy(t, p)
+		}
+	}
+	if s.applyCluster != nil {
+		for _, p := range s.applyCluster(m) {
+			m.applyClusterPolicy(t, p)
+		}
+	}
+	for _, name := range s.removeCluster {
+		if err := m.cp.Client.Delete(ctx, &policyv1beta1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+			t.Fatalf("deleting cluster network policy %s: %v", name, err)
 		}
 	}
 	for _, key := range s.remove {
