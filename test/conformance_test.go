@@ -215,6 +215,12 @@ func (m *modelBed) converge(s step) (map[testbed.ProbeSpec]*testbed.Matrix, []st
 
 // convergeWithin is converge with another bound.
 func (m *modelBed) convergeWithin(s step, bound time.Duration) (map[testbed.ProbeSpec]*testbed.Matrix, []string) {
+	return m.convergeTo(func(spec testbed.ProbeSpec) *testbed.Matrix { return m.expected(s, spec) }, bound)
+}
+
+// convergeTo probes until every matrix equals want's, for at most bound,
+// and returns the last observation and what differed in it.
+func (m *modelBed) convergeTo(want func(testbed.ProbeSpec) *testbed.Matrix, bound time.Duration) (map[testbed.ProbeSpec]*testbed.Matrix, []string) {
 	ctx := context.Background()
 	deadline := time.Now().Add(bound)
 	var observed map[testbed.ProbeSpec]*testbed.Matrix
@@ -226,7 +232,7 @@ func (m *modelBed) convergeWithin(s step, bound time.Duration) (map[testbed.Prob
 			got := testbed.ProbeMatrix(ctx, m.pods, spec, 48)
 			m.probes.Add(int64(len(m.keys) * len(m.keys)))
 			observed[spec] = got
-			if want := m.expected(s, spec); !got.Equal(want) {
+			if want := want(spec); !got.Equal(want) {
 				failures = append(failures, fmt.Sprintf("%s:\n%s", spec, got.Diff(want)))
 			}
 		}

@@ -402,3 +402,24 @@ func randomProtocols(c *Choices, namedOK bool) []policyv1beta1.ClusterNetworkPol
 	}
 	return out
 }
+
+// RandomPolicies draws policies for a cluster whose pods exist already
+// (the e2e testbed's upstream model: namespaces x, y and z labeled
+// ns=<name>, pods a, b and c labeled pod=<name>): zero to three
+// NetworkPolicies and zero to three ClusterNetworkPolicies, at least one
+// policy in all, drawn as RandomCluster draws them. Some are parts the API
+// server refuses; a test creating them through it drops those.
+func RandomPolicies(c *Choices) ([]*networkingv1.NetworkPolicy, []*policyv1beta1.ClusterNetworkPolicy) {
+	var nps []*networkingv1.NetworkPolicy
+	var cnps []*policyv1beta1.ClusterNetworkPolicy
+	for i := c.Intn(4); i > 0; i-- {
+		nps = append(nps, randomPolicy(c, Pick(c, "x", "y", "z"), fmt.Sprintf("p%d", i)))
+	}
+	for i := c.Intn(4); i > 0; i-- {
+		cnps = append(cnps, randomClusterPolicy(c, fmt.Sprintf("cnp%d", i)))
+	}
+	if len(nps)+len(cnps) == 0 {
+		cnps = append(cnps, randomClusterPolicy(c, "cnp0"))
+	}
+	return nps, cnps
+}
