@@ -109,6 +109,12 @@ func (d *DeniedLogger) handle(p nft.DeniedPacket) {
 	if p.Direction == selectors.Egress {
 		local = p.Src
 	}
+	if p.Policy != "" {
+		d.Log.Info("denied", "direction", p.Direction.String(), "src", lookup.name(p.Src), "dst", lookup.name(p.Dst),
+			"srcIP", p.Src.String(), "dstIP", p.Dst.String(), "protocol", p.Protocol.String(), "port", p.Port,
+			"clusterNetworkPolicy", p.Policy)
+		return
+	}
 	var isolatedBy []string
 	if pr := lookup.isolation[lookup.name(local)]; pr != nil {
 		isolatedBy = pr.Ingress

@@ -103,25 +103,29 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 	compileSets(rs, m, prev, prevSets)
 
 	used := map[string]bool{} // policy chains that some pod jumps to
+	cc := newClusterCompiler(rs, m, cfg)
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
-			keys := pod.Isolating(dir)
-			if len(keys) == 0 {
+			var iso string
+			if keys := pod.Isolating(dir); len(keys) > 0 {
+				iso = isolationChainName(keys, dir)
+				if _, ok := rs.chains[iso]; !ok {
+					c := &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
+					for _, k := range keys {
+						target := policyChainName(k, dir)
+						used[target] = true
+						c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: target})
+					}
+					c.rules = append(c.rules, denyRules(cfg, dir)...)
+					rs.chains[iso] = c
+				}
+			}
+			target := cc.podChain(pod.Cluster[dir], iso, dir)
+			if target == "" {
 				continue
 			}
-			iso := isolationChainName(keys, dir)
-			if _, ok := rs.chains[iso]; !ok {
-				c := &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
-				for _, k := range keys {
-					target := policyChainName(k, dir)
-					used[target] = true
-					c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: target})
-				}
-				c.rules = append(c.rules, denyRules(cfg, dir)...)
-				rs.chains[iso] = c
-			}
 			for _, ip := range pod.IPs {
-				rs.sets[verdictMap(dir, familyOf(ip))].elems[addrKey(ip)] = iso
+				rs.sets[verdictMap(dir, familyOf(ip))].elems[addrKey(ip)] = target
 			}
 		}
 	}
@@ -235,21 +239,30 @@ func denyRules(cfg Config, dir selectors.Direction) []ruleSpec {
 // compileRule turns one model rule into nft rules: one per (peer set part,
 // port part) pair, since a rule can match one set per field.
 func compileRule(policy string, dir selectors.Direction, idx int, r selectors.Rule) []ruleSpec {
+	comment := truncateComment(fmt.Sprintf("%s %s[%d]", policy, dir, idx))
+	out := ruleMatches(dir, r.Peers, r.Ports)
+	for i := range out {
+		out[i].counter, out[i].verdict, out[i].comment = true, verdictAccept, comment
+	}
+	return out
+}
+
+// ruleMatches returns the matches of one rule, without counter, verdict
+// or comment: one per (peer set part, port part) pair of the same family.
+func ruleMatches(dir selectors.Direction, pm selectors.PeerMatch, ports selectors.PortMatch) []ruleSpec {
 	peerField := fieldSaddr
 	if dir == selectors.Egress {
 		peerField = fieldDaddr
 	}
-	comment := truncateComment(fmt.Sprintf("%s %s[%d]", policy, dir, idx))
-
 	type peerPart struct {
 		family int
 		set    string
 	}
 	var peers []peerPart
-	if r.Peers.All {
+	if pm.All {
 		peers = []peerPart{{}}
 	} else {
-		for _, id := range r.Peers.Sets {
+		for _, id := range pm.Sets {
 			peers = append(peers, peerPart{4, addrSetName(id, 4)}, peerPart{6, addrSetName(id, 6)})
 		}
 	}
@@ -260,25 +273,25 @@ func compileRule(policy string, dir selectors.Direction, idx int, r selectors.Ru
 		named       string
 		family      int
 	}
-	var ports []portPart
-	if r.Ports.All {
-		ports = []portPart{{}}
+	var parts []portPart
+	if ports.All {
+		parts = []portPart{{}}
 	} else {
-		for _, pr := range r.Ports.Ranges {
-			ports = append(ports, portPart{proto: pr.Protocol, first: pr.First, last: pr.Last})
+		for _, pr := range ports.Ranges {
+			parts = append(parts, portPart{proto: pr.Protocol, first: pr.First, last: pr.Last})
 		}
-		if r.Ports.Named != "" {
-			ports = append(ports, portPart{named: portSetName(r.Ports.Named, 4), family: 4}, portPart{named: portSetName(r.Ports.Named, 6), family: 6})
+		if ports.Named != "" {
+			parts = append(parts, portPart{named: portSetName(ports.Named, 4), family: 4}, portPart{named: portSetName(ports.Named, 6), family: 6})
 		}
 	}
 
 	var out []ruleSpec
 	for _, pe := range peers {
-		for _, po := range ports {
+		for _, po := range parts {
 			if pe.family != 0 && po.family != 0 && pe.family != po.family {
 				continue
 			}
-			rs := ruleSpec{counter: true, verdict: verdictAccept, comment: comment}
+			var rs ruleSpec
 			rs.family = pe.family
 			if po.family != 0 {
 				rs.family = po.family

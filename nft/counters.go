@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
+
+	"github.com/google/nftables/userdata"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -117,15 +120,27 @@ func (cs *counterState) update(committed *Ruleset, perChain map[string]counterSu
 	}
 	now := make(map[string]chainCount, len(perChain))
 	for name, sum := range perChain {
-		spec := committed.chains[name]
-		if spec == nil || len(spec.policies) == 0 {
+		chain, comment, perRule := strings.Cut(name, ruleUnitSep)
+		spec := committed.chains[chain]
+		if perRule {
+			if spec == nil || spec.tier == 0 {
+				continue
+			}
+			// The rule's label names the policy and rule; its verdict
+			// says whether it denies.
+			now[name] = chainCount{counterSum: sum, policies: []string{strings.TrimPrefix(comment, clusterCommentPrefix)},
+				dir: spec.dir, isolates: spec.deniesByComment(comment)}
+			continue
+		}
+		if spec == nil || len(spec.policies) == 0 || spec.tier != 0 {
 			continue
 		}
 		now[name] = chainCount{counterSum: sum, policies: spec.policies, dir: spec.dir, isolates: spec.isolates}
 	}
 	for name, prev := range cs.last {
 		cur, still := now[name]
-		if !still || cs.reset[name] || cur.packets < prev.packets || cur.bytes < prev.bytes {
+		chain, _, _ := strings.Cut(name, ruleUnitSep)
+		if !still || cs.reset[chain] || cur.packets < prev.packets || cur.bytes < prev.bytes {
 			prev.addTo(cs.base)
 		}
 	}
@@ -153,6 +168,22 @@ func (cs *counterState) update(committed *Ruleset, perChain map[string]counterSu
 
 type counterSum struct{ packets, bytes uint64 }
 
+// deniesByComment reports whether the rules with comment in c drop or
+// reject.
+func (c *chainSpec) deniesByComment(comment string) bool {
+	for i := range c.rules {
+		r := &c.rules[i]
+		if r.comment == comment {
+			switch r.verdict {
+			case verdictDrop, verdictRejectTCP, verdictRejectICMPX:
+				return true
+			}
+			return false
+		}
+	}
+	return false
+}
+
 // chainCounters sums the counter expressions of every rule in our table,
 // by chain, with one netlink dump. google/nftables only dumps the rules of
 // one chain per request, and a request per policy chain made a metrics
@@ -168,9 +199,13 @@ func (e *Enforcer) chainCounters() (map[string]counterSum, error) {
 	}
 	out := map[string]counterSum{}
 	for _, m := range msgs {
-		chain, ctr, err := decodeRuleCounters(m.Data)
+		chain, comment, ctr, err := decodeRuleCounters(m.Data)
 		if err != nil {
 			return nil, fmt.Errorf("decoding a rule of table %s: %w", e.table.Name, err)
+		}
+		if strings.HasPrefix(comment, clusterCommentPrefix) {
+			// ClusterNetworkPolicy rules count one by one.
+			chain += ruleUnitSep + comment
 		}
 		sum := out[chain]
 		sum.packets += ctr.packets
@@ -180,23 +215,31 @@ func (e *Enforcer) chainCounters() (map[string]counterSum, error) {
 	return out, nil
 }
 
-// decodeRuleCounters returns the chain of one NFT_MSG_NEWRULE message and
-// the sum of its counter expressions.
-func decodeRuleCounters(data []byte) (string, counterSum, error) {
-	var chain string
+// ruleUnitSep joins a chain name and a rule comment into the key of a
+// counter of its own: a byte no chain name holds.
+const ruleUnitSep = "\x00"
+
+// decodeRuleCounters returns the chain and comment of one NFT_MSG_NEWRULE
+// message and the sum of its counter expressions.
+func decodeRuleCounters(data []byte) (string, string, counterSum, error) {
+	var chain, comment string
 	var sum counterSum
 	if len(data) < 4 {
-		return "", sum, errors.New("message shorter than its nfgenmsg header")
+		return "", "", sum, errors.New("message shorter than its nfgenmsg header")
 	}
 	ad, err := netlink.NewAttributeDecoder(data[4:])
 	if err != nil {
-		return "", sum, err
+		return "", "", sum, err
 	}
 	ad.ByteOrder = binary.BigEndian
 	for ad.Next() {
 		switch ad.Type() {
 		case unix.NFTA_RULE_CHAIN:
 			chain = ad.String()
+		case unix.NFTA_RULE_USERDATA:
+			if c, ok := userdata.GetString(ad.Bytes(), userdata.TypeComment); ok {
+				comment = c
+			}
 		case unix.NFTA_RULE_EXPRESSIONS:
 			ad.Nested(func(list *netlink.AttributeDecoder) error {
 				for list.Next() {
@@ -212,9 +255,9 @@ func decodeRuleCounters(data []byte) (string, counterSum, error) {
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return "", sum, err
+		return "", "", sum, err
 	}
-	return chain, sum, nil
+	return chain, comment, sum, nil
 }
 
 // addCounter adds one expression's counts to sum if it is a counter.

@@ -88,6 +88,7 @@ func randomModel(r *rand.Rand) *selectors.Model {
 		}
 		m.Policies = append(m.Policies, pr)
 	}
+	randomClusterPolicies(r, m, setIDs, named)
 	for i := 0; i < 12; i++ {
 		pod := selectors.PodRules{Key: fmt.Sprintf("ns/pod%02d", i), IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})}}
 		if r.Intn(2) == 0 {
@@ -103,11 +104,70 @@ func randomModel(r *rand.Rand) *selectors.Model {
 			return out
 		}
 		pod.Ingress, pod.Egress = pick(), pick()
-		if len(pod.Ingress)+len(pod.Egress) > 0 {
+		for dir := range pod.Cluster {
+			for _, c := range m.ClusterPolicies {
+				if r.Intn(3) != 0 {
+					continue
+				}
+				t := &pod.Cluster[dir]
+				if c.Tier == selectors.TierAdmin {
+					t.Admin = append(t.Admin, c.Name)
+				} else {
+					t.Baseline = append(t.Baseline, c.Name)
+				}
+			}
+		}
+		if len(pod.Ingress)+len(pod.Egress) > 0 || !pod.Cluster[0].Empty() || !pod.Cluster[1].Empty() {
 			m.Pods = append(m.Pods, pod)
 		}
 	}
 	return m
+}
+
+// randomClusterPolicies adds up to four ClusterNetworkPolicies of random
+// tiers with random rules over the model's sets, in evaluation order.
+func randomClusterPolicies(r *rand.Rand, m *selectors.Model, setIDs []string, named bool) {
+	for p := 0; p < 4; p++ {
+		if r.Intn(3) == 0 {
+			continue
+		}
+		cp := selectors.ClusterPolicyRules{Name: fmt.Sprintf("cnp%d", p), Tier: selectors.Tier(1 + r.Intn(2)), Priority: int32(p)}
+		for dir := 0; dir < 2; dir++ {
+			var rules []selectors.ClusterRule
+			for k := 0; k < 1+r.Intn(3); k++ {
+				rule := selectors.ClusterRule{Index: k, Action: selectors.Action(1 + r.Intn(3))}
+				if r.Intn(2) == 0 {
+					rule.Name = fmt.Sprintf("r%d", k)
+				}
+				if len(setIDs) == 0 || r.Intn(4) == 0 {
+					rule.Peers.All = true
+				} else {
+					rule.Peers.Sets = []string{setIDs[r.Intn(len(setIDs))]}
+				}
+				switch r.Intn(4) {
+				case 0:
+					rule.Ports.All = true
+				case 1:
+					rule.Ports.Ranges = []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 80, Last: uint16(80 + r.Intn(2))}}
+				case 2:
+					rule.Ports.Ranges = []selectors.PortRange{{Protocol: selectors.ProtocolUDP, First: 53, Last: 53}}
+				default:
+					if named {
+						rule.Ports.Named = "named"
+					} else {
+						rule.Ports.Ranges = []selectors.PortRange{{Protocol: selectors.ProtocolSCTP, First: 1, Last: 65535}}
+					}
+				}
+				rules = append(rules, rule)
+			}
+			if dir == 0 {
+				cp.Ingress = rules
+			} else {
+				cp.Egress = rules
+			}
+		}
+		m.ClusterPolicies = append(m.ClusterPolicies, cp)
+	}
 }
 
 // TestIncrementalSyncsEqualFullCompiles commits a random walk of models

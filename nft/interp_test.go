@@ -164,6 +164,9 @@ const (
 	fallThrough outcome = iota // end of chain: back to the caller, or the base chain's policy (accept)
 	accepted
 	dropped // drop or reject
+	// gotoEnded: a goto target ended without a verdict; the chain that
+	// went there ends too (goto pushes no return address).
+	gotoEnded
 )
 
 // run decides w at one hook of the table: every base chain of the hook in
@@ -200,6 +203,9 @@ func (kt *kernelTable) runChain(c *kernelChain, w wirePacket, depth int, trace *
 		}
 		if matched {
 			*trace = append(*trace, c.name+": "+rule.text)
+		}
+		if out == gotoEnded {
+			return fallThrough, nil
 		}
 		if out != fallThrough {
 			return out, nil
@@ -354,6 +360,12 @@ func (kt *kernelTable) runRule(rule kernelRule, w wirePacket, depth int, trace *
 				return dropped, true, nil
 			case expr.VerdictJump:
 				return jump(e.Chain)
+			case expr.VerdictGoto:
+				out, matched, err := jump(e.Chain)
+				if out == fallThrough {
+					out = gotoEnded
+				}
+				return out, matched, err
 			}
 			return 0, false, fmt.Errorf("verdict %d not interpreted", e.Kind)
 		default:

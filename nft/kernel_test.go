@@ -438,3 +438,45 @@ func TestSetWhoseShapeChangesIsReplacedWithTheTable(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterPolicyCountersPerRule: ClusterNetworkPolicy rules are
+// counted one by one, by their comment, allowed or denied by their
+// verdict; the NetworkPolicy counters of the same table are unaffected.
+func TestClusterPolicyCountersPerRule(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	if _, err := e.Sync(everyKindModel()); err != nil {
+		t.Fatal(err)
+	}
+	var baseline string
+	for _, name := range e.committed.sortedChainNames() {
+		if strings.HasPrefix(name, baselineChainPrefix) {
+			baseline = name
+		}
+	}
+	if baseline == "" {
+		t.Fatal("no baseline chain")
+	}
+	// Rules with known counts and the comments of the baseline's rules,
+	// as if packets had matched them.
+	nftIn(t, ns, "add", "rule", "inet", "nftpol", baseline, "meta", "l4proto", "tcp", "counter", "packets", "4", "bytes", "400", "comment", `"cnp:baseline-default-deny ingress[1]"`)
+	nftIn(t, ns, "add", "rule", "inet", "nftpol", baseline, "meta", "l4proto", "udp", "counter", "packets", "2", "bytes", "200", "comment", `"cnp:baseline-default-deny ingress[0]:pass-b"`)
+	counters, err := e.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]PolicyCounter{}
+	for _, pc := range counters {
+		got[pc.Policy+" "+pc.Direction.String()] = pc
+	}
+	want := map[string]PolicyCounter{
+		"baseline-default-deny ingress[1] ingress":        {Policy: "baseline-default-deny ingress[1]", Direction: selectors.Ingress, DeniedPackets: 4, DeniedBytes: 400},
+		"baseline-default-deny ingress[0]:pass-b ingress": {Policy: "baseline-default-deny ingress[0]:pass-b", Direction: selectors.Ingress, AllowedPackets: 2, AllowedBytes: 200},
+		"admin-deny egress[1] egress":                     {Policy: "admin-deny egress[1]", Direction: selectors.Egress},
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: got %+v, want %+v (all: %v)", k, got[k], w, counters)
+		}
+	}
+}

@@ -59,6 +59,10 @@ type DeniedPacket struct {
 	Src, Dst  netip.Addr
 	Protocol  selectors.Protocol
 	Port      uint16
+	// Policy names the ClusterNetworkPolicy rule that denied the packet
+	// ("name ingress[0]", see selectors.ClusterRule.Label; cut when the
+	// log prefix could not hold it), "" for a NetworkPolicy isolation.
+	Policy string
 }
 
 // ReadDenied subscribes to the NFLOG group of the deny paths in the
@@ -162,6 +166,7 @@ func parseNflog(m netlink.Message) (DeniedPacket, bool) {
 		}
 	}
 	var p DeniedPacket
+	prefix, p.Policy, _ = strings.Cut(prefix, " ")
 	switch prefix {
 	case logPrefixIngress:
 		p.Direction = selectors.Ingress

@@ -59,7 +59,13 @@ func (r *Ruleset) writeTable(b *strings.Builder, annotated bool) {
 	}
 	for _, name := range r.sortedChainNames() {
 		c := r.chains[name]
-		if annotated && len(c.policies) > 0 {
+		if annotated && c.tier != 0 {
+			fmt.Fprintf(b, "\t# ClusterNetworkPolicy %s tier: %s (%s)", c.tier, strings.Join(c.policies, ", "), c.dir)
+			if c.next != "" {
+				fmt.Fprintf(b, ", then %s", c.next)
+			}
+			b.WriteString("\n")
+		} else if annotated && len(c.policies) > 0 {
 			what := "allows of"
 			if c.isolates {
 				what = "isolation by"

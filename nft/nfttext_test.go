@@ -31,7 +31,40 @@ func everyKindModel() *selectors.Model {
 		selectors.PortEntry{Addr: netip.MustParseAddr("10.0.0.2"), Protocol: selectors.ProtocolUDP, Port: 53},
 		selectors.PortEntry{Addr: netip.MustParseAddr("10.0.0.2"), Protocol: selectors.ProtocolSCTP, Port: 65535},
 		selectors.PortEntry{Addr: netip.MustParseAddr("fd00::2"), Protocol: selectors.ProtocolUDP, Port: 1})
+	addClusterPolicies(m)
 	return m
+}
+
+// addClusterPolicies adds every ClusterNetworkPolicy shape to m: both
+// tiers, every action, a Pass into the NetworkPolicy tier (pod x/a), into
+// Baseline and out of Baseline (pod x/c, which no NetworkPolicy isolates),
+// and a pod only Baseline selects (x/d).
+func addClusterPolicies(m *selectors.Model) {
+	all := selectors.PeerMatch{All: true}
+	m.ClusterPolicies = []selectors.ClusterPolicyRules{
+		{Name: "admin-deny", Tier: selectors.TierAdmin, Priority: 1,
+			Ingress: []selectors.ClusterRule{
+				{Name: "no-cidr", Action: selectors.ActionDeny, Peers: selectors.PeerMatch{Sets: []string{"cidr"}}, Ports: selectors.PortMatch{All: true}},
+				{Index: 1, Action: selectors.ActionPass, Peers: selectors.PeerMatch{Sets: []string{"pods-b"}}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 80, Last: 80}}}},
+				{Index: 2, Action: selectors.ActionAccept, Peers: all, Ports: selectors.PortMatch{Named: "named"}},
+			},
+			Egress: []selectors.ClusterRule{
+				{Action: selectors.ActionDeny, Peers: selectors.PeerMatch{Sets: []string{"pods-b"}}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolUDP, First: 1000, Last: 2000}}}},
+				{Index: 1, Action: selectors.ActionDeny, Peers: all, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 0, Last: 65535}}}},
+			}},
+		{Name: "baseline-default-deny", Tier: selectors.TierBaseline, Priority: 1000,
+			Ingress: []selectors.ClusterRule{
+				{Name: "pass-b", Action: selectors.ActionPass, Peers: selectors.PeerMatch{Sets: []string{"pods-b"}}, Ports: selectors.PortMatch{All: true}},
+				{Index: 1, Action: selectors.ActionDeny, Peers: all, Ports: selectors.PortMatch{All: true}},
+			}},
+	}
+	m.Pods[0].Cluster[selectors.Ingress] = selectors.ClusterTiers{Admin: []string{"admin-deny"}, Baseline: []string{"baseline-default-deny"}}
+	m.Pods[0].Cluster[selectors.Egress] = selectors.ClusterTiers{Admin: []string{"admin-deny"}}
+	m.Pods = append(m.Pods,
+		selectors.PodRules{Key: "x/c", IPs: mustAddrs("10.0.0.3", "fd00::3"), Cluster: [2]selectors.ClusterTiers{
+			{Admin: []string{"admin-deny"}, Baseline: []string{"baseline-default-deny"}}}},
+		selectors.PodRules{Key: "x/d", IPs: mustAddrs("10.0.0.4"), Cluster: [2]selectors.ClusterTiers{
+			{Baseline: []string{"baseline-default-deny"}}}})
 }
 
 // TestNftTextLoadsAsTheSameTable loads NftText with `nft -f` into an empty

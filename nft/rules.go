@@ -30,6 +30,7 @@ const (
 	verdictAccept
 	verdictDrop
 	verdictJump
+	verdictGoto        // to a chain that ends in a final verdict or returns to the base chain
 	verdictRejectTCP   // tcp reset
 	verdictRejectICMPX // icmpx admin-prohibited
 )
@@ -58,7 +59,7 @@ type ruleSpec struct {
 	logPrefix string
 	counter   bool
 	verdict   verdictKind
-	target    string // jump target
+	target    string // jump or goto target
 	comment   string
 	// foreign describes, in the expressions' own terms, a rule read back
 	// from the kernel that nftpol does not write; such a rule never equals
@@ -185,6 +186,8 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 		e = append(e, &expr.Verdict{Kind: expr.VerdictDrop})
 	case verdictJump:
 		e = append(e, &expr.Verdict{Kind: expr.VerdictJump, Chain: r.target})
+	case verdictGoto:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictGoto, Chain: r.target})
 	case verdictRejectTCP:
 		e = append(e, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST, Code: 0})
 	case verdictRejectICMPX:
@@ -271,6 +274,8 @@ func (r *ruleSpec) String() string {
 		parts = append(parts, "drop")
 	case verdictJump:
 		parts = append(parts, "jump "+r.target)
+	case verdictGoto:
+		parts = append(parts, "goto "+r.target)
 	case verdictRejectTCP:
 		parts = append(parts, "reject with tcp reset")
 	case verdictRejectICMPX:
@@ -440,6 +445,8 @@ func recognizeRule(exprs []expr.Any) (ruleSpec, bool) {
 				r.verdict = verdictDrop
 			case expr.VerdictJump:
 				r.verdict, r.target = verdictJump, x.Chain
+			case expr.VerdictGoto:
+				r.verdict, r.target = verdictGoto, x.Chain
 			default:
 				return r, false
 			}

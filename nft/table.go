@@ -245,6 +245,11 @@ type chainSpec struct {
 	policies []string
 	dir      selectors.Direction
 	isolates bool
+	// tier is set on a ClusterNetworkPolicy chain, whose policies are the
+	// CNPs inlined in it in order; next is where its Pass goes. Their
+	// counters are per rule, by comment (see counters.go).
+	tier selectors.Tier
+	next string
 }
 
 // sameKernelChain reports whether two chains are the same in the kernel:

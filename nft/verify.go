@@ -319,6 +319,9 @@ func annotateChains(rs *Ruleset) {
 		}
 	}
 	for _, c := range rs.chains {
+		annotateClusterChain(c)
+	}
+	for _, c := range rs.chains {
 		if !strings.HasPrefix(c.name, "iso-") {
 			continue
 		}
@@ -336,6 +339,36 @@ func annotateChains(rs *Ruleset) {
 				name = t.policies[0]
 			}
 			c.policies = append(c.policies, name)
+		}
+	}
+}
+
+// annotateClusterChain recovers the tier, direction, policies (from the
+// rule comments, in order) and next tier of a ClusterNetworkPolicy chain.
+func annotateClusterChain(c *chainSpec) {
+	rest, ok := strings.CutPrefix(c.name, adminChainPrefix)
+	c.tier = selectors.TierAdmin
+	if !ok {
+		if rest, ok = strings.CutPrefix(c.name, baselineChainPrefix); !ok {
+			return
+		}
+		c.tier = selectors.TierBaseline
+	}
+	c.dir = selectors.Ingress
+	if strings.HasPrefix(rest, "eg-") {
+		c.dir = selectors.Egress
+	}
+	c.policies = nil
+	for _, r := range c.rules {
+		label, ok := strings.CutPrefix(r.comment, clusterCommentPrefix)
+		if ok {
+			name, _, _ := strings.Cut(label, " ")
+			if len(c.policies) == 0 || c.policies[len(c.policies)-1] != name {
+				c.policies = append(c.policies, name)
+			}
+		}
+		if r.verdict == verdictGoto && r.comment == "" {
+			c.next = r.target
 		}
 	}
 }

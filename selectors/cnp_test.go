@@ -169,16 +169,22 @@ func TestClusterPolicyParseProblems(t *testing.T) {
 		{"bad subject selector", func(c *cnpv1beta1.ClusterNetworkPolicy) { c.Spec.Subject.Namespaces = badSel }, "subject namespaces selector is invalid", 0, 0},
 		{"unknown action", func(c *cnpv1beta1.ClusterNetworkPolicy) { c.Spec.Egress[0].Action = "Maybe" }, "action \"Maybe\" is unknown, the rule denies everything", 1, ActionDeny},
 		{"no peers", func(c *cnpv1beta1.ClusterNetworkPolicy) { c.Spec.Egress[0].To = nil }, "has no peer", 0, 0},
-		{"empty peer on accept", func(c *cnpv1beta1.ClusterNetworkPolicy) { c.Spec.Egress[0].To = append(c.Spec.Egress[0].To, cnpv1beta1.ClusterNetworkPolicyEgressPeer{}) }, "sets no field this agent knows and matches nothing", 1, ActionAccept},
+		{"empty peer on accept", func(c *cnpv1beta1.ClusterNetworkPolicy) {
+			c.Spec.Egress[0].To = append(c.Spec.Egress[0].To, cnpv1beta1.ClusterNetworkPolicyEgressPeer{})
+		}, "sets no field this agent knows and matches nothing", 1, ActionAccept},
 		{"empty peer on pass", func(c *cnpv1beta1.ClusterNetworkPolicy) {
 			c.Spec.Egress[0].Action = "Pass"
 			c.Spec.Egress[0].To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{}}
 		}, "the Pass rule denies everything", 1, ActionDeny},
-		{"two peer fields", func(c *cnpv1beta1.ClusterNetworkPolicy) { c.Spec.Egress[0].To[0].Networks = []cnpv1beta1.CIDR{"10.0.0.0/8"} }, "more than one field", 0, 0},
+		{"two peer fields", func(c *cnpv1beta1.ClusterNetworkPolicy) {
+			c.Spec.Egress[0].To[0].Networks = []cnpv1beta1.CIDR{"10.0.0.0/8"}
+		}, "more than one field", 0, 0},
 		{"bad network", func(c *cnpv1beta1.ClusterNetworkPolicy) {
 			c.Spec.Egress[0].To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"10.0.0.300/8"}}}
 		}, "does not parse", 0, 0},
-		{"bad nodes selector", func(c *cnpv1beta1.ClusterNetworkPolicy) { c.Spec.Egress[0].To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Nodes: badSel}} }, "nodes selector is invalid", 0, 0},
+		{"bad nodes selector", func(c *cnpv1beta1.ClusterNetworkPolicy) {
+			c.Spec.Egress[0].To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Nodes: badSel}}
+		}, "nodes selector is invalid", 0, 0},
 		{"bad pods selector", func(c *cnpv1beta1.ClusterNetworkPolicy) {
 			c.Spec.Egress[0].To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Pods: &cnpv1beta1.NamespacedPod{PodSelector: *badSel}}}
 		}, "pods podSelector is invalid", 0, 0},
@@ -191,7 +197,9 @@ func TestClusterPolicyParseProblems(t *testing.T) {
 		{"bad port range", func(c *cnpv1beta1.ClusterNetworkPolicy) {
 			c.Spec.Egress[0].Protocols = []cnpv1beta1.ClusterNetworkPolicyProtocol{{TCP: &cnpv1beta1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1beta1.Port{Range: &cnpv1beta1.PortRange{Start: 90, End: 80}}}}}
 		}, "port range 90-80 is invalid", 0, 0},
-		{"port zero", func(c *cnpv1beta1.ClusterNetworkPolicy) { c.Spec.Egress[0].Protocols = []cnpv1beta1.ClusterNetworkPolicyProtocol{tcp(0)} }, "port range 0-0", 0, 0},
+		{"port zero", func(c *cnpv1beta1.ClusterNetworkPolicy) {
+			c.Spec.Egress[0].Protocols = []cnpv1beta1.ClusterNetworkPolicyProtocol{tcp(0)}
+		}, "port range 0-0", 0, 0},
 		{"number and range", func(c *cnpv1beta1.ClusterNetworkPolicy) {
 			c.Spec.Egress[0].Protocols = []cnpv1beta1.ClusterNetworkPolicyProtocol{{UDP: &cnpv1beta1.ClusterNetworkPolicyProtocolUDP{DestinationPort: &cnpv1beta1.Port{Number: 5, Range: &cnpv1beta1.PortRange{Start: 1, End: 9}}}}}
 		}, "both number and range", 0, 0},

@@ -1,0 +1,160 @@
+package nft
+
+import (
+	"strings"
+
+	"github.com/nftpol/nftpol/selectors"
+)
+
+// This file compiles the ClusterNetworkPolicy tiers. A pod's verdict map
+// element jumps, per direction, to one chain made for its combination of
+// tiers, shared by every local pod with the same combination:
+//
+//	adm-<dir>-<hash>  its Admin rules inline in evaluation order: Accept
+//	                  accepts, Deny logs, counts and drops (or rejects),
+//	                  Pass goes to the next tier; at the end, goto the next
+//	                  tier. Named after the Admin policies and the next
+//	                  tier's chain.
+//	iso-<dir>-<hash>  the NetworkPolicy tier, as without CNPs: it ends in
+//	                  a deny, so reaching it decides.
+//	bl-<dir>-<hash>   its Baseline rules inline (only when no
+//	                  NetworkPolicy isolates the pod: the NetworkPolicy tier
+//	                  decides otherwise); Pass accepts, the end returns to
+//	                  the base chain, whose policy accepts.
+//
+// The next tier after Admin is the NetworkPolicy tier when one isolates the
+// pod, else Baseline, else nothing (Pass and the end accept). A packet
+// walks only the rules of the policies that select its pod, and the base
+// chains stay as they are: an egress Accept ends forward-egress only, the
+// packet still meets forward-ingress.
+
+// Prefixes of the ClusterNetworkPolicy chains and comments.
+const (
+	adminChainPrefix    = "adm-"
+	baselineChainPrefix = "bl-"
+	// clusterCommentPrefix starts the comment of every CNP rule, which
+	// names the policy and rule (selectors.ClusterRule.Label).
+	clusterCommentPrefix = "cnp:"
+)
+
+type clusterCompiler struct {
+	rs       *Ruleset
+	cfg      Config
+	policies map[string]*selectors.ClusterPolicyRules
+}
+
+func newClusterCompiler(rs *Ruleset, m *selectors.Model, cfg Config) *clusterCompiler {
+	cc := &clusterCompiler{rs: rs, cfg: cfg, policies: make(map[string]*selectors.ClusterPolicyRules, len(m.ClusterPolicies))}
+	for i := range m.ClusterPolicies {
+		cc.policies[m.ClusterPolicies[i].Name] = &m.ClusterPolicies[i]
+	}
+	return cc
+}
+
+func clusterChainName(prefix string, dir selectors.Direction, parts ...string) string {
+	return prefix + dirSuffix(dir) + "-" + shortHash(strings.Join(parts, "\n"))
+}
+
+// podChain returns the chain a pod's element jumps to for dir, given its
+// tiers and its NetworkPolicy isolation chain (or ""), adding the tier
+// chains it needs; "" when nothing applies.
+func (cc *clusterCompiler) podChain(t selectors.ClusterTiers, iso string, dir selectors.Direction) string {
+	next := iso
+	if next == "" && len(t.Baseline) > 0 {
+		next = clusterChainName(baselineChainPrefix, dir, t.Baseline...)
+		if _, ok := cc.rs.chains[next]; !ok {
+			cc.rs.chains[next] = cc.tierChain(next, selectors.TierBaseline, t.Baseline, dir, "")
+		}
+	}
+	if len(t.Admin) == 0 {
+		return next
+	}
+	name := clusterChainName(adminChainPrefix, dir, append(append([]string{}, t.Admin...), "then "+next)...)
+	if _, ok := cc.rs.chains[name]; !ok {
+		cc.rs.chains[name] = cc.tierChain(name, selectors.TierAdmin, t.Admin, dir, next)
+	}
+	return name
+}
+
+// tierChain compiles the rules of policies (in evaluation order) of one
+// tier; next is where Pass and the end of an Admin chain go.
+func (cc *clusterCompiler) tierChain(name string, tier selectors.Tier, policies []string, dir selectors.Direction, next string) *chainSpec {
+	c := &chainSpec{name: name, policies: policies, dir: dir, tier: tier, next: next}
+	for _, pname := range policies {
+		p := cc.policies[pname]
+		if p == nil {
+			continue // not from BuildModel; a policy without rules matches nothing
+		}
+		for _, r := range p.Rules(dir) {
+			comment := truncateComment(clusterCommentPrefix + r.Label(p.Name, dir))
+			for _, m := range ruleMatches(dir, r.Peers, r.Ports) {
+				c.rules = append(c.rules, cc.actionRules(m, r.Action, tier, dir, next, comment)...)
+			}
+		}
+	}
+	if tier == selectors.TierAdmin && next != "" {
+		c.rules = append(c.rules, ruleSpec{verdict: verdictGoto, target: next})
+	}
+	return c
+}
+
+// actionRules completes the matches m with the action's verdict. Every
+// rule carries a counter and the policy rule's comment, which is how the
+// counters are told apart (see counters.go).
+func (cc *clusterCompiler) actionRules(m ruleSpec, a selectors.Action, tier selectors.Tier, dir selectors.Direction, next, comment string) []ruleSpec {
+	m.counter, m.comment = true, comment
+	switch a {
+	case selectors.ActionAccept:
+		m.verdict = verdictAccept
+		return []ruleSpec{m}
+	case selectors.ActionPass:
+		if tier == selectors.TierAdmin && next != "" {
+			m.verdict, m.target = verdictGoto, next
+		} else {
+			m.verdict = verdictAccept // Pass from the last tier: the default allows
+		}
+		return []ruleSpec{m}
+	}
+	var out []ruleSpec
+	if cc.cfg.LogDenied {
+		l := m
+		l.counter, l.comment = false, ""
+		l.limitRate, l.logGroup, l.logPrefix = cc.cfg.LogRate, cc.cfg.LogGroup, clusterLogPrefix(dir, comment)
+		out = append(out, l)
+	}
+	if cc.cfg.Deny != DenyReject {
+		m.verdict = verdictDrop
+		return append(out, m)
+	}
+	// Reject as the NetworkPolicy deny does: a TCP reset for TCP, ICMP
+	// admin-prohibited for everything else. A named-port match holds the
+	// protocol in its set, and a TCP match cannot stand before it in a
+	// form the nft tool reads back alike: such a deny rejects with ICMP
+	// whatever the protocol.
+	if m.portSet == "" && (m.l4proto == 0 || m.l4proto == selectors.ProtocolTCP) {
+		t := m
+		t.l4proto, t.verdict = selectors.ProtocolTCP, verdictRejectTCP
+		out = append(out, t)
+	}
+	if m.l4proto != selectors.ProtocolTCP {
+		m.verdict = verdictRejectICMPX
+		out = append(out, m)
+	}
+	return out
+}
+
+// clusterLogPrefix is the NFLOG prefix of a CNP deny: the direction's
+// deny prefix, a space, and the rule's label. NFLOG carries at most 127
+// bytes of prefix: a longer label is cut (ReadDenied reports what came).
+func clusterLogPrefix(dir selectors.Direction, comment string) string {
+	s := logPrefix(dir) + " " + strings.TrimPrefix(comment, clusterCommentPrefix)
+	const max = 127
+	if len(s) > max {
+		cut := max
+		for cut > 0 && !utf8RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
+	}
+	return s
+}
