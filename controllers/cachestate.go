@@ -9,6 +9,7 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/selectors"
 )
@@ -20,6 +21,9 @@ import (
 // time at 10k pods (profile in BENCHMARKS.md).
 type cacheState struct {
 	cache cache.Cache
+	// clusterPolicies, when active, adds the ClusterNetworkPolicies and
+	// Nodes to the state.
+	clusterPolicies *clusterPolicyWatch
 }
 
 func newCacheState(c cache.Cache) *cacheState {
@@ -73,6 +77,27 @@ func (c *cacheState) Read(ctx context.Context) (*selectors.State, error) {
 	for _, o := range polObjs {
 		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
 			state.Policies = append(state.Policies, np)
+		}
+	}
+	if c.clusterPolicies.Active() {
+		cnps, err := c.storeOf(ctx, &cnpv1beta1.ClusterNetworkPolicy{})
+		if err != nil {
+			return nil, err
+		}
+		nodes, err := c.storeOf(ctx, &corev1.Node{})
+		if err != nil {
+			return nil, err
+		}
+		state.ClusterPolicies = []*cnpv1beta1.ClusterNetworkPolicy{}
+		for _, o := range cnps.List() {
+			if cnp, ok := o.(*cnpv1beta1.ClusterNetworkPolicy); ok {
+				state.ClusterPolicies = append(state.ClusterPolicies, cnp)
+			}
+		}
+		for _, o := range nodes.List() {
+			if n, ok := o.(*corev1.Node); ok {
+				state.Nodes = append(state.Nodes, selectors.NodeFromObject(n))
+			}
 		}
 	}
 	return state, nil

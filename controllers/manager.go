@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -24,6 +25,8 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Options configure the agent's control loop.
@@ -61,13 +64,28 @@ type Options struct {
 	// 0 means DefaultFailuresUntilUnready and DefaultSyncStuckAfter.
 	FailuresUntilUnready int
 	SyncStuckAfter       time.Duration
+	// DiscoveryInterval is how often the agent looks for the
+	// ClusterNetworkPolicy API; 0 is DefaultDiscoveryInterval.
+	DiscoveryInterval time.Duration
+	// StatusSpread bounds the delay, derived from the node name, before an
+	// agent writes ClusterNetworkPolicy status (see clusterPolicyStatus);
+	// 0 is DefaultStatusSpread, negative is none.
+	StatusSpread time.Duration
 }
+
+// DefaultStatusSpread spreads the status passes of the agents of a cluster.
+const DefaultStatusSpread = 2 * time.Second
 
 // NewScheme returns the scheme of the objects the agent reads.
 func NewScheme() (*runtime.Scheme, error) {
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, fmt.Errorf("building the scheme: %w", err)
+	}
+	// Known to the scheme whether or not the CRD is installed; the agent
+	// watches them only while the API is served.
+	if err := cnpv1beta1.Install(scheme); err != nil {
+		return nil, fmt.Errorf("adding ClusterNetworkPolicy to the scheme: %w", err)
 	}
 	return scheme, nil
 }
@@ -110,7 +128,13 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 				&corev1.Pod{}:                 {Transform: newPodTrimmer().Transform},
 				&corev1.Namespace{}:           {Transform: TrimMeta},
 				&networkingv1.NetworkPolicy{}: {Transform: TrimMeta},
+				// Started only while the ClusterNetworkPolicy CRD is served.
+				&corev1.Node{}: {Transform: trimNode},
 			},
+			// ClusterNetworkPolicies cannot be listed in ByObject: the
+			// manager would need their REST mapping, which is missing
+			// without the CRD, to start at all.
+			DefaultTransform: trimClusterPolicy,
 		},
 	})
 	if err != nil {
@@ -149,9 +173,29 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	if opts.Lock != nil {
 		guard = newTableGuard(opts.Lock, opts.LockRetryInterval, opts.Log.WithName("lock"))
 	}
+	disc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating the discovery client: %w", err)
+	}
+	cnpWatch := newClusterPolicyWatch(mgr.GetCache(), disc, opts.DiscoveryInterval, opts.Log.WithName("clusternetworkpolicy"))
+	if err := mgr.Add(cnpWatch); err != nil {
+		return nil, nil, fmt.Errorf("adding the ClusterNetworkPolicy discovery: %w", err)
+	}
+	spread := opts.StatusSpread
+	if spread == 0 {
+		spread = DefaultStatusSpread
+	}
+	status := &clusterPolicyStatus{watch: cnpWatch, reader: mgr.GetCache(), writer: events,
+		delay: nodeDelay(opts.NodeName, spread), log: opts.Log.WithName("clusternetworkpolicy-status")}
+	if err := mgr.Add(status); err != nil {
+		return nil, nil, fmt.Errorf("adding the ClusterNetworkPolicy status writer: %w", err)
+	}
+	problems.ClusterPolicies = cnpWatch
+	cached := newCacheState(mgr.GetCache())
+	cached.clusterPolicies = cnpWatch
 	syncer := &Syncer{
 		metrics:        m,
-		cached:         newCacheState(mgr.GetCache()),
+		cached:         cached,
 		health:         newSyncHealth(opts.FailuresUntilUnready, opts.SyncStuckAfter, nil),
 		guard:          guard,
 		NodeName:       opts.NodeName,
@@ -177,6 +221,7 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		Watches(&corev1.Pod{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
 		Watches(&corev1.Namespace{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
 		Watches(&networkingv1.NetworkPolicy{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
+		WatchesRawSource(source.Channel(cnpWatch.sync, toNodeSync)).
 		WithOptions(controller.Options{
 			// One key, one worker: syncs never run concurrently.
 			MaxConcurrentReconciles: 1,

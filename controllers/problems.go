@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/selectors"
 )
@@ -71,6 +72,9 @@ type ProblemReporter struct {
 	Log    logr.Logger
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// ClusterPolicies, when active, lets Events name ClusterNetworkPolicies
+	// (their reader exists only while the CRD is served).
+	ClusterPolicies *clusterPolicyWatch
 
 	mu sync.Mutex
 	// reported holds the problems of the last sync, logged.
@@ -106,7 +110,11 @@ func (r *ProblemReporter) Report(_ context.Context, problems []selectors.Problem
 	for _, p := range problems {
 		current[p] = true
 		if !r.reported[p] {
-			r.Log.Info("policy cannot be fully enforced; the affected part matches nothing", "policy", p.Policy, "reason", p.Reason)
+			kind := "NetworkPolicy"
+			if p.Cluster {
+				kind = "ClusterNetworkPolicy"
+			}
+			r.Log.Info("policy cannot be fully enforced; the affected part matches nothing", "kind", kind, "policy", p.Policy, "reason", p.Reason)
 		}
 		if r.Events == nil || r.evented[p] || r.queued[p] {
 			continue
@@ -157,17 +165,31 @@ func (r *ProblemReporter) Run(ctx context.Context) error {
 // writeEvent creates the Event of p, or counts it in the series of the
 // Event another agent created.
 func (r *ProblemReporter) writeEvent(ctx context.Context, p selectors.Problem) error {
-	ns, name, ok := strings.Cut(p.Policy, "/")
-	if !ok {
-		return nil
-	}
-	var policy networkingv1.NetworkPolicy
-	if err := r.Reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &policy); err != nil {
-		// Deleted meanwhile: nothing to attach the Event to.
-		return client.IgnoreNotFound(err)
-	}
 	now := r.now()
-	ev := problemEvent(&policy, p.Reason, now)
+	var ev *eventsv1.Event
+	if p.Cluster {
+		if !r.ClusterPolicies.Active() {
+			return nil
+		}
+		var policy cnpv1beta1.ClusterNetworkPolicy
+		if err := r.Reader.Get(ctx, types.NamespacedName{Name: p.Policy}, &policy); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		ev = problemEvent(corev1.ObjectReference{APIVersion: cnpv1beta1.GroupVersion.String(), Kind: "ClusterNetworkPolicy",
+			Name: policy.Name, UID: policy.UID}, p.Reason, now)
+	} else {
+		ns, name, ok := strings.Cut(p.Policy, "/")
+		if !ok {
+			return nil
+		}
+		var policy networkingv1.NetworkPolicy
+		if err := r.Reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &policy); err != nil {
+			// Deleted meanwhile: nothing to attach the Event to.
+			return client.IgnoreNotFound(err)
+		}
+		ev = problemEvent(corev1.ObjectReference{APIVersion: networkingv1.SchemeGroupVersion.String(), Kind: "NetworkPolicy",
+			Namespace: policy.Namespace, Name: policy.Name, UID: policy.UID}, p.Reason, now)
+	}
 	err := r.Events.Create(ctx, ev)
 	if err == nil || !apierrors.IsAlreadyExists(err) {
 		if err != nil {
@@ -198,15 +220,16 @@ func (r *ProblemReporter) writeEvent(ctx context.Context, p selectors.Problem) e
 }
 
 // problemEvent is the Event of one problem of policy. Its name is the same
-// on every node.
-func problemEvent(policy *networkingv1.NetworkPolicy, reason string, now time.Time) *eventsv1.Event {
+// on every node. The Event of a cluster-scoped policy lives in the
+// default namespace, as kubectl describe looks for it.
+func problemEvent(policy corev1.ObjectReference, reason string, now time.Time) *eventsv1.Event {
 	note := reason + " (that part matches nothing)"
 	if len(note) > maxNote {
 		note = note[:maxNote]
 	}
 	return &eventsv1.Event{
 		ObjectMeta: metav1.ObjectMeta{
-			Namespace: policy.Namespace,
+			Namespace: eventNamespace(policy.Namespace),
 			Name:      eventName(policy.Name, policy.UID, reason),
 		},
 		EventTime:           metav1.NewMicroTime(now),
@@ -216,14 +239,15 @@ func problemEvent(policy *networkingv1.NetworkPolicy, reason string, now time.Ti
 		Reason:              EventReason,
 		Type:                corev1.EventTypeWarning,
 		Note:                note,
-		Regarding: corev1.ObjectReference{
-			APIVersion: networkingv1.SchemeGroupVersion.String(),
-			Kind:       "NetworkPolicy",
-			Namespace:  policy.Namespace,
-			Name:       policy.Name,
-			UID:        policy.UID,
-		},
+		Regarding:           policy,
 	}
+}
+
+func eventNamespace(ns string) string {
+	if ns == "" {
+		return metav1.NamespaceDefault
+	}
+	return ns
 }
 
 // eventName is "<policy name>.<hash of the policy's UID and the problem>":

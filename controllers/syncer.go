@@ -11,10 +11,13 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/nft"
 	"github.com/nftpol/nftpol/selectors"
@@ -124,7 +127,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 		s.lastVerify = time.Now()
 	}
 	s.synced = true
-	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies),
+	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies), "clusterPolicies", len(model.ClusterPolicies),
 		"compute", compute, "stats", stats)
 	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
 }
@@ -192,6 +195,26 @@ func ReadState(ctx context.Context, r client.Reader) (*selectors.State, error) {
 	}
 	for i := range policies.Items {
 		state.Policies = append(state.Policies, &policies.Items[i])
+	}
+	// ClusterNetworkPolicies when their CRD is installed, and then the
+	// Nodes their nodes peers select.
+	var cnps cnpv1beta1.ClusterNetworkPolicyList
+	switch err := r.List(ctx, &cnps, noCopy); {
+	case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
+		return state, nil
+	case err != nil:
+		return nil, fmt.Errorf("listing cluster network policies: %w", err)
+	}
+	state.ClusterPolicies = make([]*cnpv1beta1.ClusterNetworkPolicy, 0, len(cnps.Items))
+	for i := range cnps.Items {
+		state.ClusterPolicies = append(state.ClusterPolicies, &cnps.Items[i])
+	}
+	var nodes corev1.NodeList
+	if err := r.List(ctx, &nodes, noCopy); err != nil {
+		return nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	for i := range nodes.Items {
+		state.Nodes = append(state.Nodes, selectors.NodeFromObject(&nodes.Items[i]))
 	}
 	return state, nil
 }

@@ -201,6 +201,8 @@ func TestManifestsAcceptedAndRBACIsLeastPrivilege(t *testing.T) {
 			_, err = sa.EventsV1().Events("default").Update(ctx, got, metav1.UpdateOptions{})
 			return err
 		},
+		// For the nodes peers of ClusterNetworkPolicies.
+		"list nodes": func() error { _, err := sa.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); return err },
 		"watch networkpolicies": func() error {
 			w, err := sa.NetworkingV1().NetworkPolicies("").Watch(ctx, metav1.ListOptions{})
 			stopWatch(w)
@@ -209,7 +211,10 @@ func TestManifestsAcceptedAndRBACIsLeastPrivilege(t *testing.T) {
 	}
 	forbidden := map[string]func() error{
 		"list secrets": func() error { _, err := sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); return err },
-		"get nodes":    func() error { _, err := sa.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); return err },
+		"update nodes": func() error {
+			_, err := sa.CoreV1().Nodes().Update(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}}, metav1.UpdateOptions{})
+			return err
+		},
 		"create pods": func() error {
 			_, err := sa.CoreV1().Pods("default").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "i"}}}}, metav1.CreateOptions{})
 			return err

@@ -1,0 +1,266 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2/textlogger"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nftpol/nftpol/nft"
+	"github.com/nftpol/nftpol/test/kerneltest"
+)
+
+// crdPath is the ClusterNetworkPolicy CRD of a channel ("standard" or
+// "experimental") in the network-policy-api module the build uses.
+func crdPath(t *testing.T, channel string) string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/network-policy-api").Output()
+	if err != nil {
+		t.Fatalf("locating the network-policy-api module: %v", err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "config", "crd", channel)
+}
+
+// agentUser is who the agent is in these tests: bound to the ClusterRole
+// of config/rbac and nothing else.
+const agentUser = "system:serviceaccount:nftpol-system:nftpol"
+
+// bindAgentRole creates the ClusterRole of config/rbac and binds agentUser
+// to it, and returns a config acting as agentUser once the binding is in
+// force.
+func bindAgentRole(t *testing.T, admin client.Client, cfg *rest.Config) *rest.Config {
+	t.Helper()
+	data, err := os.ReadFile("../config/rbac/cluster_role.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.Unmarshal(data, &role); err != nil {
+		t.Fatalf("reading the ClusterRole: %v", err)
+	}
+	ctx := context.Background()
+	if err := admin.Create(ctx, &role); err != nil {
+		t.Fatalf("creating the ClusterRole: %v", err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "nftpol-test"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: agentUser}}}
+	if err := admin.Create(ctx, binding); err != nil {
+		t.Fatalf("creating the ClusterRoleBinding: %v", err)
+	}
+	as := rest.CopyConfig(cfg)
+	as.Impersonate = rest.ImpersonationConfig{UserName: agentUser}
+	c, err := client.New(as, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the ClusterRoleBinding in force", func() error {
+		return c.List(ctx, &corev1.NamespaceList{})
+	})
+	return as
+}
+
+// startCNPAgent starts envtest (with the CRDs of crdChannel installed, or
+// none when ""), and an agent with the RBAC of config/rbac.
+func startCNPAgent(t *testing.T, node, crdChannel string) (*agentEnv, *rest.Config) {
+	t.Helper()
+	kerneltest.Require(t, kerneltest.ControlPlane)
+	env := &envtest.Environment{}
+	if crdChannel != "" {
+		env.CRDInstallOptions = envtest.CRDInstallOptions{Paths: []string{crdPath(t, crdChannel)}, ErrorIfPathMissing: true}
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting envtest: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	scheme, err := NewScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentCfg := bindAgentRole(t, admin, cfg)
+
+	netns := kerneltest.Netns(t, netnsPrefix)
+	log := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(testWriter{t})))
+	enforcer, err := nft.NewEnforcer(nft.Config{Table: "nftpol", NetNSPath: netns, Deny: nft.DenyDrop})
+	if err != nil {
+		t.Fatalf("creating the enforcer: %v", err)
+	}
+	t.Cleanup(func() { _ = enforcer.Close() })
+	reg := prometheus.NewRegistry()
+	mgr, syncer, err := NewManager(agentCfg, Options{
+		NodeName: node, MetricsBindAddress: "0", HealthProbeBindAddress: "0",
+		VerifyInterval: time.Second, Enforcer: enforcer, Log: log,
+		SkipNameValidation: true, MetricsRegistry: reg,
+		DiscoveryInterval: 200 * time.Millisecond, StatusSpread: -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("manager did not stop within 20s")
+		}
+	})
+	return &agentEnv{ctx: ctx, client: admin, kernel: newKernelView(t, netns, "nftpol"), syncer: syncer, metrics: reg}, cfg
+}
+
+func adminDeny(name string, priority int32, nsLabels map[string]string) *cnpv1beta1.ClusterNetworkPolicy {
+	return &cnpv1beta1.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: cnpv1beta1.AdminTier, Priority: priority,
+			Subject: cnpv1beta1.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: nsLabels}},
+			Ingress: []cnpv1beta1.ClusterNetworkPolicyIngressRule{{Name: "deny-all", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+				From: []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}}},
+	}
+}
+
+// wantConditions checks the status of a policy: the given condition types
+// with the given statuses, each observing the current generation.
+func wantConditions(a *agentEnv, name string, want map[string]metav1.ConditionStatus, messageHas string) func() error {
+	return func() error {
+		var cnp cnpv1beta1.ClusterNetworkPolicy
+		if err := a.client.Get(a.ctx, client.ObjectKey{Name: name}, &cnp); err != nil {
+			return err
+		}
+		all := ""
+		for typ, st := range want {
+			c := meta.FindStatusCondition(cnp.Status.Conditions, typ)
+			if c == nil || c.Status != st || c.ObservedGeneration != cnp.Generation {
+				return fmt.Errorf("condition %s = %+v, want status %s at generation %d", typ, c, st, cnp.Generation)
+			}
+			all += c.Message + "\n"
+		}
+		if !strings.Contains(all, messageHas) {
+			return fmt.Errorf("messages %q lack %q", all, messageHas)
+		}
+		return nil
+	}
+}
+
+// TestClusterPolicyCRDAppearsLater: an agent started without the CRD
+// enforces NetworkPolicies as before; when the (experimental) CRD is
+// installed it finds it, enforces the policies, and writes their status
+// with no more rights than config/rbac grants.
+func TestClusterPolicyCRDAppearsLater(t *testing.T) {
+	a, cfg := startCNPAgent(t, "node-1", "")
+	a.createNamespace(t, "prod", map[string]string{"env": "prod"})
+	a.createPod(t, "prod", "web", "node-1", map[string]string{"app": "web"}, "10.1.0.1", "fd00:1::1")
+	time.Sleep(time.Second) // a few discovery polls without the API
+	eventually(t, "no pod isolated without policies", wantKeys(a.kernel, nft.MapIngressV4))
+	if a.syncer.cached.clusterPolicies.Active() {
+		t.Fatal("ClusterNetworkPolicy informers run without the CRD")
+	}
+
+	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{crdPath(t, "experimental")}, ErrorIfPathMissing: true}); err != nil {
+		t.Fatalf("installing the CRD: %v", err)
+	}
+	deny := adminDeny("deny-prod", 10, map[string]string{"env": "prod"})
+	// A domainNames peer cannot be enforced: status says so.
+	deny.Spec.Egress = []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionAccept,
+		To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{DomainNames: []cnpv1beta1.DomainName{"example.com"}}}}}
+	eventually(t, "creating a ClusterNetworkPolicy", func() error { return a.client.Create(a.ctx, deny) })
+	eventually(t, "the pod selected by the admin deny", wantKeys(a.kernel, nft.MapIngressV4, "10.1.0.1"))
+	eventually(t, "the pod selected by the admin deny (v6)", wantKeys(a.kernel, nft.MapIngressV6, "fd00:1::1"))
+	eventually(t, "status of deny-prod", wantConditions(a, "deny-prod", map[string]metav1.ConditionStatus{
+		ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionTrue, ConditionPriorityTie: metav1.ConditionFalse,
+	}, "domainNames are not supported"))
+
+	// A second policy of the same tier and priority: both report the tie.
+	tie := adminDeny("also-10", 10, map[string]string{"env": "dev"})
+	if err := a.client.Create(a.ctx, tie); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "tie on deny-prod", wantConditions(a, "deny-prod", map[string]metav1.ConditionStatus{ConditionPriorityTie: metav1.ConditionTrue}, "also-10"))
+	eventually(t, "tie on also-10", wantConditions(a, "also-10", map[string]metav1.ConditionStatus{
+		ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionFalse, ConditionPriorityTie: metav1.ConditionTrue}, "deny-prod"))
+
+	// The namespace relabelled out of the subject: the pod leaves the map.
+	var ns corev1.Namespace
+	ns.Name = "prod"
+	a.relabel(t, &ns, map[string]string{"env": "staging"})
+	eventually(t, "the pod out of the subject", wantKeys(a.kernel, nft.MapIngressV4))
+
+	// What the agent's credentials allow and refuse.
+	as, err := client.New(agentUserConfig(cfg), client.Options{Scheme: a.client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got cnpv1beta1.ClusterNetworkPolicy
+	if err := as.Get(a.ctx, client.ObjectKey{Name: "deny-prod"}, &got); err != nil {
+		t.Fatalf("get as the agent: %v", err)
+	}
+	got.Spec.Priority = 11
+	if err := as.Update(a.ctx, &got); !apierrors.IsForbidden(err) {
+		t.Errorf("updating a policy's spec as the agent: %v, want Forbidden", err)
+	}
+	if err := as.Create(a.ctx, adminDeny("mine", 1, nil)); !apierrors.IsForbidden(err) {
+		t.Errorf("creating a policy as the agent: %v, want Forbidden", err)
+	}
+	if err := as.Delete(a.ctx, &got); !apierrors.IsForbidden(err) {
+		t.Errorf("deleting a policy as the agent: %v, want Forbidden", err)
+	}
+}
+
+func agentUserConfig(cfg *rest.Config) *rest.Config {
+	as := rest.CopyConfig(cfg)
+	as.Impersonate = rest.ImpersonationConfig{UserName: agentUser}
+	return as
+}
+
+// TestClusterPolicyCRDAtStart: with the standard CRD installed before the
+// agent starts, policies are enforced from the first syncs; deleting the
+// policy removes the pod's element.
+func TestClusterPolicyCRDAtStart(t *testing.T) {
+	a, _ := startCNPAgent(t, "node-1", "standard")
+	a.createNamespace(t, "prod", map[string]string{"env": "prod"})
+	a.createPod(t, "prod", "web", "node-1", map[string]string{"app": "web"}, "10.1.0.1")
+	a.createPod(t, "prod", "other-node", "node-2", map[string]string{"app": "web"}, "10.1.0.2")
+	base := &cnpv1beta1.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "baseline-deny"},
+		Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: cnpv1beta1.BaselineTier, Priority: 0,
+			Subject: cnpv1beta1.ClusterNetworkPolicySubject{Pods: &cnpv1beta1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
+			Egress: []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+				To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"192.0.2.0/24"}}}}}},
+	}
+	if err := a.client.Create(a.ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the local subject pod in the egress map", wantKeys(a.kernel, nft.MapEgressV4, "10.1.0.1"))
+	eventually(t, "status of baseline-deny", wantConditions(a, "baseline-deny", map[string]metav1.ConditionStatus{
+		ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionFalse, ConditionPriorityTie: metav1.ConditionFalse}, ""))
+	if err := a.client.Delete(a.ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "no pod in the egress map", wantKeys(a.kernel, nft.MapEgressV4))
+}
