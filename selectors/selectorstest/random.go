@@ -3,6 +3,7 @@ package selectorstest
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -169,6 +170,9 @@ func randomSelector(c *Choices, key string, values ...string) *metav1.LabelSelec
 		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpDoesNotExist}},
 			MatchLabels: map[string]string{key: Pick(c, values...)}}
 	}
+	if c.apiValid {
+		return &metav1.LabelSelector{}
+	}
 	// Invalid (In without values): selects nothing.
 	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: metav1.LabelSelectorOpIn}}}
 }
@@ -186,6 +190,11 @@ func randomPeers(c *Choices) []networkingv1.NetworkPolicyPeer {
 		case 6, 7:
 			peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: randomIPBlock(c)})
 		default: // invalid: an ipBlock with a selector, or an empty peer
+			if c.apiValid {
+				c.Intn(2)
+				peers = append(peers, networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{}})
+				continue
+			}
 			if c.Intn(2) == 0 {
 				peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: randomIPBlock(c), PodSelector: &metav1.LabelSelector{}})
 			} else {
@@ -201,7 +210,11 @@ func randomIPBlock(c *Choices) *networkingv1.IPBlock {
 	for i := c.Intn(3); i > 0; i-- {
 		// Excepts inside the cidr and, now and then, outside it or of the
 		// other family (the API server refuses those; they exclude nothing).
-		b.Except = append(b.Except, Pick(c, "10.0.0.4/30", "fd00::4/126", "10.0.0.6/31", "fd00::1/128", "10.0.0.1/32", "10.0.0.8/30", "fd00::8/125", "10.0.0.0/16"))
+		ex := Pick(c, "10.0.0.4/30", "fd00::4/126", "10.0.0.6/31", "fd00::1/128", "10.0.0.1/32", "10.0.0.8/30", "fd00::8/125", "10.0.0.0/16")
+		if c.apiValid && !strictlyInside(ex, b.CIDR) {
+			continue
+		}
+		b.Except = append(b.Except, ex)
 	}
 	return b
 }
@@ -221,11 +234,18 @@ func randomPorts(c *Choices) []networkingv1.NetworkPolicyPort {
 		case 3:
 			first := int32(80 + c.Intn(2))
 			v, end := intstr.FromInt32(first), first+int32(c.Intn(3))-1 // may end before it starts
+			if c.apiValid && end < first {
+				end = first
+			}
 			np.Port, np.EndPort = &v, &end
 		case 4, 5:
 			v := intstr.FromString(fmt.Sprintf("serve-%d", 80+c.Intn(2)))
 			np.Port = &v
 		default: // invalid: endPort with a named port, or without a port
+			if c.apiValid {
+				c.Intn(2)
+				break // every port of the protocol
+			}
 			end := int32(81)
 			if c.Intn(2) == 0 {
 				v := intstr.FromString("serve-80")
@@ -289,6 +309,9 @@ func randomClusterPolicy(c *Choices, name string) *policyv1beta1.ClusterNetworkP
 	cnp := &policyv1beta1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}
 	cnp.Spec.Tier = Pick(c, policyv1beta1.AdminTier, policyv1beta1.BaselineTier)
 	cnp.Spec.Priority = Pick[int32](c, 10, 20, 10, 0, 1000, 1001)
+	if c.apiValid && cnp.Spec.Priority > 1000 {
+		cnp.Spec.Priority = 1000
+	}
 	switch c.Intn(6) {
 	case 0, 1, 2:
 		cnp.Spec.Subject.Namespaces = randomSelector(c, "ns", "x", "y", "z")
@@ -297,6 +320,9 @@ func randomClusterPolicy(c *Choices, name string) *policyv1beta1.ClusterNetworkP
 	default: // both: selects nothing
 		cnp.Spec.Subject.Namespaces = randomSelector(c, "ns", "x", "y", "z")
 		cnp.Spec.Subject.Pods = randomNamespacedPod(c)
+		if c.apiValid {
+			cnp.Spec.Subject.Namespaces = nil
+		}
 	}
 	for i := c.Intn(4); i > 0; i-- {
 		action := randomAction(c)
@@ -325,7 +351,7 @@ func randomClusterPolicy(c *Choices, name string) *policyv1beta1.ClusterNetworkP
 }
 
 func randomAction(c *Choices) policyv1beta1.ClusterNetworkPolicyRuleAction {
-	if c.Intn(16) == 15 {
+	if c.Intn(16) == 15 && !c.apiValid {
 		return "Allow" // unknown: the rule denies everything
 	}
 	return Pick(c, policyv1beta1.ClusterNetworkPolicyRuleActionAccept, policyv1beta1.ClusterNetworkPolicyRuleActionDeny,
@@ -350,14 +376,18 @@ func randomEgressPeer(c *Choices, action policyv1beta1.ClusterNetworkPolicyRuleA
 	case 1:
 		return policyv1beta1.ClusterNetworkPolicyEgressPeer{Pods: randomNamespacedPod(c)}
 	case 2:
-		if action == policyv1beta1.ClusterNetworkPolicyRuleActionAccept || c.Intn(8) != 0 {
+		if action == policyv1beta1.ClusterNetworkPolicyRuleActionAccept || c.Intn(8) != 0 || c.apiValid {
 			return policyv1beta1.ClusterNetworkPolicyEgressPeer{Pods: randomNamespacedPod(c)}
 		}
 		return policyv1beta1.ClusterNetworkPolicyEgressPeer{} // fails closed: the rule denies everything
 	case 3, 4:
 		var nets []policyv1beta1.CIDR
 		for i := 1 + c.Intn(2); i > 0; i-- {
-			nets = append(nets, Pick[policyv1beta1.CIDR](c, "10.0.0.0/28", "fd00::/120", "0.0.0.0/0", "::/0", "10.0.0.8/29", "10.0.0.100/31", "fd00::64/127", "10.0.0.4/30"))
+			n := Pick[policyv1beta1.CIDR](c, "10.0.0.0/28", "fd00::/120", "0.0.0.0/0", "::/0", "10.0.0.8/29", "10.0.0.100/31", "fd00::64/127", "10.0.0.4/30")
+			if c.apiValid && slices.Contains(nets, n) {
+				continue // a set: no duplicates
+			}
+			nets = append(nets, n)
 		}
 		return policyv1beta1.ClusterNetworkPolicyEgressPeer{Networks: nets}
 	case 5:
@@ -365,6 +395,9 @@ func randomEgressPeer(c *Choices, action policyv1beta1.ClusterNetworkPolicyRuleA
 	}
 	if action == policyv1beta1.ClusterNetworkPolicyRuleActionAccept {
 		return policyv1beta1.ClusterNetworkPolicyEgressPeer{DomainNames: []policyv1beta1.DomainName{"example.com"}}
+	}
+	if c.apiValid {
+		return policyv1beta1.ClusterNetworkPolicyEgressPeer{Networks: []policyv1beta1.CIDR{"0.0.0.0/0"}}
 	}
 	// Two fields: the peer matches nothing.
 	return policyv1beta1.ClusterNetworkPolicyEgressPeer{Namespaces: randomSelector(c, "ns", "x"), Networks: []policyv1beta1.CIDR{"0.0.0.0/0"}}
@@ -382,6 +415,10 @@ func randomProtocols(c *Choices, namedOK bool) []policyv1beta1.ClusterNetworkPol
 		case 2:
 			first := int32(80 + c.Intn(2))
 			port = &policyv1beta1.Port{Range: &policyv1beta1.PortRange{Start: first, End: first + 1}}
+		default: // no destinationPort: every port (the API server refuses it)
+			if c.apiValid {
+				port = &policyv1beta1.Port{Number: 80}
+			}
 		}
 		var pr policyv1beta1.ClusterNetworkPolicyProtocol
 		switch c.Intn(5) {
@@ -422,4 +459,12 @@ func RandomPolicies(c *Choices) ([]*networkingv1.NetworkPolicy, []*policyv1beta1
 		cnps = append(cnps, randomClusterPolicy(c, "cnp0"))
 	}
 	return nps, cnps
+}
+
+// strictlyInside reports whether the prefix inner is a strict part of
+// outer, as the API server demands of an ipBlock's except.
+func strictlyInside(inner, outer string) bool {
+	in, err1 := netip.ParsePrefix(inner)
+	out, err2 := netip.ParsePrefix(outer)
+	return err1 == nil && err2 == nil && in.Addr().Is4() == out.Addr().Is4() && in.Bits() > out.Bits() && out.Contains(in.Addr())
 }
