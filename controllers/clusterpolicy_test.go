@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -195,6 +196,19 @@ func TestClusterPolicyCRDAppearsLater(t *testing.T) {
 	eventually(t, "status of deny-prod", wantConditions(a, "deny-prod", map[string]metav1.ConditionStatus{
 		ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionTrue, ConditionPriorityTie: metav1.ConditionFalse,
 	}, "domainNames are not supported"))
+	// And an Event on the policy, in namespace default.
+	eventually(t, "an Event about deny-prod", func() error {
+		var list eventsv1.EventList
+		if err := a.client.List(a.ctx, &list, client.InNamespace("default")); err != nil {
+			return err
+		}
+		for _, ev := range list.Items {
+			if ev.Regarding.Kind == "ClusterNetworkPolicy" && ev.Regarding.Name == "deny-prod" && strings.Contains(ev.Note, "domainNames") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no Event about deny-prod among %d", len(list.Items))
+	})
 
 	// A second policy of the same tier and priority: both report the tie.
 	tie := adminDeny("also-10", 10, map[string]string{"env": "dev"})
@@ -263,4 +277,44 @@ func TestClusterPolicyCRDAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "no pod in the egress map", wantKeys(a.kernel, nft.MapEgressV4))
+
+	// The samples: accepted by the CRD's validation, nothing the agent
+	// cannot enforce.
+	for _, cnp := range readSamples(t) {
+		if err := a.client.Create(a.ctx, cnp); err != nil {
+			t.Fatalf("creating sample %s: %v", cnp.Name, err)
+		}
+		eventually(t, "status of sample "+cnp.Name, wantConditions(a, cnp.Name, map[string]metav1.ConditionStatus{
+			ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionFalse, ConditionPriorityTie: metav1.ConditionFalse}, ""))
+	}
+}
+
+// readSamples reads config/samples/clusternetworkpolicy strictly.
+func readSamples(t *testing.T) []*cnpv1beta1.ClusterNetworkPolicy {
+	t.Helper()
+	files, err := filepath.Glob("../config/samples/clusternetworkpolicy/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*cnpv1beta1.ClusterNetworkPolicy
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(data), "\n---") {
+			var cnp cnpv1beta1.ClusterNetworkPolicy
+			if err := yaml.UnmarshalStrict([]byte(doc), &cnp); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			out = append(out, &cnp)
+		}
+	}
+	if len(out) < 3 {
+		t.Fatalf("found %d sample policies, want at least 3", len(out))
+	}
+	return out
 }

@@ -15,6 +15,8 @@
 //	rules.go    a rule ⇄ its netlink expressions (decodeRule re-encodes
 //	            what it recognized and demands the same expressions)
 //	compile.go  the Compiler: Model → Ruleset, pure, reusing unchanged sets
+//	cluster.go  the ClusterNetworkPolicy tiers: one chain per combination
+//	            of tiers, rules inline, Pass as goto
 //	plan.go     Diff → Plan: one list of steps drives both the netlink
 //	            batch and Plan.String() in nft syntax
 //	commit.go   the Enforcer: the kernel handle; commits a Ruleset in one

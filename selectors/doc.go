@@ -1,7 +1,10 @@
-// Package selectors owns the NetworkPolicy semantics the agent enforces:
-// indexes of pods, namespaces and policies, the resolution of pod and
-// namespace selectors, ipBlocks and named ports into addresses and ports,
-// and the Model one node enforces.
+// Package selectors owns the NetworkPolicy and ClusterNetworkPolicy
+// semantics the agent enforces: indexes of pods, namespaces and policies,
+// the resolution of pod and namespace selectors, ipBlocks, networks, node
+// selectors and named ports into addresses and ports, and the Model one
+// node enforces (model.go documents the ClusterNetworkPolicy part: tiers
+// per pod in evaluation order, rules with their actions). cnp.go parses a
+// ClusterNetworkPolicy, cnpbuild.go resolves it.
 //
 // The oracle it is tested against is not here: selectors/reference reads
 // the API objects on its own, shares no code with this package, and is
