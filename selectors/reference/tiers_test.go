@@ -2,6 +2,7 @@ package reference
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -392,5 +393,33 @@ func TestEvaluateTiers(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExplainNamesTheDecidingRule: the explanation (what `nftpol explain`
+// prints) names, per side, the Pass rules crossed and the tier, policy,
+// priority, rule and action that decided.
+func TestExplainNamesTheDecidingRule(t *testing.T) {
+	server := pod("x", "server", "n1", t0, map[string]string{"app": "web"}, "10.0.0.1")
+	client := pod("y", "client", "n2", t0, map[string]string{"app": "client"}, "10.0.0.2")
+	namespaces := []*corev1.Namespace{
+		{ObjectMeta: metav1.ObjectMeta{Name: "x", Labels: map[string]string{"team": "a"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "y", Labels: map[string]string{"team": "b"}}},
+	}
+	passB := withIn(cnp("pass-b", admin, 5, nsSubject(sel("team", "a"))), inRule(pass, nil, fromNS(sel("team", "b"))))
+	passB.Spec.Ingress[0].Name = "hand-over"
+	baseDeny := withIn(cnp("base-deny", base, 7, nsSubject(sel("team", "a"))), inRule(deny, nil, fromNS(everything)))
+	egressAccept := withEg(cnp("out", admin, 1, nsSubject(sel("team", "b"))), egRule(accept, nil, toNS(everything)))
+	cl := &Cluster{Pods: []*corev1.Pod{server, client}, Namespaces: namespaces, ClusterPolicies: []*policyv1beta1.ClusterNetworkPolicy{passB, baseDeny, egressAccept}}
+	got := Evaluate(cl, Packet{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.1"), Protocol: corev1.ProtocolTCP, Port: 80}).Explain()
+	for _, want := range []string{
+		"10.0.0.2 -> 10.0.0.1 TCP/80: DENIED",
+		"egress: allowed for y/client by Admin ClusterNetworkPolicy out (priority 1) egress[0]: Accept",
+		`ingress: passed on by Admin ClusterNetworkPolicy pass-b (priority 5) ingress[0] "hand-over": Pass`,
+		"ingress: denied for x/server by Baseline ClusterNetworkPolicy base-deny (priority 7) ingress[0]: Deny",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("the explanation lacks %q:\n%s", want, got)
+		}
 	}
 }
