@@ -73,7 +73,7 @@ func mutations() []mutant {
 		{"CNP: priority order reversed", "selectors/model.go",
 			"return aPriority < bPriority", "return aPriority > bPriority", "selectors", true},
 		{"CNP: pods subject ignores its podSelector", "selectors/cnpbuild.go",
-			"cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels))", "true", "selectors", true},
+			"cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels))", "cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels)) || true", "selectors", true},
 		{"CNP compiler: Baseline applied over a NetworkPolicy", "nft/cluster.go",
 			`if next == "" && len(t.Baseline) > 0 {`, "if len(t.Baseline) > 0 {", "nft", true},
 	}
