@@ -207,6 +207,9 @@ func randomPeers(c *Choices) []networkingv1.NetworkPolicyPeer {
 
 func randomIPBlock(c *Choices) *networkingv1.IPBlock {
 	b := &networkingv1.IPBlock{CIDR: Pick(c, "10.0.0.0/28", "10.0.0.0/24", "0.0.0.0/0", "fd00::/120", "::/0", "10.0.0.8/29", "fd00::/124", "10.0.0.7/29")}
+	if c.apiValid {
+		b.CIDR = netip.MustParsePrefix(b.CIDR).Masked().String() // no host bits
+	}
 	for i := c.Intn(3); i > 0; i-- {
 		// Excepts inside the cidr and, now and then, outside it or of the
 		// other family (the API server refuses those; they exclude nothing).
