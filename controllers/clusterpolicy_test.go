@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -193,6 +194,13 @@ func TestClusterPolicyCRDAppearsLater(t *testing.T) {
 	eventually(t, "creating a ClusterNetworkPolicy", func() error { return a.client.Create(a.ctx, deny) })
 	eventually(t, "the pod selected by the admin deny", wantKeys(a.kernel, nft.MapIngressV4, "10.1.0.1"))
 	eventually(t, "the pod selected by the admin deny (v6)", wantKeys(a.kernel, nft.MapIngressV6, "fd00:1::1"))
+	eventually(t, "the CNP gauges", func() error {
+		pods, policies, isolated := gaugeValue(t, a.metrics, "nftpol_cluster_policy_pods"), gaugeValue(t, a.metrics, "nftpol_cluster_policies"), gaugeValue(t, a.metrics, "nftpol_isolated_pods")
+		if pods != 1 || policies != 1 || isolated != 0 {
+			return fmt.Errorf("cluster policy pods %v, cluster policies %v, isolated pods %v; want 1, 1, 0", pods, policies, isolated)
+		}
+		return nil
+	})
 	eventually(t, "status of deny-prod", wantConditions(a, "deny-prod", map[string]metav1.ConditionStatus{
 		ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionTrue, ConditionPriorityTie: metav1.ConditionFalse,
 	}, "domainNames are not supported"))
@@ -219,6 +227,28 @@ func TestClusterPolicyCRDAppearsLater(t *testing.T) {
 	eventually(t, "tie on also-10", wantConditions(a, "also-10", map[string]metav1.ConditionStatus{
 		ConditionAccepted: metav1.ConditionTrue, ConditionPartiallyEnforced: metav1.ConditionFalse, ConditionPriorityTie: metav1.ConditionTrue}, "deny-prod"))
 
+	// A nodes peer: the agent watches Nodes (with its RBAC) and puts the
+	// addresses of the matching ones in a set.
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cp-1", Labels: map[string]string{"role": "control-plane"}}}
+	if err := a.client.Create(a.ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.7.1"}, {Type: corev1.NodeHostName, Address: "cp-1"}}
+	if err := a.client.Status().Update(a.ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	toNodes := adminDeny("deny-to-control-plane", 20, map[string]string{"env": "prod"})
+	toNodes.Spec.Ingress = nil
+	toNodes.Spec.Egress = []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+		To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Nodes: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "control-plane"}}}}}}
+	if err := a.client.Create(a.ctx, toNodes); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the node address in a peer set", wantInSomeSet(a.kernel, "192.168.7.1", true))
+	eventually(t, "the pod in the egress map", wantKeys(a.kernel, nft.MapEgressV4, "10.1.0.1"))
+	a.relabel(t, node, map[string]string{"role": "worker"})
+	eventually(t, "the relabelled node's address out of the set", wantInSomeSet(a.kernel, "192.168.7.1", false))
+
 	// The namespace relabelled out of the subject: the pod leaves the map.
 	var ns corev1.Namespace
 	ns.Name = "prod"
@@ -243,6 +273,28 @@ func TestClusterPolicyCRDAppearsLater(t *testing.T) {
 	}
 	if err := as.Delete(a.ctx, &got); !apierrors.IsForbidden(err) {
 		t.Errorf("deleting a policy as the agent: %v, want Forbidden", err)
+	}
+
+	// The CRD removed: the agent stops its informers and goes on with
+	// NetworkPolicies alone.
+	if err := envtest.UninstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{crdPath(t, "experimental")}}); err != nil {
+		t.Fatalf("removing the CRD: %v", err)
+	}
+	eventually(t, "the informers stopped", func() error {
+		if a.syncer.cached.clusterPolicies.Active() {
+			return fmt.Errorf("still active")
+		}
+		return nil
+	})
+	// Syncs go on and succeed: an isolating NetworkPolicy is enforced.
+	npDeny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "deny"},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	if err := a.client.Create(a.ctx, npDeny); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a NetworkPolicy enforced without the CRD", wantKeys(a.kernel, nft.MapIngressV4, "10.1.0.1"))
+	if f := gaugeValue(t, a.metrics, "nftpol_sync_consecutive_failures"); f != 0 {
+		t.Errorf("%v syncs in a row failed after the CRD went", f)
 	}
 }
 

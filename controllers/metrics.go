@@ -18,17 +18,20 @@ type CounterSource interface {
 
 // syncMetrics are the agent's own Prometheus metrics.
 type syncMetrics struct {
-	duration   prometheus.Histogram
-	syncs      prometheus.Counter
-	errors     prometheus.Counter
-	changes    *prometheus.HistogramVec
-	local      prometheus.Gauge
-	isolated   prometheus.Gauge
-	policies   prometheus.Gauge
-	sets       prometheus.Gauge
-	elements   prometheus.Gauge
-	rules      prometheus.Gauge
-	lastSynced prometheus.Gauge
+	duration prometheus.Histogram
+	syncs    prometheus.Counter
+	errors   prometheus.Counter
+	changes  *prometheus.HistogramVec
+	local    prometheus.Gauge
+	isolated prometheus.Gauge
+	policies prometheus.Gauge
+	// clusterPods and clusterPolicies: local pods some
+	// ClusterNetworkPolicy selects, and those policies.
+	clusterPods, clusterPolicies prometheus.Gauge
+	sets                         prometheus.Gauge
+	elements                     prometheus.Gauge
+	rules                        prometheus.Gauge
+	lastSynced                   prometheus.Gauge
 	// failing is the number of syncs in a row that failed; readiness
 	// fails from DefaultFailuresUntilUnready on.
 	failing prometheus.Gauge
@@ -46,8 +49,12 @@ func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
 			Name: "nftpol_sync_changes", Help: "Objects one sync changed in the kernel, by kind (sets, chains, elements).",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
 		}, []string{"kind"}),
-		local:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_local_pods", Help: "Pods on this node that policies can select (not host-networked, running, with an address)."}),
-		isolated:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_isolated_pods", Help: "Local pods isolated in at least one direction."}),
+		local:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_local_pods", Help: "Pods on this node that policies can select (not host-networked, running, with an address)."}),
+		isolated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_isolated_pods", Help: "Local pods a NetworkPolicy isolates in at least one direction."}),
+		clusterPods: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_cluster_policy_pods",
+			Help: "Local pods a ClusterNetworkPolicy selects in at least one direction."}),
+		clusterPolicies: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_cluster_policies",
+			Help: "ClusterNetworkPolicies that select at least one local pod."}),
 		policies:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_policies", Help: "Policies that isolate at least one local pod."}),
 		sets:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_sets", Help: "Sets and maps in the table."}),
 		elements:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_set_elements", Help: "Elements in all sets and maps of the table."}),
@@ -55,7 +62,7 @@ func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
 		lastSynced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_last_sync_timestamp_seconds", Help: "Unix time of the last successful sync."}),
 		failing:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_sync_consecutive_failures", Help: "Syncs in a row that failed (0 after a success); readiness fails from 3 on."}),
 	}
-	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.local, m.isolated, m.policies, m.sets, m.elements, m.rules, m.lastSynced, m.failing} {
+	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.local, m.isolated, m.clusterPods, m.clusterPolicies, m.policies, m.sets, m.elements, m.rules, m.lastSynced, m.failing} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}
@@ -77,7 +84,19 @@ func (m *syncMetrics) observe(start time.Time, localPods int, model *selectors.M
 	m.changes.WithLabelValues("chains").Observe(float64(stats.ChainsAdded + stats.ChainsRewritten + stats.ChainsDeleted))
 	m.changes.WithLabelValues("elements").Observe(float64(stats.ElementsAdded + stats.ElementsDeleted))
 	m.local.Set(float64(localPods))
-	m.isolated.Set(float64(len(model.Pods)))
+	isolated, clusterPods := 0, 0
+	for i := range model.Pods {
+		p := &model.Pods[i]
+		if p.IngressIsolated() || p.EgressIsolated() {
+			isolated++
+		}
+		if !p.Cluster[selectors.Ingress].Empty() || !p.Cluster[selectors.Egress].Empty() {
+			clusterPods++
+		}
+	}
+	m.isolated.Set(float64(isolated))
+	m.clusterPods.Set(float64(clusterPods))
+	m.clusterPolicies.Set(float64(len(model.ClusterPolicies)))
 	m.policies.Set(float64(len(model.Policies)))
 	m.sets.Set(float64(stats.Sets))
 	m.elements.Set(float64(stats.Elements))

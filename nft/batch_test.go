@@ -12,6 +12,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/selectors"
 )
@@ -173,4 +174,75 @@ func TestBatchOfAFullCommitIsOneTransaction(t *testing.T) {
 	messages := commitMessages(t, nil, desired, Diff(nil, desired))
 	chains, rules, sets, elems := desired.Counts()
 	t.Logf("full commit: one batch of %d messages for %d chains, %d rules, %d sets, %d elements", messages, chains, rules, sets, elems)
+}
+
+// cnpCluster is batchCluster with an Admin ClusterNetworkPolicy: pods of x
+// labelled tier=front (x/server, which a NetworkPolicy also isolates, and
+// x/api, which none does) deny ingress from pods labelled role=bad.
+func cnpCluster() *selectors.State {
+	s := batchCluster()
+	for _, p := range s.Pods {
+		if p.Key() == "x/server" {
+			p.Labels = map[string]string{"app": "server", "tier": "front"}
+		}
+	}
+	s.Pods = append(s.Pods, &selectors.Pod{Namespace: "x", Name: "api", NodeName: "node-a",
+		Labels: map[string]string{"app": "api", "tier": "front"}, IPs: []netip.Addr{netip.MustParseAddr("10.0.1.3"), netip.MustParseAddr("fd00:1::3")}})
+	s.ClusterPolicies = []*cnpv1beta1.ClusterNetworkPolicy{{
+		ObjectMeta: metav1.ObjectMeta{Name: "deny-bad"},
+		Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: cnpv1beta1.AdminTier, Priority: 5,
+			Subject: cnpv1beta1.ClusterNetworkPolicySubject{Pods: &cnpv1beta1.NamespacedPod{
+				NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "x"}},
+				PodSelector:       metav1.LabelSelector{MatchLabels: map[string]string{"tier": "front"}}}},
+			Ingress: []cnpv1beta1.ClusterNetworkPolicyIngressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+				From: []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Pods: &cnpv1beta1.NamespacedPod{
+					PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"role": "bad"}}}}}}}},
+	}}
+	return s
+}
+
+// TestBatchOfClusterPolicyChanges: a pod joining or leaving a
+// ClusterNetworkPolicy subject or peer is a few elements, like a
+// NetworkPolicy's.
+func TestBatchOfClusterPolicyChanges(t *testing.T) {
+	relabel := func(key string, labels map[string]string) func(*selectors.State) {
+		return func(s *selectors.State) {
+			for _, p := range s.Pods {
+				if p.Key() == key {
+					p.Labels = labels
+				}
+			}
+		}
+	}
+	for _, tt := range []struct {
+		name     string
+		change   func(s *selectors.State)
+		messages int
+		want     PlanStats
+	}{
+		{"cnp remote pod joins a peer set", relabel("y/other", map[string]string{"role": "bad"}), 2, PlanStats{ElementsAdded: 2}},
+		{"cnp remote pod leaves a peer set", func(s *selectors.State) {
+			relabel("y/other", map[string]string{"role": "bad"})(s)
+		}, 2, PlanStats{ElementsDeleted: 2}},
+		{"cnp local pod joins a subject", relabel("x/web", map[string]string{"app": "web", "tier": "front"}), 2, PlanStats{ElementsAdded: 2}},
+		{"cnp local pod leaves a subject", relabel("x/api", map[string]string{"app": "api"}), 4, PlanStats{ElementsDeleted: 2, ChainsDeleted: 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before, after := cnpCluster(), cnpCluster()
+			if strings.Contains(tt.name, "leaves a peer set") {
+				tt.change(before) // y/other starts in the peer set
+			} else {
+				tt.change(after)
+			}
+			mb, _ := selectors.BuildModel("node-a", before)
+			ma, _ := selectors.BuildModel("node-a", after)
+			messages, stats := batchOf(t, mb, ma)
+			if stats != tt.want || messages != tt.messages {
+				t.Fatalf("the commit carries %d messages, %+v; want %d, %+v", messages, stats, tt.messages, tt.want)
+			}
+			cfg := Config{Deny: DenyReject}
+			plan := Diff(Compile(mb, cfg), Compile(ma, cfg))
+			golden(t, filepath.Join("plans", strings.ReplaceAll(tt.name, " ", "-")+".nft"), plan.String())
+		})
+	}
 }

@@ -16,9 +16,15 @@ import (
 // kernel: resolve the cluster into the node's model, then compile the
 // table. 110 local pods, dense policies (selectorstest.ScaleCluster).
 func BenchmarkFullSyncCompute(b *testing.B) {
-	for _, size := range []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 10_000}} {
+	for _, size := range []struct{ pods, policies, cnps int }{{10_000, 1_000, 0}, {100_000, 10_000, 0}, {10_000, 1_000, 100}} {
 		s := selectorstest.ScaleCluster(size.pods, size.policies, 110)
-		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies), func(b *testing.B) {
+		name := fmt.Sprintf("pods=%d/policies=%d", size.pods, size.policies)
+		if size.cnps > 0 {
+			// With ClusterNetworkPolicies next to the NetworkPolicies.
+			scaleClusterPolicies(s, size.cnps)
+			name += fmt.Sprintf("/cnps=%d", size.cnps)
+		}
+		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
 			var rs *Ruleset
 			for b.Loop() {

@@ -21,21 +21,7 @@ func decideByModel(models map[string]*selectors.Model, places map[netip.Addr]sel
 			if !containsAddr(pr.IPs, own) {
 				continue
 			}
-			keys := pr.Ingress
-			if dir == selectors.Egress {
-				keys = pr.Egress
-			}
-			if len(keys) == 0 {
-				return true
-			}
-			for _, k := range keys {
-				for _, r := range policyRules(m, k, dir) {
-					if modelRuleMatches(m, r, remote, p) {
-						return true
-					}
-				}
-			}
-			return false
+			return podSideAllows(m, pr, dir, remote, p)
 		}
 		return true // not a pod of this node
 	}
@@ -47,6 +33,52 @@ func decideByModel(models map[string]*selectors.Model, places map[netip.Addr]sel
 		if hop.Hook == selectorstest.HookForward && !side(m, selectors.Ingress, p.Dst, p.Src) {
 			return false
 		}
+	}
+	return true
+}
+
+// podSideAllows decides one side at a local pod by the tiers the Model
+// documents: Admin (first matching rule decides, Pass leaves the tier),
+// the NetworkPolicy tier when a policy isolates the pod, Baseline, allow.
+func podSideAllows(m *selectors.Model, pr *selectors.PodRules, dir selectors.Direction, remote netip.Addr, p selectorstest.Packet) bool {
+	tier := func(names []string) (decided, allow bool) {
+		for _, name := range names {
+			for ci := range m.ClusterPolicies {
+				cp := &m.ClusterPolicies[ci]
+				if cp.Name != name {
+					continue
+				}
+				for _, r := range cp.Rules(dir) {
+					if !modelRuleMatches(m, selectors.Rule{Peers: r.Peers, Ports: r.Ports}, remote, p) {
+						continue
+					}
+					switch r.Action {
+					case selectors.ActionAccept:
+						return true, true
+					case selectors.ActionDeny:
+						return true, false
+					}
+					return false, false // Pass
+				}
+			}
+		}
+		return false, false
+	}
+	if decided, allow := tier(pr.Cluster[dir].Admin); decided {
+		return allow
+	}
+	if keys := pr.Isolating(dir); len(keys) > 0 {
+		for _, k := range keys {
+			for _, r := range policyRules(m, k, dir) {
+				if modelRuleMatches(m, r, remote, p) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if decided, allow := tier(pr.Cluster[dir].Baseline); decided {
+		return allow
 	}
 	return true
 }
