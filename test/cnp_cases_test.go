@@ -6,6 +6,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 // Builders for ClusterNetworkPolicies (policy.networking.k8s.io/v1beta1),
@@ -114,7 +116,8 @@ func staticCluster(ps ...*policyv1beta1.ClusterNetworkPolicy) func(caseEnv) []*p
 // Pass into the NetworkPolicy tier and into the default, Baseline only
 // where no NetworkPolicy selects the pod, priorities and rule order, each
 // subject and peer kind a pod matrix can show, ports, ranges and named
-// ports, and changes in steps.
+// ports (SCTP in the ruleset: this kernel has no SCTP sockets), and
+// changes in steps.
 func clusterPolicyCases() []conformanceCase {
 	nsX, nsY, nsZ, anyNS := selPtr("ns", "x"), selPtr("ns", "y"), selPtr("ns", "z"), selPtr()
 	allowAllIngressX := withIngress(policy("x", "allow-all", all, nil), from())
@@ -255,6 +258,13 @@ func clusterPolicyCases() []conformanceCase {
 					}
 				}},
 		}},
+		{name: "sctp-in-the-ruleset", steps: []step{{name: "admin denies SCTP 80 into x/a: no TCP or UDP probe changes",
+			applyCluster: staticCluster(withIngressRules(clusterPolicyOnPods("deny-sctp", adminTier, 10, nsX, selPtr("pod", "a")),
+				inProtocols(cnpFrom(cnpDeny, fromNamespaces(anyNS)), policyv1beta1.ClusterNetworkPolicyProtocol{
+					SCTP: &policyv1beta1.ClusterNetworkPolicyProtocolSCTP{DestinationPort: &policyv1beta1.Port{Number: 80}}}))),
+			expect:     func(e *expectation) {},
+			rulesetHas: map[string][]string{"x/a": {"sctp dport 80 counter", `comment "cnp:deny-sctp ingress[0]"`}},
+		}}},
 		{name: "namespace-relabelled-into-a-subject", steps: []step{
 			{name: "admin denies ingress to namespaces labelled locked",
 				applyCluster: staticCluster(withIngressRules(clusterPolicy("lock", adminTier, 10, selPtr("locked", "true")), cnpFrom(cnpDeny, fromNamespaces(anyNS)))),
@@ -277,6 +287,8 @@ func clusterPolicyCases() []conformanceCase {
 // each step, each equal to the case's expectation and to the reference
 // evaluator's prediction.
 func TestClusterNetworkPolicyConformance(t *testing.T) {
+	// One case checks the ruleset as an operator reads it, with nft.
+	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	m := startModel(t, e2ePrefix+"cnp", "--deny-action", "reject")
 	start := time.Now()
 	cases := clusterPolicyCases()
