@@ -314,7 +314,9 @@ func (b *modelBuilder) portSet(cp *policy, dir Direction, r *rule, named []port,
 			}
 		}
 		if !found && len(candidates) > 0 {
-			b.problem(cp.key, fmt.Sprintf("named port %s/%s is defined by none of the pods it applies to", p.protocol, p.name))
+			reason := fmt.Sprintf("named port %s/%s is defined by none of the pods it applies to", p.protocol, p.name)
+			b.portSetProblems[id] = append(b.portSetProblems[id], reason)
+			b.problem(cp.key, reason)
 		}
 	}
 	sort.Slice(set.Entries, func(i, j int) bool {

@@ -7,6 +7,7 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
@@ -252,5 +253,29 @@ func TestClusterPolicyBuilderReuse(t *testing.T) {
 		if step == 1 {
 			s.Pods[2].Labels = map[string]string{"app": "other"}
 		}
+	}
+}
+
+// TestSharedPortSetProblemReachesEveryPolicy: two NetworkPolicies that
+// share a named-port set both hear that the name resolves nowhere, not
+// only the one that built the set.
+func TestSharedPortSetProblemReachesEveryPolicy(t *testing.T) {
+	named := intstr.FromString("nope")
+	mk := func(name string) *networkingv1.NetworkPolicy {
+		return &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: name},
+			Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Port: &named}}}}}}
+	}
+	s := cnpState()
+	s.Policies = []*networkingv1.NetworkPolicy{mk("p1"), mk("p2")}
+	_, problems := BuildModel("n", s)
+	got := map[string]bool{}
+	for _, p := range problems {
+		if strings.Contains(p.Reason, "TCP/nope") {
+			got[p.Policy] = true
+		}
+	}
+	if !got["a/p1"] || !got["a/p2"] {
+		t.Errorf("policies told of the unresolved name: %v, want a/p1 and a/p2", got)
 	}
 }
