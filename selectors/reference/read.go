@@ -6,8 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
@@ -17,9 +17,9 @@ import (
 // NetworkPolicies and ClusterNetworkPolicies. NodeAddresses is left empty:
 // the Node objects' status.addresses stand for it.
 //
-// A cluster without the ClusterNetworkPolicy CRD has no such policies, and
-// neither has a reader whose scheme does not know the type (it cannot
-// read them): both read as none.
+// A cluster without the ClusterNetworkPolicy CRD has no such policies: the
+// API server not serving the resource reads as none. The reader's scheme
+// must know the type (the agent's and the testbed's do).
 func Read(ctx context.Context, r client.Reader) (*Cluster, error) {
 	var pods corev1.PodList
 	if err := r.List(ctx, &pods); err != nil {
@@ -38,7 +38,7 @@ func Read(ctx context.Context, r client.Reader) (*Cluster, error) {
 		return nil, fmt.Errorf("listing network policies: %w", err)
 	}
 	var cnps policyv1beta1.ClusterNetworkPolicyList
-	if err := r.List(ctx, &cnps); err != nil && !meta.IsNoMatchError(err) && !runtime.IsNotRegisteredError(err) {
+	if err := r.List(ctx, &cnps); err != nil && !meta.IsNoMatchError(err) && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("listing cluster network policies: %w", err)
 	}
 	cl := &Cluster{}
