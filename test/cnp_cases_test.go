@@ -2,7 +2,6 @@ package test
 
 import (
 	"testing"
-	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
@@ -290,10 +289,5 @@ func TestClusterNetworkPolicyConformance(t *testing.T) {
 	// One case checks the ruleset as an operator reads it, with nft.
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	m := startModel(t, e2ePrefix+"cnp", "--deny-action", "reject")
-	start := time.Now()
-	cases := clusterPolicyCases()
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) { m.runCase(t, c) })
-	}
-	t.Logf("%d cases, %d probes in %s", len(cases), m.probes.Load(), time.Since(start).Round(time.Millisecond))
+	m.runCases(t, clusterPolicyCases())
 }

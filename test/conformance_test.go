@@ -302,8 +302,12 @@ func TestConformance(t *testing.T) {
 	// Some cases check the ruleset as an operator reads it, with nft.
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	m := startModel(t, e2ePrefix+"conf", "--deny-action", "reject")
+	m.runCases(t, conformanceCases())
+}
+
+// runCases runs each case as a subtest and logs what it took.
+func (m *modelBed) runCases(t *testing.T, cases []conformanceCase) {
 	start := time.Now()
-	cases := conformanceCases()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { m.runCase(t, c) })
 	}
