@@ -192,6 +192,10 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 		took := time.Since(began).Round(100 * time.Millisecond)
 		var exit *exec.ExitError
 		switch {
+		case bytes.Contains(output, []byte("--- SKIP")):
+			// A skipped test proves nothing: a missing requirement
+			// (root, KUBEBUILDER_ASSETS) must not read as "not caught".
+			return "", fmt.Errorf("%s skipped, it cannot run here:\n%s", s.name, output)
 		case err == nil:
 			continue // passed: not caught by this one
 		case !errors.As(err, &exit):
