@@ -178,7 +178,7 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 		runs = append(runs, struct {
 			name string
 			args []string
-		}{packetTest, []string{"test", "-count=1", "-failfast", "-timeout", "10m", "-run", "^" + packetTest + "$", "./test"}})
+		}{packetTest, []string{"test", "-v", "-count=1", "-failfast", "-timeout", "10m", "-run", "^" + packetTest + "$", "./test"}})
 	}
 	var caught []string
 	for _, s := range runs {
@@ -194,7 +194,8 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 		switch {
 		case bytes.Contains(output, []byte("--- SKIP")):
 			// A skipped test proves nothing: a missing requirement
-			// (root, KUBEBUILDER_ASSETS) must not read as "not caught".
+			// (root, KUBEBUILDER_ASSETS) must not read as "not caught"
+			// (-v makes go test print the skip).
 			return "", fmt.Errorf("%s skipped, it cannot run here:\n%s", s.name, output)
 		case err == nil:
 			continue // passed: not caught by this one
