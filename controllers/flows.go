@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
+	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
@@ -39,7 +42,75 @@ type FlowCutStats struct {
 type FlowCutter struct {
 	// NetNSPath is the node's network namespace; "" is our own.
 	NetNSPath string
+	// Log receives the outcome of the pickup rounds (see cutPickups).
+	Log logr.Logger
+
+	// pickups runs the rounds after a sweep; Wait waits for them.
+	pickups sync.WaitGroup
+	// strict is set once TCP pickups are off in the namespace.
+	strict bool
 }
+
+// tcpLooseSysctl is where conntrack is told whether to pick up TCP
+// connections from a packet in their middle.
+const tcpLooseSysctl = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"
+
+// Strict turns off conntrack's pickup of TCP connections from a packet in
+// their middle (net.netfilter.nf_conntrack_tcp_loose=0) in the node's
+// namespace. With pickups on, a cut TCP connection revives at once: the
+// server's next segment (an answer in flight, a retransmission) finds no
+// entry, makes a new one with the server as origin, the table allows it
+// as a connection the server opens, and the client's segments pass as its
+// replies. With pickups off such a segment is "invalid", creates no entry
+// and is judged like a new connection, each one, in both directions: the
+// denied side's segments stay denied. Connections whose entries are gone
+// for another reason (a flush) are judged the same way, packet by packet,
+// and pass where the policies allow them.
+func (c *FlowCutter) Strict() error {
+	if c.strict {
+		return nil
+	}
+	err := inNetns(c.NetNSPath, func() error {
+		return os.WriteFile(tcpLooseSysctl, []byte("0"), 0o644)
+	})
+	if err != nil {
+		return fmt.Errorf("turning off conntrack's TCP pickups: %w", err)
+	}
+	c.strict = true
+	return nil
+}
+
+// inNetns runs fn on an OS thread in the namespace at path ("" is ours):
+// /proc/sys/net shows the namespace of the thread that opens it. The
+// thread is never unlocked, so the runtime discards it afterwards.
+func inNetns(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		ns, err := os.Open(path)
+		if err != nil {
+			errc <- fmt.Errorf("opening network namespace: %w", err)
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("entering network namespace %s: %w", path, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// pickupRounds are the delays, after a sweep, at which the reverse
+// entries of the cut connections are deleted (see cutPickups): a packet
+// in flight the other way when the entry was cut, and the peer's
+// retransmissions of it (the TCP retransmission timeout starts at
+// 200 ms), come within them.
+var pickupRounds = []time.Duration{5 * time.Millisecond, 50 * time.Millisecond, 250 * time.Millisecond, 750 * time.Millisecond, 2 * time.Second}
 
 // Cut reads the conntrack table and deletes every entry whose connection
 // the model denies. A connection is decided on its original direction,
@@ -50,6 +121,9 @@ type FlowCutter struct {
 func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
 	start := time.Now()
 	var st FlowCutStats
+	if err := c.Strict(); err != nil {
+		return st, err
+	}
 	d := selectors.NewDecider(model)
 	if len(model.Pods) == 0 {
 		// No pod is isolated: nothing can be denied.
@@ -70,6 +144,7 @@ func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
 	}
 	st.Entries = len(flows)
 	var errs []error
+	var reverse []conntrack.Tuple
 	for i := range flows {
 		f := &flows[i]
 		if !involves(d, f) {
@@ -82,6 +157,7 @@ func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
 		switch err := conn.Delete(deletion(f)); {
 		case err == nil:
 			st.Cut++
+			reverse = append(reverse, f.TupleReply)
 		case errors.Is(err, unix.ENOENT):
 			st.Gone++
 		default:
@@ -91,7 +167,59 @@ func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
 		}
 	}
 	st.Duration = time.Since(start)
+	if len(reverse) > 0 {
+		c.pickups.Add(1)
+		go c.cutPickups(reverse)
+	}
 	return st, errors.Join(errs...)
+}
+
+// Wait waits for the pickup rounds of past sweeps to end.
+func (c *FlowCutter) Wait() { c.pickups.Wait() }
+
+// cutPickups deletes, in a few rounds, the entries whose original tuple
+// is the reply tuple of a connection just cut. conntrack picks up a TCP
+// or UDP connection from any packet that has no entry: when the first
+// packet after the cut comes from the side the policy does not restrict
+// (the server's answer in flight, a retransmission), the new entry has
+// that side as its origin, the table allows it as a new connection from
+// there, and the denied side's packets then pass as its replies. Such an
+// entry is the cut connection itself, so it is cut too; the denied
+// side's next packet is then judged as new, and denied. A connection
+// really opened from the other side cannot have these exact tuples (its
+// ports are the cut one's, reversed) while the cut one was alive.
+func (c *FlowCutter) cutPickups(reverse []conntrack.Tuple) {
+	defer c.pickups.Done()
+	conn, err := c.dial()
+	if err != nil {
+		c.Log.Error(err, "cutting the reverse pickups of cut flows")
+		return
+	}
+	defer conn.Close()
+	cut := 0
+	var last error
+	for i, d := range pickupRounds {
+		if i == 0 {
+			time.Sleep(d)
+		} else {
+			time.Sleep(d - pickupRounds[i-1])
+		}
+		for _, t := range reverse {
+			switch err := conn.Delete(conntrack.Flow{TupleOrig: t, Zone: t.Zone}); {
+			case err == nil:
+				cut++
+			case !errors.Is(err, unix.ENOENT):
+				last = err
+			}
+		}
+	}
+	if last != nil {
+		c.Log.Error(last, "cutting the reverse pickups of cut flows", "cut", cut)
+		return
+	}
+	if cut > 0 {
+		c.Log.Info("cut reverse pickups of cut flows", "cut", cut, "flows", len(reverse))
+	}
 }
 
 func involves(d *selectors.Decider, f *conntrack.Flow) bool {

@@ -214,7 +214,7 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	}
 	cnpWatch.changed = syncer.latency.received
 	if opts.CutDeniedFlows {
-		syncer.flows = &FlowCutter{NetNSPath: opts.NetNSPath}
+		syncer.flows = &FlowCutter{NetNSPath: opts.NetNSPath, Log: opts.Log.WithName("flows")}
 	}
 
 	if opts.LogDenied {
