@@ -7,7 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"sigs.k8s.io/controller-runtime/pkg/client"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 )
@@ -126,10 +127,25 @@ func (t *latencyTracker) oldestAge() float64 {
 }
 
 // enqueueChange returns the event handler of one watched kind: it records
-// the change and asks for the node's sync.
+// the change and asks for the node's sync. (A map-function handler would
+// not do: it maps both objects of an update, counting it twice.)
 func (t *latencyTracker) enqueueChange(kind string) handler.EventHandler {
-	return handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+	changed := func(q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		t.received(kind)
-		return []reconcile.Request{syncKey}
-	})
+		q.Add(syncKey)
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, _ event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			changed(q)
+		},
+		UpdateFunc: func(_ context.Context, _ event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			changed(q)
+		},
+		DeleteFunc: func(_ context.Context, _ event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			changed(q)
+		},
+		GenericFunc: func(_ context.Context, _ event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			changed(q)
+		},
+	}
 }
