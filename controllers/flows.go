@@ -49,6 +49,9 @@ type FlowCutter struct {
 	pickups sync.WaitGroup
 	// strict is set once TCP pickups are off in the namespace.
 	strict bool
+	// noPickups skips the pickup rounds (the benchmark measures the
+	// sweep alone).
+	noPickups bool
 }
 
 // tcpLooseSysctl is where conntrack is told whether to pick up TCP
@@ -167,11 +170,19 @@ func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
 		}
 	}
 	st.Duration = time.Since(start)
-	if len(reverse) > 0 {
+	if len(reverse) > 0 && !c.noPickups {
 		c.pickups.Add(1)
 		go c.cutPickups(reverse)
 	}
 	return st, errors.Join(errs...)
+}
+
+// inverse is the tuple of the other direction of a connection without NAT.
+func inverse(t conntrack.Tuple) conntrack.Tuple {
+	r := t
+	r.IP.SourceAddress, r.IP.DestinationAddress = t.IP.DestinationAddress, t.IP.SourceAddress
+	r.Proto.SourcePort, r.Proto.DestinationPort = t.Proto.DestinationPort, t.Proto.SourcePort
+	return r
 }
 
 // Wait waits for the pickup rounds of past sweeps to end.
@@ -205,7 +216,9 @@ func (c *FlowCutter) cutPickups(reverse []conntrack.Tuple) {
 			time.Sleep(d - pickupRounds[i-1])
 		}
 		for _, t := range reverse {
-			switch err := conn.Delete(conntrack.Flow{TupleOrig: t, Zone: t.Zone}); {
+			// Both tuples: the request's address family is IPv6 only
+			// when both are.
+			switch err := conn.Delete(conntrack.Flow{TupleOrig: t, TupleReply: inverse(t), Zone: t.Zone}); {
 			case err == nil:
 				cut++
 			case !errors.Is(err, unix.ENOENT):

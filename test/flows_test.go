@@ -191,7 +191,9 @@ func (f *flowBed) cutRound(t *testing.T, family int) time.Duration {
 	}
 	good.stop()
 	if n := good.failures.Load() - goodFailures; n > 0 {
-		t.Errorf("the allowed stream lost %d echoes after the policy was created", n)
+		good.failMu.Lock()
+		t.Errorf("the allowed stream lost %d echoes after the policy was created at %s (last: %s)", n, applied.Format("15:04:05.000"), good.lastFailure)
+		good.failMu.Unlock()
 	}
 	after := dumpFlows(t, f.srvNode.NetNSPath)
 	if e, ok := findFlow(after, good.local, good.remote, 6); !ok || e.ID != goodEntry.ID {
@@ -213,10 +215,16 @@ func (f *flowBed) cutRound(t *testing.T, family int) time.Duration {
 func TestFlowsNotCutWhenDisabled(t *testing.T) {
 	f := startFlowBed(t, "--cut-denied-flows=false")
 	bad := startStream(t, f.cli, f.srv.IPv4, "tcp")
+	good6 := startStream(t, f.ok, f.srv.IPv6, "tcp")
 	if err := bad.waitFlowing(3 * time.Second); err != nil {
 		t.Fatal(err)
 	}
+	if err := good6.waitFlowing(3 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	g6 := good6.failures.Load()
 	f.applyDeny(t)
+	defer func() { t.Logf("EXPERIMENT ok IPv6 stream lost %d with cutting off", good6.failures.Load()-g6) }()
 	f.waitProbe(t, f.cli, false)
 	time.Sleep(time.Second)
 	if err := bad.waitFlowing(time.Second); err != nil {
@@ -235,6 +243,9 @@ type stream struct {
 	local, remote netip.AddrPort
 	lastEcho      atomic.Int64 // unix nanoseconds
 	failures      atomic.Int64
+	// lastFailure is when the last write or read failed, and why.
+	failMu      sync.Mutex
+	lastFailure string
 	done          chan struct{}
 	stopOnce      sync.Once
 	wg            sync.WaitGroup
@@ -273,16 +284,29 @@ func (s *stream) run() {
 		case <-time.After(5 * time.Millisecond):
 		}
 		_ = s.conn.SetDeadline(time.Now().Add(time.Second))
+		sent := time.Now()
 		if _, err := s.conn.Write(msg); err != nil {
-			s.failures.Add(1)
+			s.fail(sent, err)
 			continue
 		}
 		if _, err := io.ReadFull(s.conn, buf); err != nil {
-			s.failures.Add(1)
+			s.fail(sent, err)
 			continue
 		}
 		s.lastEcho.Store(time.Now().UnixNano())
 	}
+}
+
+func (s *stream) fail(sent time.Time, err error) {
+	select {
+	case <-s.done:
+		return // stop closed the connection under the read
+	default:
+	}
+	s.failures.Add(1)
+	s.failMu.Lock()
+	s.lastFailure = fmt.Sprintf("sent at %s: %v", sent.Format("15:04:05.000"), err)
+	s.failMu.Unlock()
 }
 
 func (s *stream) last() time.Time { return time.Unix(0, s.lastEcho.Load()) }
