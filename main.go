@@ -5,6 +5,7 @@
 //	nftpol cleanup [--table-name] [--netns] [--wait]  remove the agent's table
 //	nftpol dump [--table-name] [--netns]  print the table as the kernel holds it
 //	nftpol explain --from NS/POD --to NS/POD|IP --port PORT[/PROTO]  why a connection passes or not
+//	nftpol explain --policy NS/NAME --node NODE [--table-name] [--netns]  which pieces of a policy the node's table holds
 package main
 
 import (
