@@ -93,6 +93,7 @@ func TestProgrammingLatency(t *testing.T) {
 		}
 		return nil
 	})
+	logLatency(t, a.metrics)
 	// Nothing more arrives later: a second look after more syncs (one
 	// per second) counts the same.
 	time.Sleep(2 * time.Second)
@@ -156,6 +157,25 @@ func TestLatencyTrackerUnit(t *testing.T) {
 		}
 		if sums[ChangePod] != 3 || sums[ChangeNetworkPolicy] != 2 || sums[ChangeNamespace] != 1 {
 			t.Errorf("latency sums %v, want pod 3, networkpolicy 2, namespace 1", sums)
+		}
+	}
+}
+
+// logLatency prints the histogram's counts and sums, for the figures the
+// README quotes.
+func logLatency(t *testing.T, reg *prometheus.Registry) {
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != programmingLatencyMetric {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			h := m.GetHistogram()
+			t.Logf("%s{kind=%q}: count %d, sum %.4fs, mean %.1fms", f.GetName(), labelValue(m, "kind"),
+				h.GetSampleCount(), h.GetSampleSum(), 1000*h.GetSampleSum()/float64(h.GetSampleCount()))
 		}
 	}
 }
