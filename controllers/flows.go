@@ -47,8 +47,10 @@ type FlowCutter struct {
 
 	// pickups runs the rounds after a sweep; Wait waits for them.
 	pickups sync.WaitGroup
-	// strict is set once TCP pickups are off in the namespace.
-	strict bool
+	// strict is set once TCP pickups are off in the namespace;
+	// strictTried once the attempt was made (it is made once: a
+	// read-only /proc/sys stays read-only).
+	strict, strictTried bool
 	// noPickups skips the pickup rounds (the benchmark measures the
 	// sweep alone).
 	noPickups bool
@@ -73,6 +75,7 @@ func (c *FlowCutter) Strict() error {
 	if c.strict {
 		return nil
 	}
+	c.strictTried = true
 	err := inNetns(c.NetNSPath, func() error {
 		return os.WriteFile(tcpLooseSysctl, []byte("0"), 0o644)
 	})
@@ -124,8 +127,14 @@ var pickupRounds = []time.Duration{5 * time.Millisecond, 50 * time.Millisecond, 
 func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
 	start := time.Now()
 	var st FlowCutStats
-	if err := c.Strict(); err != nil {
-		return st, err
+	if !c.strictTried {
+		// Cutting goes on without it (UDP, and TCP connections whose
+		// server does not send again, stay cut; the pickup rounds below
+		// delete revived entries for two seconds): a container whose
+		// /proc/sys is read-only must not lose the cut altogether.
+		if err := c.Strict(); err != nil {
+			c.Log.Error(err, "TCP pickups stay on: a cut TCP connection whose server keeps sending can be picked up again by conntrack")
+		}
 	}
 	d := selectors.NewDecider(model)
 	if len(model.Pods) == 0 {
