@@ -127,6 +127,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		// Our own probe server (below) instead of controller-runtime's,
 		// which withholds why a check fails.
 		HealthProbeBindAddress: "0",
+		// Built-in kinds mapped without discovery: the manager is built
+		// and the probes serve while the API server is away.
+		MapperProvider: newBuiltinMapper,
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:                 {Transform: newPodTrimmer().Transform},
