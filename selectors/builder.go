@@ -459,12 +459,9 @@ func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 	if len(stale) == 0 {
 		return memo.set
 	}
-	gone := map[netip.Addr]bool{}
-	var fresh []netip.Addr
+	var gone, fresh []netip.Addr
 	for _, ns := range stale {
-		for _, a := range memo.byNamespace[ns] {
-			gone[a] = true
-		}
+		gone = append(gone, memo.byNamespace[ns]...)
 		var addrs []netip.Addr
 		for _, p := range ix.podsByNamespace[ns] {
 			if pe.podSel == nil || pe.podSel.Matches(labels.Set(p.Labels)) {
@@ -475,12 +472,19 @@ func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 		memo.byNamespace[ns] = addrs
 		fresh = append(fresh, addrs...)
 	}
-	fresh = sortAddrs(fresh)
+	// One pass over the sorted set: drop what the stale namespaces gave,
+	// merge in what they give now. Namespaces own distinct addresses, so
+	// an address is in gone at most once.
+	gone, fresh = sortAddrs(gone), sortAddrs(fresh)
 	old := memo.set.Addrs
 	merged := make([]netip.Addr, 0, len(old)-len(gone)+len(fresh))
-	j := 0
+	g, j := 0, 0
 	for _, a := range old {
-		if gone[a] {
+		for g < len(gone) && gone[g].Less(a) {
+			g++
+		}
+		if g < len(gone) && gone[g] == a {
+			g++
 			continue
 		}
 		for j < len(fresh) && fresh[j].Less(a) {
