@@ -500,7 +500,7 @@ func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 	if len(merged) == 0 {
 		merged = nil // as a set made from scratch
 	}
-	memo.set = &AddrSet{ID: memo.set.ID, Description: memo.set.Description, Addrs: merged}
+	memo.set = &AddrSet{ID: memo.set.ID, Description: memo.set.Description, Addrs: merged, Version: &SetVersion{}}
 	return memo.set
 }
 
@@ -525,5 +525,6 @@ func (ch *buildChanges) remember(pe *peer, set *AddrSet, byNamespace map[string]
 	if ch == nil {
 		return
 	}
+	set.Version = &SetVersion{}
 	ch.builder.peerSets[pe.id] = &peerSetMemo{set: set, byNamespace: byNamespace, gen: ch.builder.gen}
 }
