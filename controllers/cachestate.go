@@ -12,6 +12,7 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/selectors"
@@ -41,14 +42,20 @@ type cacheState struct {
 	ownersMu sync.RWMutex
 
 	// mu guards pending, the keys of the pods changed since the last
-	// sync, and handler, the registration of the pod event handler.
+	// sync.
 	mu      sync.Mutex
 	pending map[string]struct{}
+	// handler is the registration of the pod event handler; podSync is
+	// how it asks for a sync, only after it recorded the key, so the sync
+	// always finds the change (a controller watch of its own on pods
+	// could run the sync before this handler heard of the event).
 	handler toolscache.ResourceEventHandlerRegistration
+	podSync chan event.GenericEvent
 }
 
 func newCacheState(c cache.Cache) *cacheState {
-	return &cacheState{cache: c, builder: selectors.NewBuilder(), pending: map[string]struct{}{}}
+	return &cacheState{cache: c, builder: selectors.NewBuilder(), pending: map[string]struct{}{},
+		podSync: make(chan event.GenericEvent, 1)}
 }
 
 // storeOf returns the store behind the informer of obj's type.
@@ -64,7 +71,8 @@ func (c *cacheState) storeOf(ctx context.Context, obj client.Object) (toolscache
 	return withStore.GetStore(), nil
 }
 
-// podChanged records the key of a pod an informer event concerns.
+// podChanged records the key of a pod an informer event concerns, then
+// asks for a sync.
 func (c *cacheState) podChanged(obj any) {
 	key, err := toolscache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 	if err != nil {
@@ -73,32 +81,54 @@ func (c *cacheState) podChanged(obj any) {
 	c.mu.Lock()
 	c.pending[key] = struct{}{}
 	c.mu.Unlock()
+	select {
+	case c.podSync <- event.GenericEvent{Object: &corev1.Pod{}}:
+	default: // a sync is asked for already, and will read the key
+	}
 }
 
-// watchPods registers the pod event handler once and waits until it was
-// told of every pod already in the store, so the first sync sees them all.
+// podUpdated is podChanged for the updates that change what the model
+// reads of the pod (see modelInputDiffers).
+func (c *cacheState) podUpdated(old, new any) {
+	o, okOld := old.(client.Object)
+	n, okNew := new.(client.Object)
+	if okOld && okNew && !modelInputDiffers(o, n) {
+		return
+	}
+	c.podChanged(new)
+}
+
+// watchPodEvents registers the pod event handler; before the cache
+// starts, so it hears of every pod.
+func (c *cacheState) watchPodEvents(ctx context.Context) error {
+	inf, err := c.cache.GetInformer(ctx, &corev1.Pod{})
+	if err != nil {
+		return fmt.Errorf("getting the informer of pods: %w", err)
+	}
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    c.podChanged,
+		UpdateFunc: c.podUpdated,
+		DeleteFunc: c.podChanged,
+	})
+	if err != nil {
+		return fmt.Errorf("watching pod events: %w", err)
+	}
+	c.mu.Lock()
+	c.handler = reg
+	c.mu.Unlock()
+	return nil
+}
+
+// watchPods waits until the pod event handler was told of every pod
+// already in the store, so the first sync sees them all.
 func (c *cacheState) watchPods(ctx context.Context) error {
 	c.mu.Lock()
 	reg := c.handler
 	c.mu.Unlock()
 	if reg == nil {
-		inf, err := c.cache.GetInformer(ctx, &corev1.Pod{})
-		if err != nil {
-			return fmt.Errorf("getting the informer of pods: %w", err)
-		}
-		reg, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    c.podChanged,
-			UpdateFunc: func(_, obj any) { c.podChanged(obj) },
-			DeleteFunc: c.podChanged,
-		})
-		if err != nil {
-			return fmt.Errorf("watching pod events: %w", err)
-		}
-		c.mu.Lock()
-		c.handler = reg
-		c.mu.Unlock()
+		return fmt.Errorf("the pod event handler is not registered")
 	}
-	// The informer replays its store to a new handler; bounded by ctx.
+	// Bounded by ctx.
 	for !reg.HasSynced() {
 		select {
 		case <-ctx.Done():

@@ -193,6 +193,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	problems.ClusterPolicies = cnpWatch
 	cached := newCacheState(mgr.GetCache())
 	cached.clusterPolicies = cnpWatch
+	if err := cached.watchPodEvents(context.Background()); err != nil {
+		return nil, nil, err
+	}
 	syncer := &Syncer{
 		metrics:        m,
 		cached:         cached,
@@ -218,7 +221,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	})
 	err = builder.ControllerManagedBy(mgr).
 		Named("nftpol").
-		Watches(&corev1.Pod{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
+		// Pods through the handler that hands them to the Builder: it asks
+		// for the sync after it recorded the pod (see cacheState).
+		WatchesRawSource(source.Channel(cached.podSync, toNodeSync)).
 		Watches(&corev1.Namespace{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
 		Watches(&networkingv1.NetworkPolicy{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
 		WatchesRawSource(source.Channel(cnpWatch.sync, toNodeSync)).
