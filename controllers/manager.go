@@ -67,6 +67,10 @@ type Options struct {
 	// DiscoveryInterval is how often the agent looks for the
 	// ClusterNetworkPolicy API; 0 is DefaultDiscoveryInterval.
 	DiscoveryInterval time.Duration
+	// CutDeniedFlows deletes, after a commit, the conntrack entries of
+	// the established connections the committed rules deny (in
+	// NetNSPath), so that a policy change cuts them too.
+	CutDeniedFlows bool
 	// StatusSpread bounds the delay, derived from the node name, before an
 	// agent writes ClusterNetworkPolicy status (see clusterPolicyStatus);
 	// 0 is DefaultStatusSpread, negative is none.
@@ -208,6 +212,14 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		Log:            opts.Log.WithName("sync"),
 	}
 
+	if syncer.latency, err = newLatencyTracker(reg); err != nil {
+		return nil, nil, err
+	}
+	cnpWatch.changed = syncer.latency.received
+	if opts.CutDeniedFlows {
+		syncer.flows = &FlowCutter{NetNSPath: opts.NetNSPath, Log: opts.Log.WithName("flows")}
+	}
+
 	if opts.LogDenied {
 		syncer.keepLookup = true
 		logger := &DeniedLogger{NetNSPath: opts.NetNSPath, Group: opts.LogGroup, Syncer: syncer, Log: opts.Log.WithName("denied")}
@@ -219,13 +231,15 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	toNodeSync := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{syncKey}
 	})
+	changed := syncer.latency.enqueueChange
 	err = builder.ControllerManagedBy(mgr).
 		Named("nftpol").
 		// Pods through the handler that hands them to the Builder: it asks
 		// for the sync after it recorded the pod (see cacheState).
-		WatchesRawSource(source.Channel(cached.podSync, toNodeSync)).
-		Watches(&corev1.Namespace{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
-		Watches(&networkingv1.NetworkPolicy{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
+		WatchesRawSource(source.Channel(cached.podSync, changed(ChangePod))).
+		Watches(&corev1.Namespace{}, changed(ChangeNamespace), builder.WithPredicates(modelInputChanged())).
+		Watches(&networkingv1.NetworkPolicy{}, changed(ChangeNetworkPolicy), builder.WithPredicates(modelInputChanged())).
+		// The ClusterNetworkPolicy watch records its changes itself.
 		WatchesRawSource(source.Channel(cnpWatch.sync, toNodeSync)).
 		WithOptions(controller.Options{
 			// One key, one worker: syncs never run concurrently.

@@ -63,6 +63,12 @@ type Syncer struct {
 	lookup atomic.Pointer[podLookup]
 	// keepLookup is set when the denied-packet log is on.
 	keepLookup bool
+	// latency measures how long changes take to be committed; nil
+	// measures nothing.
+	latency *latencyTracker
+	// flows, when set, deletes after a commit the conntrack entries of
+	// the connections the committed rules deny.
+	flows *FlowCutter
 
 	// mu serializes syncs (controller-runtime runs one at a time already;
 	// this keeps it true for direct calls). The probes never take it.
@@ -94,6 +100,8 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 		}
 	}
 
+	// Every change received until now is in the cache this sync reads.
+	s.latency.take()
 	start := time.Now()
 	state, err := s.cached.Read(ctx)
 	if err != nil {
@@ -115,6 +123,10 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
 	}
+	s.latency.committed()
+	if s.flows != nil && mayDenyMore(stats) {
+		s.cutDeniedFlows(model)
+	}
 	if s.keepLookup {
 		s.lookup.Store(newPodLookup(s.cached.ownerName, model))
 	}
@@ -125,6 +137,20 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies), "clusterPolicies", len(model.ClusterPolicies),
 		"compute", compute, "stats", stats)
 	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
+}
+
+// cutDeniedFlows deletes the conntrack entries the committed model denies.
+// A failure is logged, never fails the sync: the rules are committed, and
+// the next sweep (after the next change) tries again.
+func (s *Syncer) cutDeniedFlows(model *selectors.Model) {
+	st, err := s.flows.Cut(model)
+	s.metrics.flowsCut(st)
+	if err != nil {
+		s.Log.Error(err, "cutting established flows the new rules deny", "cut", st.Cut)
+		return
+	}
+	s.Log.Info("cut established flows the new rules deny", "cut", st.Cut, "considered", st.Considered,
+		"entries", st.Entries, "gone", st.Gone, "duration", st.Duration)
 }
 
 // recordOutcome tells the probes and the metrics how a sync ended.

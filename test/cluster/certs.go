@@ -118,3 +118,78 @@ func (p *kubeletPKI) servingTLS(node, host string) (*tls.Config, error) {
 		MinVersion:   tls.VersionTLS12,
 	}, nil
 }
+
+// writeAPIServerPKI writes, before envtest starts the API server, the
+// files envtest would otherwise generate (it keeps existing ones): a
+// serving certificate from a CA of ours, valid for every address a client
+// dials — loopback from the root namespace and the node relays, the
+// control-plane address on the shared link that the API server
+// advertises as the `kubernetes` Service's endpoint, that Service's
+// ClusterIPs and names, which in-cluster clients verify against the
+// kube-root-ca.crt ConfigMap — and the ServiceAccount token signing key.
+// It returns the CA in PEM, which envtest's admin kubeconfig and the
+// controller-manager's --root-ca-file then carry.
+func writeAPIServerPKI(certDir string, ips []net.IP, names []string) (caPEM []byte, err error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating the API server CA key: %w", err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "nftpol-cluster-ca"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * 365 * time.Hour),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("creating the API server CA: %w", err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the API server CA: %w", err)
+	}
+	p := &kubeletPKI{ca: ca, caKey: caKey, serial: 1}
+	servingCert, servingKey, err := p.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: "kube-apiserver"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: ips,
+		DNSNames:    names,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The token signer: a key pair, its public half as a self-signed
+	// certificate as envtest writes it.
+	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating the ServiceAccount signing key: %w", err)
+	}
+	saTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sa-signer"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * 365 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	saDER, err := x509.CreateCertificate(rand.Reader, saTmpl, saTmpl, &saKey.PublicKey, saKey)
+	if err != nil {
+		return nil, fmt.Errorf("creating the ServiceAccount signing certificate: %w", err)
+	}
+	saKeyDER, err := x509.MarshalECPrivateKey(saKey)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the ServiceAccount signing key: %w", err)
+	}
+	caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	for name, data := range map[string][]byte{
+		"apiserver.crt": servingCert,
+		"apiserver.key": servingKey,
+		"sa-signer.crt": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: saDER}),
+		"sa-signer.key": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: saKeyDER}),
+	} {
+		if err := os.WriteFile(filepath.Join(certDir, name), data, 0o600); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", name, err)
+		}
+	}
+	return caPEM, nil
+}

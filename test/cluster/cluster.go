@@ -45,8 +45,16 @@ type Options struct {
 	Assets Assets
 	// ProxyMode is kube-proxy's mode (default nftables).
 	ProxyMode string
-	// NoAgent leaves the nftpol agent out.
+	// CNI is the plugin linking pods to their node: "ptp" (default, a
+	// routed link per pod) or "bridge" (one bridge per node).
+	CNI string
+	// NoAgent leaves the nftpol agent out; otherwise it is installed as
+	// users install it, kubectl apply -k Manifests.
 	NoAgent bool
+	// Manifests is the kustomization the agent is installed from with
+	// `kubectl apply -k`. Default: config/default of the nftpol module
+	// the working directory is in.
+	Manifests string
 	// Log receives progress (what starts, how long it took).
 	Log logr.Logger
 }
@@ -75,7 +83,7 @@ func AssetsFromEnv() Assets {
 func (a Assets) Missing(withAgent bool) string {
 	need := map[string][]string{
 		a.ControlPlane: {"kube-apiserver", "etcd"},
-		a.Cluster:      {"kube-controller-manager", "kube-scheduler", "kube-proxy", "agnhost", "ptp", "host-local", "loopback"},
+		a.Cluster:      {"kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "agnhost", "ptp", "host-local", "loopback"},
 	}
 	if a.ControlPlane == "" {
 		return "KUBEBUILDER_ASSETS is not set (make envtest-assets; make test and make cluster set it)"
@@ -137,6 +145,7 @@ type Cluster struct {
 	log      logr.Logger
 	env      *envtest.Environment
 	lanNetns string
+	cpNetns  string
 	procs    []*process
 	relays   []*relay
 	cancel   context.CancelFunc
@@ -214,13 +223,22 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := c.createLAN(); err != nil {
 		return c, err
 	}
+	if err := c.createControlPlaneNetns(); err != nil {
+		return c, err
+	}
+	_, apiPort, _ := net.SplitHostPort(apiHostPort(c.Config))
+	cpRelay, err := startRelay(filepath.Join(netnskubelet.NetnsDir, c.cpNetns), net.JoinHostPort("", apiPort), apiHostPort(c.Config), c.log.WithValues("relay", "control-plane"))
+	if err != nil {
+		return c, fmt.Errorf("control-plane relay: %w", err)
+	}
+	c.relays = append(c.relays, cpRelay)
 	for i := 1; i <= opts.Nodes; i++ {
 		n, err := c.createNode(i)
 		if err != nil {
 			return c, err
 		}
 		c.Nodes = append(c.Nodes, n)
-		r, err := startRelay(n.Netns, apiHostPort(c.Config), c.log.WithValues("node", n.Name))
+		r, err := startRelay(n.Netns, apiHostPort(c.Config), apiHostPort(c.Config), c.log.WithValues("node", n.Name))
 		if err != nil {
 			return c, fmt.Errorf("node %s: API relay: %w", n.Name, err)
 		}
@@ -247,6 +265,13 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 	c.log.Info("cluster usable", "components", time.Since(step).Round(time.Millisecond), "total", time.Since(start).Round(time.Millisecond))
+	if !opts.NoAgent {
+		step = time.Now()
+		if err := c.installAgent(ctx); err != nil {
+			return c, err
+		}
+		c.log.Info("agent DaemonSet ready on every node", "took", time.Since(step).Round(time.Millisecond), "total", time.Since(start).Round(time.Millisecond))
+	}
 	return c, nil
 }
 
@@ -277,9 +302,11 @@ func apiHostPort(cfg *rest.Config) string {
 
 // startControlPlane starts kube-apiserver and etcd through envtest, with
 // what a cluster needs on top of envtest's defaults: the ServiceAccount
-// admission plugin back on, the kubelets' client certificate, and
-// kubelets reached at their InternalDNS address (their loopback endpoint,
-// see netnskubelet.Config.ServeAddr).
+// admission plugin back on, the kubelets' client certificate, kubelets
+// reached at their InternalDNS address (their loopback endpoint, see
+// netnskubelet.Config.ServeAddr), the control plane's address on the
+// shared link advertised as the `kubernetes` Service's endpoint, and a
+// serving certificate valid there and on that Service.
 func (c *Cluster) startControlPlane(pki *kubeletPKI) error {
 	logf, err := os.Create(filepath.Join(c.LogDir, "kube-apiserver.log"))
 	if err != nil {
@@ -296,8 +323,20 @@ func (c *Cluster) startControlPlane(pki *kubeletPKI) error {
 	if err := os.MkdirAll(api.CertDir, 0o700); err != nil {
 		return fmt.Errorf("creating the API server directory: %w", err)
 	}
+	var certIPs []net.IP
+	for _, a := range append([]netip.Addr{netip.MustParseAddr("127.0.0.1"), controlPlaneIPs[0].Addr(), controlPlaneIPs[1].Addr()}, kubernetesServiceIPs...) {
+		certIPs = append(certIPs, a.AsSlice())
+	}
+	caPEM, err := writeAPIServerPKI(api.CertDir, certIPs,
+		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"})
+	if err != nil {
+		return err
+	}
+	// envtest keeps the files it finds and would otherwise fill this in.
+	api.SecureServing.CA = caPEM
 	api.Out, api.Err = logf, logf
 	api.Configure().
+		Set("advertise-address", controlPlaneIPs[0].Addr().String()).
 		Disable("disable-admission-plugins").
 		Set("kubelet-preferred-address-types", "InternalDNS").
 		Set("kubelet-client-certificate", pki.ClientCert).
@@ -394,6 +433,7 @@ func (c *Cluster) startKubelet(ctx context.Context, n *Node, pki *kubeletPKI) er
 		TLS:         tlsCfg,
 		Client:      client,
 		CNIBinDir:   c.opts.Assets.Cluster,
+		CNI:         c.opts.CNI,
 		StateDir:    filepath.Join(c.Dir, "nodes", n.Name),
 		NetnsPrefix: fmt.Sprintf("%s-p%d", c.opts.Prefix, n.index),
 		Images:      c.Images,
@@ -420,10 +460,10 @@ func (c *Cluster) startKubelet(ctx context.Context, n *Node, pki *kubeletPKI) er
 	}
 }
 
-// startNodeDaemons starts what runs on every node besides the kubelet:
-// kube-proxy inside the node's namespace (through `ip netns exec`, which
-// also gives it the namespace's own /sys), and the nftpol agent from the
-// root namespace with --netns, as the testbed runs it.
+// startNodeDaemons starts what runs on every node besides the kubelet and
+// its pods: kube-proxy inside the node's namespace (through `ip netns
+// exec`, which also gives it the namespace's own /sys). The agent is a
+// pod (installAgent).
 func (c *Cluster) startNodeDaemons(n *Node) error {
 	proxy, err := startProcess(c.LogDir, "kube-proxy-"+n.Name,
 		"ip", "netns", "exec", n.netns, filepath.Join(c.opts.Assets.Cluster, "kube-proxy"),
@@ -443,25 +483,13 @@ func (c *Cluster) startNodeDaemons(n *Node) error {
 		return err
 	}
 	c.procs = append(c.procs, proxy)
-	if c.opts.NoAgent {
-		return nil
-	}
-	agent, err := startProcess(c.LogDir, "nftpol-"+n.Name, c.opts.Assets.Agent,
-		"--node-name="+n.Name,
-		"--kubeconfig="+c.Kubeconfig,
-		"--netns="+n.Netns,
-		"--metrics-bind-address=0",
-		"--health-probe-bind-address=0")
-	if err != nil {
-		return err
-	}
-	c.procs = append(c.procs, agent)
 	return nil
 }
 
 // waitUsable waits (bounded) until every node is Ready, every kube-proxy
-// answers its health check inside its node, and the controller-manager
-// has created the default ServiceAccount.
+// answers its health check inside its node and has programmed the
+// kubernetes Service there, and the controller-manager has created the
+// default ServiceAccount.
 func (c *Cluster) waitUsable(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -486,6 +514,15 @@ func (c *Cluster) waitUsable(ctx context.Context) error {
 				last = "kube-proxy on " + n.Name + ": " + err.Error()
 				return false, nil
 			}
+			// In-cluster clients (the agent) start as soon as they are
+			// installed: kube-proxy must have programmed the kubernetes
+			// Service, which its health check does not wait for.
+			conn, err := netnskubelet.DialIn(ctx, n.Netns, "tcp", net.JoinHostPort(kubernetesServiceIPs[0].String(), "443"), time.Second)
+			if err != nil {
+				last = "the kubernetes Service from " + n.Name + ": " + err.Error()
+				return false, nil
+			}
+			conn.Close()
 		}
 		if _, err := c.Clientset.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{}); err != nil {
 			last = "default ServiceAccount: " + err.Error()

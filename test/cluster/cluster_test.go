@@ -46,10 +46,68 @@ func testPrefix() string {
 	return "nftclt"
 }
 
-// startCluster starts a 2-node cluster for the test; it is stopped, with
-// every namespace removed, when the test ends, and its logs are printed if
-// the test failed.
-func startCluster(t *testing.T) *cluster.Cluster {
+// shared is the package's default cluster (nftables kube-proxy, ptp, the
+// agent from config/default), started by the first test that needs it and
+// stopped by TestMain: tests on it use namespaces of their own.
+var shared = struct {
+	once *sync.Once
+	c    *cluster.Cluster
+	err  error
+	took time.Duration
+}{once: new(sync.Once)}
+
+// stopShared stops the shared cluster, if running; the next test that
+// needs it starts it again.
+func stopShared() {
+	if shared.c != nil {
+		shared.c.Stop()
+	}
+	shared.c, shared.err, shared.once = nil, nil, new(sync.Once)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.c != nil {
+		stopShared()
+		if left := leftovers(); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "namespaces left after Stop: %v\n", left)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// sharedCluster returns the shared cluster, starting it on first use; its
+// log goes to standard error, since it outlives the test that started it.
+// A failing test prints the end of every component's log.
+func sharedCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	assets := requireCluster(t)
+	shared.once.Do(func() {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		shared.c, shared.err = cluster.Start(ctx, cluster.Options{
+			Prefix: prefix, Nodes: 2, Assets: assets,
+			Log: funcr.New(func(p, args string) { fmt.Fprintln(os.Stderr, "cluster:", p, args) }, funcr.Options{}),
+		})
+		shared.took = time.Since(start)
+	})
+	if shared.err != nil {
+		t.Fatalf("starting the shared cluster: %v", shared.err)
+	}
+	t.Logf("shared cluster (started in %s)", shared.took.Round(time.Millisecond))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(shared.c.Logs(4000))
+		}
+	})
+	return shared.c
+}
+
+// requireCluster skips the test, or fails it under CI=true, when a cluster
+// cannot start here.
+func requireCluster(t *testing.T) cluster.Assets {
 	t.Helper()
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	assets := cluster.AssetsFromEnv()
@@ -59,13 +117,24 @@ func startCluster(t *testing.T) *cluster.Cluster {
 		}
 		t.Skip(reason)
 	}
+	return assets
+}
+
+// startClusterWith starts a 2-node cluster of the test's own with opts
+// (prefix, nodes, assets and log filled in); it is stopped, with every
+// namespace removed, when the test ends, and its logs are printed if the
+// test failed. The shared cluster, if running, is stopped first: two
+// clusters of one prefix cannot run at once.
+func startClusterWith(t *testing.T, opts cluster.Options) *cluster.Cluster {
+	t.Helper()
+	assets := requireCluster(t)
+	stopShared()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{
-		Prefix: prefix, Nodes: 2, Assets: assets,
-		Log: funcr.New(func(p, args string) { t.Log(p, args) }, funcr.Options{}),
-	})
+	opts.Prefix, opts.Nodes, opts.Assets = prefix, 2, assets
+	opts.Log = funcr.New(func(p, args string) { t.Log(p, args) }, funcr.Options{})
+	c, err := cluster.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,12 +167,15 @@ func leftovers() []string {
 // Service through kube-proxy, kubectl-style exec through the API server
 // and the kubelet, then a NetworkPolicy enforced by the agent.
 func TestServicesAndPolicyOnARealCluster(t *testing.T) {
-	c := startCluster(t)
+	c := sharedCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cs := c.Clientset
 	began := time.Now()
+	// Pod namespaces of other tests on the shared cluster.
+	before := len(podNamespaces())
 	checkNodes(ctx, t, c)
+	checkAgents(ctx, t, c)
 
 	for _, ns := range []string{"web", "client"} {
 		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -200,6 +272,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	waitEndpoints(ctx, t, c, "web", "netexec", 4)
 	t.Logf("4 backends and %d clients ready after %s", len(clients), time.Since(began).Round(time.Millisecond))
 	lifecycle := startLifecyclePods(ctx, t, c)
+	volumesPod, volumesDir := startVolumesPod(ctx, t, c, "client")
 
 	// Exec reaches the container: its own hostname (a UTS namespace per
 	// pod), and a failing command's exit code comes back.
@@ -270,6 +343,7 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 		}
 	}
 	checkLifecyclePods(ctx, t, c, lifecycle)
+	checkVolumesPod(ctx, t, c, "client", volumesPod, volumesDir)
 	t.Logf("service reached backends on every node from every node after %s", time.Since(began).Round(time.Millisecond))
 
 	// Deny all ingress to the backends: the agent must make every request
@@ -305,6 +379,8 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 	waitAllClients(ctx, t, c, clients, urls, true)
 	t.Logf("allow-client enforced after %s", time.Since(began).Round(time.Millisecond))
 
+	checkAgentRBAC(ctx, t, c, "web")
+
 	// Deleting the namespaces stops every pod: the kubelets remove their
 	// network namespaces and the pod objects go.
 	for _, ns := range []string{"web", "client"} {
@@ -318,10 +394,10 @@ func TestServicesAndPolicyOnARealCluster(t *testing.T) {
 				return false, nil
 			}
 		}
-		return len(podNamespaces()) == 0, nil
+		return len(podNamespaces()) == before, nil
 	})
 	if err != nil {
-		t.Fatalf("namespaces not gone after 2 minutes (pod network namespaces left: %v)", podNamespaces())
+		t.Fatalf("namespaces not gone after 2 minutes (pod network namespaces: %v, %d before the test)", podNamespaces(), before)
 	}
 	t.Logf("everything removed after %s", time.Since(began).Round(time.Millisecond))
 }

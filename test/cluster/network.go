@@ -26,6 +26,27 @@ const (
 	serviceCIDRs = "10.0.0.0/24,fd00:10:96::/112"
 )
 
+// The control plane's addresses on the shared link: the "<prefix>-cp"
+// namespace holds them and relays to the API server on the root
+// namespace's loopback. The API server advertises the IPv4 one as the
+// endpoint of the `kubernetes` Service, so in-cluster clients reach it
+// through kube-proxy as in any cluster; the nodes route the Service
+// ranges to it, as they would to their gateway, so that connections the
+// node itself opens to a ClusterIP have a route before kube-proxy's DNAT.
+var (
+	controlPlaneIPs = []netip.Prefix{
+		netip.MustParsePrefix("192.0.2.254/24"),
+		netip.MustParsePrefix("2001:db8::fe/64"),
+	}
+	serviceRanges = []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/24"),
+		netip.MustParsePrefix("fd00:10:96::/112"),
+	}
+	// kubernetesServiceIPs are the first address of each Service range,
+	// which the API server gives the `kubernetes` Service.
+	kubernetesServiceIPs = []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00:10:96::1")}
+)
+
 // nodeIPs are node i's addresses on the shared link, with their prefix
 // lengths there.
 func nodeIPs(i int) []netip.Prefix {
@@ -58,6 +79,39 @@ func (c *Cluster) createLAN() error {
 	} {
 		if err := ip(s...); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// createControlPlaneNetns creates the namespace that gives the API server
+// its address on the shared link: plugged into the LAN like a node, with
+// routes back to every node's pod CIDRs so pods reach it too.
+func (c *Cluster) createControlPlaneNetns() error {
+	c.cpNetns = c.opts.Prefix + "-cp"
+	if err := ip("netns", "add", c.cpNetns); err != nil {
+		return err
+	}
+	if err := netnskubelet.SetSysctlIn(filepath.Join(netnskubelet.NetnsDir, c.cpNetns), "net.ipv6.conf.all.accept_dad", "0"); err != nil {
+		return fmt.Errorf("control-plane namespace: %w", err)
+	}
+	steps := [][]string{
+		{"-n", c.cpNetns, "link", "set", "lo", "up"},
+		{"link", "add", "eth0", "netns", c.cpNetns, "type", "veth", "peer", "name", "cp", "netns", c.lanNetns},
+		{"-n", c.lanNetns, "link", "set", "cp", "master", "br0", "up"},
+		{"-n", c.cpNetns, "link", "set", "eth0", "up"},
+	}
+	for _, p := range controlPlaneIPs {
+		steps = append(steps, []string{"-n", c.cpNetns, "addr", "add", p.String(), "dev", "eth0", "nodad"})
+	}
+	for j := 1; j <= c.opts.Nodes; j++ {
+		for f, p := range podCIDRs(j) {
+			steps = append(steps, []string{"-n", c.cpNetns, "route", "add", p.String(), "via", nodeIPs(j)[f].Addr().String(), "dev", "eth0"})
+		}
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return fmt.Errorf("control-plane namespace: %w", err)
 		}
 	}
 	return nil
@@ -109,6 +163,9 @@ func (c *Cluster) createNode(i int) (*Node, error) {
 			steps = append(steps, []string{"-n", n.netns, "route", "add", p.String(), "via", nodeIPs(j)[f].Addr().String(), "dev", "eth0"})
 		}
 	}
+	for f, p := range serviceRanges {
+		steps = append(steps, []string{"-n", n.netns, "route", "add", p.String(), "via", controlPlaneIPs[f].Addr().String(), "dev", "eth0"})
+	}
 	for _, s := range steps {
 		if err := ip(s...); err != nil {
 			return nil, fmt.Errorf("node %s: %w", n.Name, err)
@@ -118,12 +175,12 @@ func (c *Cluster) createNode(i int) (*Node, error) {
 }
 
 // ownNetns matches the names of the namespaces a cluster with this prefix
-// creates — "<prefix>-lan", nodes "<prefix>-n<i>", pods
+// creates — "<prefix>-lan", "<prefix>-cp", nodes "<prefix>-n<i>", pods
 // "<prefix>-p<i>-<12 hex>" — and nothing else, so a prefix that starts
 // another package's ("nftpol" and "nftpol-demo") never removes its
 // namespaces.
 func ownNetns(prefix string) *regexp.Regexp {
-	return regexp.MustCompile("^" + regexp.QuoteMeta(prefix) + `-(lan|n[0-9]+|p[0-9]+-[0-9a-f]{12})$`)
+	return regexp.MustCompile("^" + regexp.QuoteMeta(prefix) + `-(lan|cp|n[0-9]+|p[0-9]+-[0-9a-f]{12})$`)
 }
 
 // removeNamespaces stops every process left in the cluster's namespaces

@@ -12,10 +12,12 @@ import (
 )
 
 // relay makes the API server, which listens on loopback in the root
-// namespace, reachable at the same address inside a node's namespace, so
-// programs running there (kube-proxy) use the cluster's kubeconfig
-// unchanged. The listening socket lives in the node's namespace, each
-// upstream connection in the root one; TLS passes through untouched.
+// namespace, reachable inside another namespace: at the same address in a
+// node's namespace, so programs running there (kube-proxy) use the
+// cluster's kubeconfig unchanged, and on the control plane's address on
+// the shared link, the endpoint of the `kubernetes` Service. The listening
+// socket lives in the other namespace, each upstream connection in the
+// root one; TLS passes through untouched.
 type relay struct {
 	l     net.Listener
 	log   logr.Logger
@@ -24,8 +26,8 @@ type relay struct {
 	wg    sync.WaitGroup
 }
 
-func startRelay(netnsPath, addr string, log logr.Logger) (*relay, error) {
-	l, err := netnskubelet.ListenIn(netnsPath, addr)
+func startRelay(netnsPath, listen, upstream string, log logr.Logger) (*relay, error) {
+	l, err := netnskubelet.ListenIn(netnsPath, listen)
 	if err != nil {
 		return nil, err
 	}
@@ -39,7 +41,7 @@ func startRelay(netnsPath, addr string, log logr.Logger) (*relay, error) {
 				}
 				return
 			}
-			r.wg.Go(func() { r.pipe(down, addr) })
+			r.wg.Go(func() { r.pipe(down, upstream) })
 		}
 	})
 	return r, nil

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -15,9 +16,11 @@ import (
 )
 
 // cniNetwork is the node's pod network: the loopback plugin for lo, then
-// ptp with host-local IPAM over the node's pod CIDR for eth0, the setup
-// the kubelet's CRI runtime would run from /etc/cni/net.d. The plugins run
-// in the node's namespace, so the host ends of the pod links land there.
+// ptp (a routed link per pod) or bridge (every pod of the node on one
+// bridge, cni0, that holds the gateway address) with host-local IPAM over
+// the node's pod CIDR for eth0, the setup the kubelet's CRI runtime would
+// run from /etc/cni/net.d. The plugins run in the node's namespace, so the
+// host ends of the pod links land there.
 type cniNetwork struct {
 	cni      *libcni.CNIConfig
 	loopback *libcni.NetworkConfigList
@@ -28,8 +31,14 @@ type cniNetwork struct {
 // close closes the plugin log; call it once no plugin runs any more.
 func (n *cniNetwork) close() { _ = n.stderr.Close() }
 
-func newCNINetwork(binDir, stateDir string, podCIDRs []netip.Prefix) (*cniNetwork, error) {
-	for _, p := range []string{"loopback", "ptp", "host-local"} {
+func newCNINetwork(binDir, stateDir, plugin string, podCIDRs []netip.Prefix) (*cniNetwork, error) {
+	if plugin == "" {
+		plugin = "ptp"
+	}
+	if plugin != "ptp" && plugin != "bridge" {
+		return nil, fmt.Errorf("CNI plugin %q: ptp or bridge", plugin)
+	}
+	for _, p := range []string{"loopback", plugin, "host-local"} {
 		if _, err := os.Stat(filepath.Join(binDir, p)); err != nil {
 			return nil, fmt.Errorf("CNI plugin %s missing in %q: %w", p, binDir, err)
 		}
@@ -47,20 +56,31 @@ func newCNINetwork(binDir, stateDir string, podCIDRs []netip.Prefix) (*cniNetwor
 			routes = append(routes, map[string]string{"dst": "::/0"})
 		}
 	}
+	main := map[string]any{
+		"type":   plugin,
+		"ipMasq": false,
+		"mtu":    1500,
+		// host-local takes requested addresses (PodIPsAnnotation) from
+		// the runtime configuration.
+		"capabilities": map[string]bool{"ips": true},
+		"ipam": map[string]any{
+			"type":    "host-local",
+			"ranges":  ranges,
+			"routes":  routes,
+			"dataDir": filepath.Join(stateDir, "ipam"),
+		},
+	}
+	if plugin == "bridge" {
+		// The bridge holds each range's gateway address; hairpin mode
+		// lets a pod reach itself through a Service.
+		main["bridge"] = "cni0"
+		main["isGateway"] = true
+		main["hairpinMode"] = true
+	}
 	conf := map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       "netnskubelet",
-		"plugins": []any{map[string]any{
-			"type":   "ptp",
-			"ipMasq": false,
-			"mtu":    1500,
-			"ipam": map[string]any{
-				"type":    "host-local",
-				"ranges":  ranges,
-				"routes":  routes,
-				"dataDir": filepath.Join(stateDir, "ipam"),
-			},
-		}},
+		"plugins":    []any{main},
 	}
 	data, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
@@ -98,11 +118,22 @@ func newCNINetwork(binDir, stateDir string, podCIDRs []netip.Prefix) (*cniNetwor
 	}, nil
 }
 
-func runtimeConf(podNetns, containerID, namespace, name, uid string) *libcni.RuntimeConf {
+// PodIPsAnnotation on a pod asks for its addresses (comma-separated, one
+// per family, inside the node's pod CIDRs), as CNIs with static-address
+// annotations offer: host-local hands them out if they are free. Tests use
+// it to recreate a pod on the address of one just deleted.
+const PodIPsAnnotation = "netnskubelet/ips"
+
+func runtimeConf(podNetns, containerID, namespace, name, uid, ips string) *libcni.RuntimeConf {
+	var capArgs map[string]any
+	if ips != "" {
+		capArgs = map[string]any{"ips": strings.Split(ips, ",")}
+	}
 	return &libcni.RuntimeConf{
-		ContainerID: containerID,
-		NetNS:       podNetns,
-		IfName:      "eth0",
+		CapabilityArgs: capArgs,
+		ContainerID:    containerID,
+		NetNS:          podNetns,
+		IfName:         "eth0",
 		Args: [][2]string{
 			{"IgnoreUnknown", "1"},
 			{"K8S_POD_NAMESPACE", namespace},

@@ -33,6 +33,7 @@ type container struct {
 	// it waiting with that reason and message.
 	argv                 []string
 	env                  []string
+	sandbox              *sandbox
 	configErr, configWhy string
 
 	mu           sync.Mutex
@@ -48,7 +49,7 @@ type container struct {
 	ready        bool
 }
 
-func (k *Kubelet) newContainer(pod *corev1.Pod, rt *podRuntime, spec corev1.Container, init bool, env *envResolver) *container {
+func (k *Kubelet) newContainer(pod *corev1.Pod, rt *podRuntime, spec corev1.Container, init bool, env *envResolver, volumes map[string]string) *container {
 	c := &container{k: k, rt: rt, spec: spec, init: init, restart: pod.Spec.RestartPolicy, waitReason: "ContainerCreating"}
 	if init && spec.RestartPolicy != nil && *spec.RestartPolicy == corev1.ContainerRestartPolicyAlways {
 		c.configErr, c.configWhy = "CreateContainerConfigError", "sidecar init containers (restartPolicy: Always) are not supported by netnskubelet"
@@ -69,7 +70,17 @@ func (k *Kubelet) newContainer(pod *corev1.Pod, rt *podRuntime, spec corev1.Cont
 		c.configErr, c.configWhy = "RunContainerError", err.Error()
 		return c
 	}
-	c.argv, c.env = argv, vars.list()
+	mounts, err := containerMounts(spec, volumes)
+	if err != nil {
+		c.configErr, c.configWhy = "CreateContainerConfigError", err.Error()
+		return c
+	}
+	sb, err := newSandbox(rt.netnsPath, rt.hostname, spec, mounts)
+	if err != nil {
+		c.configErr, c.configWhy = "CreateContainerConfigError", err.Error()
+		return c
+	}
+	c.argv, c.env, c.sandbox = argv, vars.list(), sb
 	return c
 }
 
@@ -170,7 +181,7 @@ func (c *container) start() error {
 	if c.rt.isStopping() {
 		return fmt.Errorf("pod %s is stopping", c.rt.key)
 	}
-	if err := onThreadIn(c.rt.netnsPath, c.rt.hostname, cmd.Start); err != nil {
+	if err := c.sandbox.start(cmd.Start); err != nil {
 		return fmt.Errorf("starting %v: %w", c.argv, err)
 	}
 	c.proc = cmd.Process

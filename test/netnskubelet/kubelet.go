@@ -54,8 +54,12 @@ type Config struct {
 	TLS *tls.Config
 	// Client talks to the API server.
 	Client kubernetes.Interface
-	// CNIBinDir holds the CNI plugins (ptp, host-local, loopback).
+	// CNIBinDir holds the CNI plugins (ptp or bridge, host-local,
+	// loopback).
 	CNIBinDir string
+	// CNI is the plugin that links pods to the node: "ptp" (the default)
+	// or "bridge".
+	CNI string
 	// StateDir holds the CNI configuration, IPAM state and container
 	// logs of this node.
 	StateDir string
@@ -113,7 +117,7 @@ func New(cfg Config) (*Kubelet, error) {
 	if cfg.Log.GetSink() == nil {
 		cfg.Log = logr.Discard()
 	}
-	cni, err := newCNINetwork(cfg.CNIBinDir, filepath.Join(cfg.StateDir, "cni"), cfg.PodCIDRs)
+	cni, err := newCNINetwork(cfg.CNIBinDir, filepath.Join(cfg.StateDir, "cni"), cfg.CNI, cfg.PodCIDRs)
 	if err != nil {
 		return nil, err
 	}

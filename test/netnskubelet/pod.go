@@ -136,7 +136,7 @@ func (k *Kubelet) startPod(ctx context.Context, pod *corev1.Pod) (*podRuntime, e
 	} else {
 		rt.netnsName = fmt.Sprintf("%s-%s", k.cfg.NetnsPrefix, strings.ReplaceAll(string(pod.UID), "-", "")[:12])
 		rt.netnsPath = filepath.Join(NetnsDir, rt.netnsName)
-		rt.cniConf = runtimeConf(rt.netnsPath, string(pod.UID), pod.Namespace, pod.Name, string(pod.UID))
+		rt.cniConf = runtimeConf(rt.netnsPath, string(pod.UID), pod.Namespace, pod.Name, string(pod.UID), pod.Annotations[PodIPsAnnotation])
 		if err := runIP("netns", "add", rt.netnsName); err != nil {
 			return nil, fmt.Errorf("creating the network namespace of %s: %w", key, err)
 		}
@@ -159,11 +159,20 @@ func (k *Kubelet) startPod(ctx context.Context, pod *corev1.Pod) (*podRuntime, e
 		rt.ips = ips
 	}
 	env := newEnvResolver(ctx, k, pod, rt)
+	volumes, err := k.prepareVolumes(ctx, pod, rt, env)
+	if err != nil {
+		if rt.netnsName != "" {
+			_ = k.cni.del(ctx, k.cfg.NodeNetns, rt.cniConf)
+			_ = runIP("netns", "delete", rt.netnsName)
+		}
+		k.events.Event(rt.ref, corev1.EventTypeWarning, "FailedMount", err.Error())
+		return nil, fmt.Errorf("preparing the volumes of %s: %w", key, err)
+	}
 	for _, c := range pod.Spec.InitContainers {
-		rt.inits = append(rt.inits, k.newContainer(pod, rt, c, true, env))
+		rt.inits = append(rt.inits, k.newContainer(pod, rt, c, true, env, volumes))
 	}
 	for _, c := range pod.Spec.Containers {
-		rt.apps = append(rt.apps, k.newContainer(pod, rt, c, false, env))
+		rt.apps = append(rt.apps, k.newContainer(pod, rt, c, false, env, volumes))
 	}
 	k.mu.Lock()
 	k.pods[key] = rt

@@ -123,7 +123,7 @@ func (k *Kubelet) runProbe(c *container, p *corev1.Probe) error {
 		}
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 		cmd.Env = c.env
-		if err := onThreadIn(c.rt.netnsPath, c.rt.hostname, cmd.Start); err != nil {
+		if err := c.sandbox.start(cmd.Start); err != nil {
 			return err
 		}
 		return cmd.Wait()

@@ -127,7 +127,7 @@ func (k *Kubelet) ExecInContainer(ctx context.Context, key, uid, containerName s
 		}
 		p.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	}
-	if err := onThreadIn(rt.netnsPath, rt.hostname, p.Start); err != nil {
+	if err := c.sandbox.start(p.Start); err != nil {
 		return fmt.Errorf("starting %v in pod %s: %w", argv, key, err)
 	}
 	if tty {

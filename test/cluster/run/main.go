@@ -22,7 +22,8 @@ func main() {
 	nodes := flag.Int("nodes", 2, "number of nodes")
 	prefix := flag.String("prefix", "nftcl", "prefix of the cluster's namespaces and node names")
 	proxyMode := flag.String("proxy-mode", "nftables", "kube-proxy mode: nftables, or iptables (needs the iptables commands)")
-	noAgent := flag.Bool("no-agent", false, "leave the nftpol agent out")
+	noAgent := flag.Bool("no-agent", false, "do not install the nftpol agent (kubectl apply -k config/default)")
+	cni := flag.String("cni", "ptp", "CNI plugin linking pods to their node: ptp or bridge")
 	flag.Parse()
 
 	log := funcr.New(func(prefix, args string) {
@@ -32,7 +33,7 @@ func main() {
 	defer stop()
 
 	c, err := cluster.Start(ctx, cluster.Options{
-		Prefix: *prefix, Nodes: *nodes, ProxyMode: *proxyMode, NoAgent: *noAgent,
+		Prefix: *prefix, Nodes: *nodes, ProxyMode: *proxyMode, NoAgent: *noAgent, CNI: *cni,
 		Assets: cluster.AssetsFromEnv(), Log: log,
 	})
 	if err != nil {
@@ -46,6 +47,7 @@ The cluster is up: %d nodes, logs in %s.
   export KUBECONFIG=%s
   alias kubectl=%s
   kubectl get nodes -o wide
+  kubectl -n nftpol-system get pods -o wide    # the agent (kubectl apply -k config/default)
   kubectl create deployment web --image=registry.k8s.io/e2e-test-images/agnhost:2.53 --replicas=2 -- /agnhost netexec --http-port=8080
   kubectl expose deployment web --port=80 --target-port=8080
   kubectl exec deploy/web -- curl -s http://$(kubectl get svc web -o jsonpath='{.spec.clusterIP}')/hostname
