@@ -200,6 +200,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	problems.ClusterPolicies = cnpWatch
 	cached := newCacheState(mgr.GetCache())
 	cached.clusterPolicies = cnpWatch
+	if err := cached.watchPodEvents(context.Background()); err != nil {
+		return nil, nil, err
+	}
 	syncer := &Syncer{
 		metrics:        m,
 		cached:         cached,
@@ -234,7 +237,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	changed := syncer.latency.enqueueChange
 	err = builder.ControllerManagedBy(mgr).
 		Named("nftpol").
-		Watches(&corev1.Pod{}, changed(ChangePod), builder.WithPredicates(modelInputChanged())).
+		// Pods through the handler that hands them to the Builder: it asks
+		// for the sync after it recorded the pod (see cacheState).
+		WatchesRawSource(source.Channel(cached.podSync, changed(ChangePod))).
 		Watches(&corev1.Namespace{}, changed(ChangeNamespace), builder.WithPredicates(modelInputChanged())).
 		Watches(&networkingv1.NetworkPolicy{}, changed(ChangeNetworkPolicy), builder.WithPredicates(modelInputChanged())).
 		// The ClusterNetworkPolicy watch records its changes itself.

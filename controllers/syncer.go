@@ -55,10 +55,8 @@ type Syncer struct {
 	// guard, when set, holds back the first sync until this agent holds
 	// the table lock.
 	guard *tableGuard
-	// builder reuses, from one sync to the next, the peer sets of the
-	// namespaces where no pod changed; compiler reuses the compiled sets
-	// whose content did not change. Both are created on first use.
-	builder  *selectors.Builder
+	// compiler reuses the compiled sets whose content did not change;
+	// created on first use. The Builder is cached's.
 	compiler *nft.Compiler
 	// lookup names pods for the denied-packet log; replaced after every
 	// successful sync.
@@ -110,21 +108,18 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 		s.metrics.observe(start, 0, nil, nft.CommitStats{}, err)
 		return reconcile.Result{}, err
 	}
-	if s.builder == nil {
-		s.builder = selectors.NewBuilder()
-	}
 	if s.compiler == nil {
 		if s.compiler, err = nft.NewCompiler(s.Enforcer.Config()); err != nil {
 			return reconcile.Result{}, err
 		}
 	}
-	model, problems := s.builder.Build(s.NodeName, state)
+	model, problems := s.cached.builder.BuildFromPods(s.NodeName, state)
 	desired := s.compiler.Compile(model)
 	compute := time.Since(start)
 	s.Problems.Report(ctx, problems)
 
 	stats, err := s.Enforcer.Commit(desired)
-	s.metrics.observe(start, countLocal(state, s.NodeName), model, stats, err)
+	s.metrics.observe(start, s.cached.builder.LocalEndpoints(), model, stats, err)
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
 	}
@@ -133,7 +128,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 		s.cutDeniedFlows(model)
 	}
 	if s.keepLookup {
-		s.lookup.Store(newPodLookup(state, model))
+		s.lookup.Store(newPodLookup(s.cached.ownerName, model))
 	}
 	if !s.synced {
 		s.lastVerify = time.Now()
@@ -257,14 +252,4 @@ func NewReader(cfg *rest.Config) (client.Reader, error) {
 		return nil, fmt.Errorf("creating an API client: %w", err)
 	}
 	return c, nil
-}
-
-func countLocal(state *selectors.State, node string) int {
-	n := 0
-	for _, p := range state.Pods {
-		if p.NodeName == node && p.IsEndpoint() {
-			n++
-		}
-	}
-	return n
 }

@@ -65,6 +65,10 @@ func setsOf(m *selectors.Model) *selectors.Model {
 		PortSets: make([]selectors.PortSet, len(m.PortSets)),
 	}
 	for i, s := range m.AddrSets {
+		if s.Version != nil {
+			out.AddrSets[i] = s // never changed (see AddrSet.Version)
+			continue
+		}
 		out.AddrSets[i] = selectors.AddrSet{ID: s.ID, Description: s.Description, Addrs: slices.Clone(s.Addrs), Ranges: slices.Clone(s.Ranges)}
 	}
 	for i, s := range m.PortSets {
@@ -198,8 +202,8 @@ func compileSets(rs *Ruleset, m *selectors.Model, prev *Ruleset, prevSets *selec
 	}
 	for i := range m.AddrSets {
 		s := &m.AddrSets[i]
-		if p := prevAddr[s.ID]; p != nil && p.Description == s.Description &&
-			slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges) &&
+		if p := prevAddr[s.ID]; p != nil && (s.Version != nil && p.Version == s.Version ||
+			p.Description == s.Description && slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges)) &&
 			reuse(addrSetName(s.ID, 4), addrSetName(s.ID, 6)) {
 			continue
 		}
