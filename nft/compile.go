@@ -153,6 +153,7 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 			rs.chains[name] = &chainSpec{name: name, policies: []string{key}, dir: dir}
 		}
 	}
+	unions.dropMerged()
 	return rs
 }
 

@@ -29,10 +29,12 @@ import (
 type peerUnions struct {
 	rs   *Ruleset
 	sets map[string]*selectors.AddrSet // the model's, by ID
+	// merged are the IDs of the sets that went into a union.
+	merged map[string]bool
 }
 
 func newPeerUnions(rs *Ruleset, m *selectors.Model) *peerUnions {
-	u := &peerUnions{rs: rs, sets: make(map[string]*selectors.AddrSet, len(m.AddrSets))}
+	u := &peerUnions{rs: rs, sets: make(map[string]*selectors.AddrSet, len(m.AddrSets)), merged: map[string]bool{}}
 	for i := range m.AddrSets {
 		u.sets[m.AddrSets[i].ID] = &m.AddrSets[i]
 	}
@@ -64,8 +66,34 @@ func (u *peerUnions) setNames(ids []string) (names [][2]string) {
 		names = append(names, [2]string{addrSetName(merge[0], 4), addrSetName(merge[0], 6)})
 	default:
 		names = append(names, u.union(merge))
+		for _, id := range merge {
+			u.merged[id] = true
+		}
 	}
 	return names
+}
+
+// dropMerged removes from the ruleset the sets that went into a union and
+// that no rule looks up on their own: a rule of 1,000 ipBlocks would
+// otherwise leave 2,000 sets in the table that nothing reads. Call it once
+// every chain is compiled.
+func (u *peerUnions) dropMerged() {
+	if len(u.merged) == 0 {
+		return
+	}
+	used := map[string]bool{}
+	for _, c := range u.rs.chains {
+		for i := range c.rules {
+			used[c.rules[i].set] = true
+		}
+	}
+	for id := range u.merged {
+		for _, fam := range []int{4, 6} {
+			if name := addrSetName(id, fam); !used[name] {
+				delete(u.rs.sets, name)
+			}
+		}
+	}
 }
 
 // union returns the names of the IPv4 and IPv6 union sets of ids (sorted),

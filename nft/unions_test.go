@@ -95,6 +95,11 @@ func TestPeerUnionDecidesLikeItsPeers(t *testing.T) {
 		if want := sets * len(ports) * 2; len(pol.rules) != want {
 			t.Fatalf("round %d: the policy chain has %d rules, want %d (one per peer set, port part and family):\n%s", round, len(pol.rules), want, rs)
 		}
+		for _, id := range rule.Peers.Sets[:blocks] {
+			if rs.sets[addrSetName(id, 4)] != nil || rs.sets[addrSetName(id, 6)] != nil {
+				t.Fatalf("round %d: the set of ipBlock %s stays in the table though only its union is looked up", round, id)
+			}
+		}
 		kt := toKernel(rs)
 		for i := 0; i < universe; i++ {
 			for _, src := range []netip.Addr{v4(i), v6(i)} {
