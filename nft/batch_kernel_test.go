@@ -49,3 +49,30 @@ func TestRefusedBatchKeepsTheTable(t *testing.T) {
 		})
 	}
 }
+
+// TestReadBackAnnotations: a table read back from the kernel tells, as
+// the compiled one does, which chains are NetworkPolicy chains (policy and
+// isolation chains, no tier) and which are ClusterNetworkPolicy tiers, so
+// that `nftpol dump` and the counters name them right.
+func TestReadBackAnnotations(t *testing.T) {
+	e := newTestEnforcer(t, testNetns(t), DenyDrop)
+	m := everyKindModel()
+	want := e.compiler.Compile(m)
+	if _, err := e.Commit(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.ReadTable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range want.sortedChainNames() {
+		w, g := want.chains[name], got.chains[name]
+		if g == nil {
+			t.Fatalf("chain %s not read back", name)
+		}
+		if g.tier != w.tier || g.isolates != w.isolates || (len(w.policies) > 0 && g.dir != w.dir) {
+			t.Errorf("chain %s read back as tier %v isolates %v dir %v, compiled as tier %v isolates %v dir %v",
+				name, g.tier, g.isolates, g.dir, w.tier, w.isolates, w.dir)
+		}
+	}
+}
