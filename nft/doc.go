@@ -22,6 +22,8 @@
 //	            batch and Plan.String() in nft syntax
 //	commit.go   the Enforcer: the kernel handle; commits a Ruleset in one
 //	            transaction and holds no model
+//	batch.go    sending that transaction with one acknowledgement, not
+//	            one per message
 //	verify.go   reading the table back (one dump per object type) and the
 //	            exact comparison; anything unrecognized is drift, never
 //	            an error or a panic
