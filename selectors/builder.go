@@ -237,26 +237,7 @@ func (bl *Builder) viewOf(p *Pod) *Pod {
 	if !p.IsEndpoint() {
 		return nil
 	}
-	n := 0
-	for _, ip := range p.IPs {
-		if bl.owners[ip] == p {
-			n++
-		}
-	}
-	switch n {
-	case len(p.IPs):
-		return p
-	case 0:
-		return nil
-	}
-	part := *p
-	part.IPs = make([]netip.Addr, 0, n)
-	for _, ip := range p.IPs {
-		if bl.owners[ip] == p {
-			part.IPs = append(part.IPs, ip)
-		}
-	}
-	return &part
+	return withOwnedIPs(p, func(ip netip.Addr) bool { return bl.owners[ip] == p })
 }
 
 // Owner returns the endpoint pod that owns the address, as of the pods
