@@ -109,6 +109,7 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 	used := map[string]bool{} // policy chains that some pod jumps to
 	unions := newPeerUnions(rs, m)
 	cc := newClusterCompiler(rs, m, cfg, unions)
+	lc := newLookupCompiler(rs, m, cfg)
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
 			var iso string
@@ -117,11 +118,9 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 				if _, ok := rs.chains[iso]; !ok {
 					c := &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
 					for _, k := range keys {
-						target := policyChainName(k, dir)
-						used[target] = true
-						c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: target})
+						used[policyChainName(k, dir)] = true
 					}
-					c.rules = append(c.rules, denyRules(cfg, dir)...)
+					c.rules = append(lc.isolationRules(iso, keys, dir), denyRules(cfg, dir)...)
 					rs.chains[iso] = c
 				}
 			}

@@ -94,6 +94,10 @@ func configFor(c *selectorstest.Choices) Config {
 	if c.Intn(2) == 1 {
 		cfg.LogDenied, cfg.LogGroup, cfg.LogRate = true, 100, 10
 	}
+	if c.Intn(2) == 1 {
+		// Every isolation chain in the lookup layout (lookup.go).
+		cfg.lookupMinPolicies = 1
+	}
 	return cfg
 }
 

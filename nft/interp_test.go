@@ -56,9 +56,13 @@ func keyLen(k setKind) int {
 		return 4
 	case kindAddr6, kindInterval6, kindVmap6:
 		return 16
-	case kindPorts4:
+	case kindIntervalVmap4:
+		return 4
+	case kindIntervalVmap6:
+		return 16
+	case kindPorts4, kindPortsVmap4:
 		return 12
-	case kindPorts6:
+	case kindPorts6, kindPortsVmap6:
 		return 24
 	}
 	return 0
@@ -78,7 +82,14 @@ func toKernel(rs *Ruleset) *kernelTable {
 		for key := range s.elems {
 			ks.elems = append(ks.elems, s.kernelElements(key)...)
 		}
-		sort.Slice(ks.elems, func(i, j int) bool { return bytes.Compare(ks.elems[i].Key, ks.elems[j].Key) < 0 })
+		// An end sorts before a start of the same key: two adjacent
+		// intervals of a map (different verdicts) meet there.
+		sort.Slice(ks.elems, func(i, j int) bool {
+			if c := bytes.Compare(ks.elems[i].Key, ks.elems[j].Key); c != 0 {
+				return c < 0
+			}
+			return ks.elems[i].IntervalEnd && !ks.elems[j].IntervalEnd
+		})
 		kt.sets[name] = ks
 	}
 	return kt

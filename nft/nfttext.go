@@ -127,6 +127,9 @@ func elementText(kind setKind, key, value string) string {
 	if len(key) != kind.keyLen() {
 		return fmt.Sprintf("0x%x", key)
 	}
+	if kind.vmap() && value != "" {
+		return elementText(kind, key, "") + " : jump " + value
+	}
 	switch {
 	case kind.interval():
 		first, last := key[:addrLen], key[addrLen:]
@@ -143,8 +146,6 @@ func elementText(kind setKind, key, value string) string {
 		proto := key[addrLen]
 		port := uint16(key[addrLen+4])<<8 | uint16(key[addrLen+5])
 		return fmt.Sprintf("%s . %d . %d", addr(key[:addrLen]), proto, port)
-	case kind.vmap() && value != "":
-		return addr(key) + " : jump " + value
 	}
 	return addr(key)
 }

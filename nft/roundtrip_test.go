@@ -15,7 +15,8 @@ import (
 // randomRulesets compiles random models under every configuration, plus
 // the fixed models that hold every kind of object.
 func randomRulesets(n int) []*Ruleset {
-	cfgs := []Config{{}, {Deny: DenyReject}, {LogDenied: true, LogGroup: 9, LogRate: 3}, {Deny: DenyReject, LogDenied: true}}
+	cfgs := []Config{{}, {Deny: DenyReject}, {LogDenied: true, LogGroup: 9, LogRate: 3}, {Deny: DenyReject, LogDenied: true},
+		{lookupMinPolicies: 1}, {Deny: DenyReject, lookupMinPolicies: 1}}
 	var out []*Ruleset
 	for _, cfg := range cfgs {
 		out = append(out, Compile(everyKindModel(), cfg), Compile(largeIPv6Model(20, 50, 10, 10), cfg))

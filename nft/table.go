@@ -51,6 +51,10 @@ type Config struct {
 	LogDenied bool
 	LogGroup  uint16
 	LogRate   uint32
+	// lookupMinPolicies is how many policies isolating a pod give its
+	// isolation chain the lookup layout (lookup.go); 0 is the default.
+	// Tests set 1 to hold every chain in that layout.
+	lookupMinPolicies int
 }
 
 // WithDefaults returns cfg with every unset field at its default, or an
