@@ -94,7 +94,14 @@ func appendAttr(b []byte, typ uint16, data []byte) []byte {
 // checks the rule no longer decodes as the committed one: each is the
 // tampering the issue names, at the level of the expressions.
 func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
-	rs := Compile(everyKindModel(), Config{Deny: DenyReject, LogDenied: true})
+	// Both layouts of the isolation chains: jumps, and lookup maps.
+	var chains []*chainSpec
+	for _, lookupMin := range []int{0, 1} {
+		rs := Compile(everyKindModel(), Config{Deny: DenyReject, LogDenied: true, lookupMinPolicies: lookupMin})
+		for _, c := range rs.chains {
+			chains = append(chains, c)
+		}
+	}
 	mutations := []struct {
 		name  string
 		apply func(e expr.Any) bool // reports whether it changed e
@@ -217,7 +224,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 	for _, m := range mutations {
 		t.Run(m.name, func(t *testing.T) {
 			tried := 0
-			for _, c := range rs.chains {
+			for _, c := range chains {
 				for _, r := range c.rules {
 					exprs := r.exprs(nil)
 					for i := range exprs {
@@ -240,7 +247,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 		})
 	}
 	t.Run("expression removed, added or unknown", func(t *testing.T) {
-		for _, c := range rs.chains {
+		for _, c := range chains {
 			for _, r := range c.rules {
 				want := r
 				want.comment = ""

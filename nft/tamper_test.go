@@ -128,4 +128,24 @@ func TestPlanTextIsTheTransaction(t *testing.T) {
 		}
 		prev = next
 	}
+	// The lookup layout (lookup.go): its maps appear, change element by
+	// element (interval pieces split and join) and go.
+	overlapping := rand.New(rand.NewSource(12))
+	for step := 0; step < 12; step++ {
+		m, _ := overlappingModel(overlapping)
+		cfg := Config{lookupMinPolicies: 1}
+		if step%4 == 3 {
+			cfg = Config{}
+		}
+		next := Compile(m, cfg)
+		plan := Diff(prev, next)
+		load(plan.String())
+		e.mu.Lock()
+		e.committed = next
+		e.mu.Unlock()
+		if err := e.Verify(); err != nil {
+			t.Fatalf("lookup step %d: after loading the plan\n%s\n%v", step, plan, err)
+		}
+		prev = next
+	}
 }
