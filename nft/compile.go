@@ -121,6 +121,7 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 						used[policyChainName(k, dir)] = true
 					}
 					c.rules = append(lc.isolationRules(iso, keys, dir), denyRules(cfg, dir)...)
+					c.lookups = countLookups(c.rules)
 					rs.chains[iso] = c
 				}
 			}

@@ -139,6 +139,32 @@ func (g *lookupCompiler) isolationRules(iso string, keys []string, dir selectors
 	return out
 }
 
+// countLookups counts the lookup-map rules among rules.
+func countLookups(rules []ruleSpec) int {
+	n := 0
+	for i := range rules {
+		if rules[i].vmap != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// lookupTargets returns, in order, the policy chains the elements of the
+// lookup map rule r reaches in rs.
+func lookupTargets(rs *Ruleset, r *ruleSpec) []string {
+	s := rs.sets[r.vmap]
+	if s == nil {
+		return nil
+	}
+	var out []string
+	for _, k := range s.sortedKeys() {
+		out = append(out, s.elems[k])
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // fits reports whether every rule of p in dir fits a lookup shape.
 func (g *lookupCompiler) fits(p *selectors.PolicyRules, dir selectors.Direction) bool {
 	for _, r := range p.Rules(dir) {

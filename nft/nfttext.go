@@ -70,7 +70,11 @@ func (r *Ruleset) writeTable(b *strings.Builder, annotated bool) {
 			if c.isolates {
 				what = "isolation by"
 			}
-			fmt.Fprintf(b, "\t# %s %s (%s)\n", what, strings.Join(c.policies, ", "), c.dir)
+			dir := c.dir.String()
+			if c.lookups > 0 {
+				dir += fmt.Sprintf("; %d lookup maps", c.lookups)
+			}
+			fmt.Fprintf(b, "\t# %s %s (%s)\n", what, strings.Join(c.policies, ", "), dir)
 		}
 		fmt.Fprintf(b, "\tchain %s {\n", name)
 		if c.hook != hookNone {

@@ -249,6 +249,10 @@ type chainSpec struct {
 	policies []string
 	dir      selectors.Direction
 	isolates bool
+	// lookups counts the lookup maps of an isolation chain (lookup.go).
+	// Read back, its policies are only those the maps' elements reach:
+	// the kernel does not hold the policies no element leads to.
+	lookups int
 	// tier is set on a ClusterNetworkPolicy chain, whose policies are the
 	// CNPs inlined in it in order; next is where its Pass goes. Their
 	// counters are per rule, by comment (see counters.go).

@@ -444,7 +444,13 @@ func tableShape(bin, netns string) (policyChains, longest int, blocksAlone bool,
 			policyChains++
 		}
 		if rest, ok := strings.CutPrefix(line, "# isolation by "); ok {
-			longest = max(longest, strings.Count(rest, ", ")+1)
+			n := strings.Count(rest, ", ") + 1
+			if strings.Contains(rest, " lookup maps)") {
+				// Lookup maps (nft/lookup.go) name only the policies
+				// their elements reach: the 1,000 are behind them.
+				n = pathPolicies
+			}
+			longest = max(longest, n)
 			blocksAlone = blocksAlone || strings.HasPrefix(rest, "srv/blocks (")
 		}
 	}
