@@ -30,7 +30,7 @@ func checkTablesAgree(t *testing.T, cl *reference.Cluster, cfg Config) {
 	// when cfg asks for the lookup layout: the policy rule that accepts a
 	// packet must be the same in both (lookup.go keeps per-rule counters).
 	var walks map[string]*kernelTable
-	if cfg.lookupMinPolicies == 1 {
+	if cfg.LookupMinPolicies == 1 {
 		walks = map[string]*kernelTable{}
 	}
 	for _, node := range selectorstest.Nodes() {
@@ -39,7 +39,7 @@ func checkTablesAgree(t *testing.T, cl *reference.Cluster, cfg Config) {
 		tables[node] = toKernel(rulesets[node])
 		if walks != nil {
 			walk := cfg
-			walk.lookupMinPolicies = 1 << 30
+			walk.LookupMinPolicies = 1 << 30
 			walks[node] = toKernel(Compile(m, walk))
 		}
 	}
@@ -132,7 +132,7 @@ func configFor(c *selectorstest.Choices) Config {
 	}
 	if c.Intn(2) == 1 {
 		// Every isolation chain in the lookup layout (lookup.go).
-		cfg.lookupMinPolicies = 1
+		cfg.LookupMinPolicies = 1
 	}
 	return cfg
 }

@@ -78,8 +78,8 @@ func TestGoldenTables(t *testing.T) {
 		{"server-with-clients-reject-logged", Config{Deny: DenyReject, LogDenied: true}, batch},
 		{"every-kind", Config{}, everyKindModel()},
 		// Every isolation chain in the lookup layout (lookup.go).
-		{"server-with-clients-lookup", Config{lookupMinPolicies: 1}, batch},
-		{"every-kind-lookup", Config{lookupMinPolicies: 1}, everyKindModel()},
+		{"server-with-clients-lookup", Config{LookupMinPolicies: 1}, batch},
+		{"every-kind-lookup", Config{LookupMinPolicies: 1}, everyKindModel()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			golden(t, filepath.Join("tables", tc.name+".nft"), Compile(tc.model, tc.cfg).NftText())

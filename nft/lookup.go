@@ -42,18 +42,18 @@ import (
 // a peer set now costs, besides its element in the peer set, one element
 // per address × port in every group map whose policies name that set.
 
-// defaultLookupMinPolicies is the number of policies isolating a pod from
+// DefaultLookupMinPolicies is the number of policies isolating a pod from
 // which its isolation chain takes the lookup layout (see BENCHMARKS.md,
 // "One lookup per packet"): below it a walk is cheap and a pod change
 // costs one element per address, not one per address × port × group.
-const defaultLookupMinPolicies = 16
+const DefaultLookupMinPolicies = 16
 
 // lookupMin is the configured threshold, its default when unset.
 func (cfg Config) lookupMin() int {
-	if cfg.lookupMinPolicies > 0 {
-		return cfg.lookupMinPolicies
+	if cfg.LookupMinPolicies > 0 {
+		return cfg.LookupMinPolicies
 	}
-	return defaultLookupMinPolicies
+	return DefaultLookupMinPolicies
 }
 
 type lookupShape uint8

@@ -32,7 +32,7 @@ func BenchmarkLookupPodChange(b *testing.B) {
 	}{{"walk", 0}, {"lookup", 1}} {
 		b.Run(fmt.Sprintf("pods=10000/layout=%s", layout.name), func(b *testing.B) {
 			ns := testNetns(b)
-			node := newTestNode(b, Config{Table: "nftpol", NetNSPath: ns, Deny: DenyDrop, lookupMinPolicies: layout.min})
+			node := newTestNode(b, Config{Table: "nftpol", NetNSPath: ns, Deny: DenyDrop, LookupMinPolicies: layout.min})
 			builder := selectors.NewBuilder()
 			m, _ := builder.Build(selectorstest.ScaleNode, s)
 			if _, err := node.Sync(m); err != nil {

@@ -101,8 +101,8 @@ func TestLookupLayoutAcceptsLikeTheWalk(t *testing.T) {
 	segments := 0
 	for i := 0; i < 400; i++ {
 		m, pool := overlappingModel(r)
-		lookup := Compile(m, Config{lookupMinPolicies: 1})
-		walk := toKernel(Compile(m, Config{lookupMinPolicies: 1 << 30}))
+		lookup := Compile(m, Config{LookupMinPolicies: 1})
+		walk := toKernel(Compile(m, Config{LookupMinPolicies: 1 << 30}))
 		for name := range lookup.sets {
 			if strings.HasPrefix(name, "l-") {
 				segments++

@@ -16,7 +16,7 @@ import (
 // the fixed models that hold every kind of object.
 func randomRulesets(n int) []*Ruleset {
 	cfgs := []Config{{}, {Deny: DenyReject}, {LogDenied: true, LogGroup: 9, LogRate: 3}, {Deny: DenyReject, LogDenied: true},
-		{lookupMinPolicies: 1}, {Deny: DenyReject, lookupMinPolicies: 1}}
+		{LookupMinPolicies: 1}, {Deny: DenyReject, LookupMinPolicies: 1}}
 	var out []*Ruleset
 	for _, cfg := range cfgs {
 		out = append(out, Compile(everyKindModel(), cfg), Compile(largeIPv6Model(20, 50, 10, 10), cfg))
@@ -97,7 +97,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 	// Both layouts of the isolation chains: jumps, and lookup maps.
 	var chains []*chainSpec
 	for _, lookupMin := range []int{0, 1} {
-		rs := Compile(everyKindModel(), Config{Deny: DenyReject, LogDenied: true, lookupMinPolicies: lookupMin})
+		rs := Compile(everyKindModel(), Config{Deny: DenyReject, LogDenied: true, LookupMinPolicies: lookupMin})
 		for _, c := range rs.chains {
 			chains = append(chains, c)
 		}

@@ -51,10 +51,10 @@ type Config struct {
 	LogDenied bool
 	LogGroup  uint16
 	LogRate   uint32
-	// lookupMinPolicies is how many policies isolating a pod give its
-	// isolation chain the lookup layout (lookup.go); 0 is the default.
-	// Tests set 1 to hold every chain in that layout.
-	lookupMinPolicies int
+	// LookupMinPolicies is how many policies isolating a pod give its
+	// isolation chain the lookup layout (lookup.go); 0 is the default
+	// (DefaultLookupMinPolicies). 1 puts every chain in that layout.
+	LookupMinPolicies int
 }
 
 // WithDefaults returns cfg with every unset field at its default, or an
@@ -81,6 +81,9 @@ func (cfg Config) WithDefaults() (Config, error) {
 	}
 	if cfg.LogGroup == 0 {
 		cfg.LogGroup = DefaultLogGroup
+	}
+	if cfg.LookupMinPolicies < 0 {
+		return cfg, fmt.Errorf("lookup threshold %d is negative", cfg.LookupMinPolicies)
 	}
 	return cfg, nil
 }

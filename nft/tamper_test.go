@@ -133,7 +133,7 @@ func TestPlanTextIsTheTransaction(t *testing.T) {
 	overlapping := rand.New(rand.NewSource(12))
 	for step := 0; step < 12; step++ {
 		m, _ := overlappingModel(overlapping)
-		cfg := Config{lookupMinPolicies: 1}
+		cfg := Config{LookupMinPolicies: 1}
 		if step%4 == 3 {
 			cfg = Config{}
 		}
