@@ -28,6 +28,9 @@ import (
 type kernelTable struct {
 	chains map[string]*kernelChain
 	sets   map[string]*kernelSet
+	// rulesRun and lookups count what packets cost: the rules evaluated
+	// and the set lookups done.
+	rulesRun, lookups int
 }
 
 type kernelChain struct {
@@ -227,6 +230,7 @@ func (kt *kernelTable) runChain(c *kernelChain, w wirePacket, depth int, trace *
 
 // runRule evaluates one rule: matched says whether all its matches held.
 func (kt *kernelTable) runRule(rule kernelRule, w wirePacket, depth int, trace *[]string) (out outcome, matched bool, err error) {
+	kt.rulesRun++
 	var regs registers
 	jump := func(chain string) (outcome, bool, error) {
 		target := kt.chains[chain]
@@ -328,6 +332,7 @@ func (kt *kernelTable) runRule(rule kernelRule, w wirePacket, depth int, trace *
 			}
 		case *expr.Lookup:
 			s := kt.sets[e.SetName]
+			kt.lookups++
 			if s == nil {
 				return 0, false, fmt.Errorf("lookup in missing set %s", e.SetName)
 			}

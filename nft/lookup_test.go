@@ -155,3 +155,86 @@ func policyRulesOf(trace []string) []string {
 	}
 	return out
 }
+
+// pathModel is the packet-path benchmark's server node in miniature
+// (test/packetpath_bench_test.go): n policies select the server; each
+// allows a namespace on port 80 and pods by role on 80 and 5201, every
+// fourth an ipBlock on every port; the last one alone allows the client.
+func pathModel(n int) (*selectors.Model, selectorstest.Packet) {
+	m := &selectors.Model{}
+	addSet := func(id string, addrs ...netip.Addr) {
+		m.AddrSets = append(m.AddrSets, selectors.AddrSet{ID: id, Description: id, Addrs: addrs})
+	}
+	for k := 0; k < 20; k++ {
+		addSet(fmt.Sprintf("ns-other-%d", k), netip.AddrFrom4([4]byte{10, 2, byte(k), 1}), netip.MustParseAddr(fmt.Sprintf("fd00:2:%x::1", k)))
+	}
+	for k := 0; k < 13; k++ {
+		addSet(fmt.Sprintf("role-r%d", k), netip.AddrFrom4([4]byte{10, 3, byte(k), 1}), netip.MustParseAddr(fmt.Sprintf("fd00:3:%x::1", k)))
+	}
+	client := netip.MustParseAddr("10.9.0.1")
+	addSet("client", client, netip.MustParseAddr("fd00:9::1"))
+	tcp := func(ports ...uint16) selectors.PortMatch {
+		var pm selectors.PortMatch
+		for _, p := range ports {
+			pm.Ranges = append(pm.Ranges, selectors.PortRange{Protocol: selectors.ProtocolTCP, First: p, Last: p})
+		}
+		return pm
+	}
+	var keys []string
+	for i := 0; i < n; i++ {
+		p := selectors.PolicyRules{Key: fmt.Sprintf("srv/pol-%04d", i), HasIngress: true}
+		if i == n-1 {
+			p.Ingress = []selectors.Rule{{Peers: selectors.PeerMatch{Sets: []string{"client"}}, Ports: tcp(80, 5201)}}
+		} else {
+			p.Ingress = []selectors.Rule{
+				{Peers: selectors.PeerMatch{Sets: []string{fmt.Sprintf("ns-other-%d", i%20)}}, Ports: tcp(80)},
+				{Peers: selectors.PeerMatch{Sets: []string{fmt.Sprintf("role-r%d", i%13)}}, Ports: tcp(80, 5201)},
+			}
+			if i%4 == 0 {
+				id := fmt.Sprintf("block-%d", i)
+				m.AddrSets = append(m.AddrSets, selectors.AddrSet{ID: id, Description: id, Ranges: []selectors.AddrRange{
+					{First: netip.AddrFrom4([4]byte{10, 251, byte(i % 250), 0}), Last: netip.AddrFrom4([4]byte{10, 251, byte(i % 250), 255})}}})
+				p.Ingress = append(p.Ingress, selectors.Rule{Peers: selectors.PeerMatch{Sets: []string{id}}, Ports: selectors.PortMatch{All: true}})
+			}
+		}
+		m.Policies = append(m.Policies, p)
+		keys = append(keys, p.Key)
+	}
+	server := netip.MustParseAddr("10.0.0.1")
+	m.Pods = []selectors.PodRules{{Key: "srv/server", IPs: []netip.Addr{server}, Ingress: keys}}
+	return m, selectorstest.Packet{Src: client, Dst: server, Protocol: selectors.ProtocolTCP, Port: 5201}
+}
+
+// TestLookupCostDoesNotGrowWithPolicies: a new connection that the last
+// of n policies allows evaluates as many rules and lookups with 10 or
+// 1,000 policies in the lookup layout; in the walk it grows with n. The
+// figures are logged (BENCHMARKS.md, "One lookup per packet").
+func TestLookupCostDoesNotGrowWithPolicies(t *testing.T) {
+	type cost struct{ rules, lookups int }
+	measure := func(n, lookupMin int) cost {
+		m, pk := pathModel(n)
+		kt := toKernel(Compile(m, Config{LookupMinPolicies: lookupMin}))
+		var trace []string
+		ok, err := kt.run("forward", newWirePacket(pk), &trace)
+		if err != nil || !ok {
+			t.Fatalf("%d policies: allowed=%v, err=%v\n%s", n, ok, err, describeTrace(trace))
+		}
+		return cost{kt.rulesRun, kt.lookups}
+	}
+	var lookup []cost
+	for _, n := range []int{10, 100, 1000} {
+		walk, look := measure(n, 1<<30), measure(n, DefaultLookupMinPolicies)
+		t.Logf("%4d policies: walk %5d rules %5d lookups; lookup layout %d rules %d lookups", n, walk.rules, walk.lookups, look.rules, look.lookups)
+		if n >= DefaultLookupMinPolicies {
+			lookup = append(lookup, look)
+		}
+		if n == 1000 && walk.lookups < 1000 {
+			t.Fatalf("the walk of 1,000 policies did only %d lookups: the model no longer makes the client's policy last", walk.lookups)
+		}
+	}
+	for _, c := range lookup[1:] {
+		if c != lookup[0] {
+			t.Fatalf("the lookup layout's cost grows with the policies: %v", lookup)
+		}
+	}
+}
