@@ -41,13 +41,7 @@ func BenchmarkLookupPodChange(b *testing.B) {
 			chains, rules, sets, elems := node.compiler.prev.Counts()
 			var changed int
 			for b.Loop() {
-				p := *s.Pods[remote]
-				tier := "api"
-				if p.Labels["tier"] == "api" {
-					tier = "db"
-				}
-				p.Labels = map[string]string{"app": p.Labels["app"], "tier": tier}
-				s.Pods[remote] = &p
+				relabel(s, remote)
 				m, _ := builder.Build(selectorstest.ScaleNode, s)
 				stats, err := node.Sync(m)
 				if err != nil {
