@@ -71,6 +71,9 @@ type Options struct {
 	// agent writes ClusterNetworkPolicy status (see clusterPolicyStatus);
 	// 0 is DefaultStatusSpread, negative is none.
 	StatusSpread time.Duration
+	// CNISocket, when set, is the unix socket on which the agent answers
+	// the nftpol CNI plugin (podstart.go).
+	CNISocket string
 }
 
 // DefaultStatusSpread spreads the status passes of the agents of a cluster.
@@ -216,12 +219,17 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	toNodeSync := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{syncKey}
 	})
+	podStartKick, err := addPodStartServer(mgr, syncer, opts.CNISocket, opts.Log.WithName("podstart"))
+	if err != nil {
+		return nil, nil, err
+	}
 	err = builder.ControllerManagedBy(mgr).
 		Named("nftpol").
 		Watches(&corev1.Pod{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
 		Watches(&corev1.Namespace{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
 		Watches(&networkingv1.NetworkPolicy{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
 		WatchesRawSource(source.Channel(cnpWatch.sync, toNodeSync)).
+		WatchesRawSource(source.Channel(podStartKick, toNodeSync)).
 		WithOptions(controller.Options{
 			// One key, one worker: syncs never run concurrently.
 			MaxConcurrentReconciles: 1,

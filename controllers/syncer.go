@@ -65,6 +65,9 @@ type Syncer struct {
 	lookup atomic.Pointer[podLookup]
 	// keepLookup is set when the denied-packet log is on.
 	keepLookup bool
+	// podStart, when the CNI plugin's socket is served, holds the
+	// addresses of starting pods (podstart.go).
+	podStart *podStartHints
 
 	// mu serializes syncs (controller-runtime runs one at a time already;
 	// this keeps it true for direct calls). The probes never take it.
@@ -110,6 +113,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 			return reconcile.Result{}, err
 		}
 	}
+	carried := s.podStart.apply(state)
 	model, problems := s.builder.Build(s.NodeName, state)
 	desired := s.compiler.Compile(model)
 	compute := time.Since(start)
@@ -120,6 +124,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
 	}
+	s.podStart.committed(carried)
 	if s.keepLookup {
 		s.lookup.Store(newPodLookup(state, model))
 	}
