@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -108,11 +109,18 @@ func cmdAdd(a *skel.CmdArgs, op Op) error {
 	// Not a Kubernetes pod, or no address: no policy can select it.
 	if ns != "" && name != "" && len(ips) > 0 {
 		req := Request{Op: op, Namespace: ns, Name: name, IPs: ips}
-		if err := askWithin(req, conf.Socket, timeout); err != nil {
-			var absent *AbsentError
-			if !conf.FailOpen || !errors.As(err, &absent) {
-				return fmt.Errorf("pod %s/%s (%v): the nftpol agent did not confirm its addresses are enforced within %s: %w", ns, name, ips, timeout, err)
-			}
+		start := time.Now()
+		err := askWithin(req, conf.Socket, timeout)
+		var absent *AbsentError
+		switch {
+		case err == nil:
+			// One line per pod on the plugin's stderr (the runtime's
+			// log): how long the pod's start waited for the agent.
+			fmt.Fprintf(os.Stderr, "%s: %s pod %s/%s %v in force after %s\n", PluginType, op, ns, name, ips, time.Since(start))
+		case conf.FailOpen && errors.As(err, &absent):
+			fmt.Fprintf(os.Stderr, "%s: %s pod %s/%s %v NOT ENFORCED (failOpen, no agent): %v\n", PluginType, op, ns, name, ips, err)
+		default:
+			return fmt.Errorf("pod %s/%s (%v): the nftpol agent did not confirm its addresses are enforced within %s: %w", ns, name, ips, timeout, err)
 		}
 	}
 	if op == OpCheck {

@@ -1,0 +1,310 @@
+package cluster_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/nftpol/nftpol/podstart"
+	"github.com/nftpol/nftpol/test/cluster"
+)
+
+// TestNoWindowAtPodStart starts pods under default-deny policies while
+// packets hit them from their first instant, through the real kubelet
+// path: netnskubelet runs the node's conflist (ptp, host-local, then the
+// nftpol-cni plugin the agent DaemonSet's init container chained into it)
+// through libcni, and the agent answers the plugin on its socket.
+//
+//   - ingress: a prober pod connects in a tight loop (TCP, IPv4 and IPv6)
+//     to the address a target pod will get, from before the target
+//     exists until after it is ready; the target runs a server from its
+//     first instant, under a default-deny ingress policy;
+//   - egress: a pod under a default-deny egress policy connects in a
+//     tight loop to a server pod of the other node, from the first
+//     instant of its containers.
+//
+// A connection that completes (OK) or is refused (REFUSED: a reset from
+// the other end) is a packet the policy denies that got through. With
+// the plugin none gets through; the same run with the plugin taken out
+// of the node's conflist shows the window it closes. Then 20 pods start
+// with the plugin and the wait it adds to each (the plugin's own log
+// line) is reported as p50/p90.
+func TestNoWindowAtPodStart(t *testing.T) {
+	c := sharedCluster(t)
+	assets := requireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	node := c.Nodes[0]
+	root := filepath.Join(c.Dir, "nodes", node.Name, "root")
+	binDir, confDir := filepath.Join(root, "opt/cni/bin"), filepath.Join(root, "etc/cni/net.d")
+	conflist, err := podstart.NodeConflist(confDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(conflist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `"type": "`+podstart.PluginType+`"`) {
+		t.Fatalf("the agent's init container did not chain %s into %s:\n%s", podstart.PluginType, conflist, data)
+	}
+	t.Logf("node %s conflist %s:\n%s", node.Name, conflist, data)
+
+	on := runPodStartWindow(ctx, t, c, assets, "on", 200)
+	// Take the plugin out, as config/cleanup does, for the comparison;
+	// put it back (as the init container does) when done.
+	if err := podstart.Uninstall(binDir, confDir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := podstart.Install(assets.Agent, binDir, confDir, podstart.DefaultSocket); err != nil {
+			t.Errorf("reinstalling the plugin: %v", err)
+		}
+	})
+	off := runPodStartWindow(ctx, t, c, assets, "off", 220)
+	if _, err := podstart.Install(assets.Agent, binDir, confDir, podstart.DefaultSocket); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Logf("denied packets through, plugin on:  %s", on)
+	t.Logf("denied packets through, plugin off: %s", off)
+	if on.through() != 0 {
+		t.Errorf("with the plugin, %d connections that the policies deny got through: %s", on.through(), on)
+	}
+	if off.through() == 0 {
+		t.Errorf("without the plugin no denied connection got through either: the test does not see the window (%s)", off)
+	}
+
+	measurePodStartDelay(ctx, t, c, node, 20)
+}
+
+// windowCounts are the outcomes of the loops' connection attempts.
+type windowCounts struct {
+	ingress, egress map[string]int // outcome (OK, REFUSED, TIMEOUT, ...) -> count
+}
+
+func (w windowCounts) through() int {
+	return w.ingress["OK"] + w.ingress["REFUSED"] + w.egress["OK"] + w.egress["REFUSED"]
+}
+
+func (w windowCounts) String() string {
+	return fmt.Sprintf("ingress %v, egress %v", w.ingress, w.egress)
+}
+
+// loopScript connects to each target in turn, at most n times or until
+// the stop file exists, and prints one outcome per attempt (agnhost
+// connect prints TIMEOUT, REFUSED, OTHER: ... on failure).
+func loopScript(agnhost, stop string, n int, target string) string {
+	return fmt.Sprintf(`i=0; while [ $i -lt %d ] && [ ! -e %s ]; do if out=$(%s connect --timeout=20ms %s 2>&1); then echo OK; else echo "$out"; fi; i=$((i+1)); done`,
+		n, stop, agnhost, target)
+}
+
+func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, assets cluster.Assets, mode string, hostByte int) windowCounts {
+	t.Helper()
+	node, other := c.Nodes[0], c.Nodes[1]
+	ns := "podstart-" + mode
+	cs := c.Clientset.CoreV1()
+	if _, err := cs.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	})
+	stopDir := t.TempDir()
+	agnhostBin := filepath.Join(assets.Cluster, "agnhost")
+	for _, np := range []*networkingv1.NetworkPolicy{
+		{ObjectMeta: metav1.ObjectMeta{Name: "deny-ingress"}, Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "target"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "deny-egress"}, Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "egress"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}}},
+	} {
+		if _, err := c.Clientset.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := func(name, app string, on *cluster.Node, ips string) *corev1.Pod {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app": app}},
+			Spec: corev1.PodSpec{NodeName: on.Name, Containers: []corev1.Container{{
+				Name: "server", Image: agnhost, Args: []string{"netexec", "--http-port=8080"},
+			}}},
+		}
+		if ips != "" {
+			p.Annotations = map[string]string{"netnskubelet/ips": ips}
+		}
+		return p
+	}
+	loops := func(name, app string, targets []string, n int) *corev1.Pod {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app": app}},
+			Spec:       corev1.PodSpec{NodeName: node.Name, RestartPolicy: corev1.RestartPolicyNever},
+		}
+		for i, target := range targets {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{
+				Name: fmt.Sprintf("loop%d", i), Image: agnhost,
+				Command: []string{"sh", "-c", loopScript(agnhostBin, filepath.Join(stopDir, "stop"), n, target)},
+			})
+		}
+		return p
+	}
+
+	// The egress side's server, on the other node, not isolated.
+	if err := createWhenServiceAccountExists(ctx, c, server("sink", "sink", other, "")); err != nil {
+		t.Fatal(err)
+	}
+	sink := waitPodsReady(ctx, t, c, ns, "app=sink", 1)[0]
+	// The address the target will have, one per family.
+	var targetIPs []string
+	var ingressTargets []string
+	for _, p := range node.PodCIDRs {
+		var addr netip.Addr
+		if p.Addr().Is4() {
+			a := p.Addr().As4()
+			a[3] = byte(hostByte)
+			addr = netip.AddrFrom4(a)
+		} else {
+			a := p.Addr().As16()
+			a[15] = byte(hostByte)
+			addr = netip.AddrFrom16(a)
+		}
+		targetIPs = append(targetIPs, addr.String())
+		ingressTargets = append(ingressTargets, netip.AddrPortFrom(addr, 8080).String())
+	}
+	var egressTargets []string
+	for _, ip := range sink.Status.PodIPs {
+		egressTargets = append(egressTargets, netip.AddrPortFrom(netip.MustParseAddr(ip.IP), 8080).String())
+	}
+
+	// The prober first, then the target while the prober runs.
+	if err := createWhenServiceAccountExists(ctx, c, loops("prober", "prober", ingressTargets, 3000)); err != nil {
+		t.Fatal(err)
+	}
+	waitPodsRunningPhase(ctx, t, c, ns, "prober")
+	if err := createWhenServiceAccountExists(ctx, c, server("target", "target", node, strings.Join(targetIPs, ","))); err != nil {
+		t.Fatal(err)
+	}
+	if err := createWhenServiceAccountExists(ctx, c, loops("egress", "egress", egressTargets, 3000)); err != nil {
+		t.Fatal(err)
+	}
+	waitPodsReady(ctx, t, c, ns, "app=target", 1)
+	waitPodsRunningPhase(ctx, t, c, ns, "egress")
+	// Keep hammering a while after both are up, then stop the loops.
+	time.Sleep(2 * time.Second)
+	if err := os.WriteFile(filepath.Join(stopDir, "stop"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	counts := windowCounts{ingress: map[string]int{}, egress: map[string]int{}}
+	for pod, into := range map[string]map[string]int{"prober": counts.ingress, "egress": counts.egress} {
+		waitPodsDone(ctx, t, c, ns, pod)
+		for i := range 2 {
+			logs, err := cs.Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: fmt.Sprintf("loop%d", i)}).DoRaw(ctx)
+			if err != nil {
+				t.Fatalf("logs of %s/%s: %v", ns, pod, err)
+			}
+			sc := bufio.NewScanner(strings.NewReader(string(logs)))
+			for sc.Scan() {
+				outcome, _, _ := strings.Cut(sc.Text(), ":")
+				into[outcome]++
+			}
+		}
+	}
+	t.Logf("plugin %s: ingress to %v %v; egress to %v %v", mode, ingressTargets, counts.ingress, egressTargets, counts.egress)
+	return counts
+}
+
+// waitPodsRunningPhase waits until pod name's containers run.
+func waitPodsRunningPhase(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, name string) {
+	t.Helper()
+	waitPodPhase(ctx, t, c, ns, name, corev1.PodRunning, corev1.PodSucceeded, corev1.PodFailed)
+}
+
+// waitPodsDone waits until pod name's containers all exited.
+func waitPodsDone(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, name string) {
+	t.Helper()
+	waitPodPhase(ctx, t, c, ns, name, corev1.PodSucceeded, corev1.PodFailed)
+}
+
+func waitPodPhase(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, name string, phases ...corev1.PodPhase) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		p, err := c.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err == nil && slices.Contains(phases, p.Status.Phase) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s/%s not in %v within 2m (err %v)", ns, name, phases, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// pluginWait is the plugin's log line for one pod (podstart.cmdAdd).
+var pluginWait = regexp.MustCompile(`^nftpol-cni: add pod (\S+) \[[^]]*\] in force after (\S+)$`)
+
+// measurePodStartDelay starts n pods on node under a default-deny
+// ingress policy and reports the wait the plugin added to each pod's
+// CNI ADD, read from its log line in the node's plugin log.
+func measurePodStartDelay(ctx context.Context, t *testing.T, c *cluster.Cluster, node *cluster.Node, n int) {
+	t.Helper()
+	ns := "podstart-delay"
+	cs := c.Clientset.CoreV1()
+	if _, err := cs.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cs.Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "deny-ingress"}, Spec: networkingv1.NetworkPolicySpec{
+		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	if _, err := c.Clientset.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%02d", i), Namespace: ns, Labels: map[string]string{"app": "delay"}},
+			Spec: corev1.PodSpec{NodeName: node.Name, TerminationGracePeriodSeconds: ptr.To(int64(1)),
+				Containers: []corev1.Container{{Name: "c", Image: agnhost, Args: []string{"pause"}}}},
+		}
+		if err := createWhenServiceAccountExists(ctx, c, p); err != nil {
+			t.Fatal(err)
+		}
+		// One at a time: the delay of one pod start, not of a burst.
+		waitPodsRunningPhase(ctx, t, c, ns, p.Name)
+	}
+	data, err := os.ReadFile(filepath.Join(c.Dir, "nodes", node.Name, "cni", "plugins.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waits []time.Duration
+	for _, line := range strings.Split(string(data), "\n") {
+		m := pluginWait.FindStringSubmatch(line)
+		if m == nil || !strings.HasPrefix(m[1], ns+"/") {
+			continue
+		}
+		d, err := time.ParseDuration(m[2])
+		if err != nil {
+			t.Fatalf("plugin log line %q: %v", line, err)
+		}
+		waits = append(waits, d)
+	}
+	if len(waits) != n {
+		t.Fatalf("%d plugin wait lines for %d pods in %s", len(waits), n, ns)
+	}
+	slices.Sort(waits)
+	t.Logf("pod start delay added by the plugin over %d pods: p50 %s, p90 %s, max %s", n,
+		waits[n/2].Round(10*time.Microsecond), waits[n*9/10].Round(10*time.Microsecond), waits[n-1].Round(10*time.Microsecond))
+}
