@@ -3,13 +3,16 @@ package cluster_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -63,7 +66,7 @@ func TestNoWindowAtPodStart(t *testing.T) {
 	}
 	t.Logf("node %s conflist %s:\n%s", node.Name, conflist, data)
 
-	on := runPodStartWindow(ctx, t, c, assets, "on", 200)
+	on := runPodStartWindow(ctx, t, c, "on", 200)
 	// Take the plugin out, as config/cleanup does, for the comparison;
 	// put it back (as the init container does) when done.
 	if err := podstart.Uninstall(binDir, confDir); err != nil {
@@ -74,7 +77,7 @@ func TestNoWindowAtPodStart(t *testing.T) {
 			t.Errorf("reinstalling the plugin: %v", err)
 		}
 	})
-	off := runPodStartWindow(ctx, t, c, assets, "off", 220)
+	off := runPodStartWindow(ctx, t, c, "off", 220)
 	if _, err := podstart.Install(assets.Agent, binDir, confDir, podstart.DefaultSocket); err != nil {
 		t.Fatal(err)
 	}
@@ -104,15 +107,51 @@ func (w windowCounts) String() string {
 	return fmt.Sprintf("ingress %v, egress %v", w.ingress, w.egress)
 }
 
-// loopScript connects to each target in turn, at most n times or until
-// the stop file exists, and prints one outcome per attempt (agnhost
-// connect prints TIMEOUT, REFUSED, OTHER: ... on failure).
-func loopScript(agnhost, stop string, n int, target string) string {
-	return fmt.Sprintf(`i=0; while [ $i -lt %d ] && [ ! -e %s ]; do if out=$(%s connect --timeout=20ms %s 2>&1); then echo OK; else echo "$out"; fi; i=$((i+1)); done`,
-		n, stop, agnhost, target)
+// probeEnv makes this test binary the connect loop of a pod's container
+// (a container runs host binaries, netnskubelet's images being host
+// files): NFTPOL_PODSTART_PROBE=target,stopfile. One process, so the
+// first attempt leaves within a millisecond of the container's start
+// and the next follow every 2 ms (a shell loop of agnhost connect forks
+// a process per attempt: a few attempts per second on this machine).
+const probeEnv = "NFTPOL_PODSTART_PROBE"
+
+func init() {
+	if arg := os.Getenv(probeEnv); arg != "" {
+		target, stop, _ := strings.Cut(arg, ",")
+		os.Exit(probeLoop(target, stop))
+	}
 }
 
-func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, assets cluster.Assets, mode string, hostByte int) windowCounts {
+// probeLoop connects to target until the stop file exists (at most
+// 60 s, 30000 attempts) and prints one outcome per attempt: OK, REFUSED,
+// TIMEOUT (20 ms) or OTHER.
+func probeLoop(target, stop string) int {
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	end := time.Now().Add(time.Minute)
+	for i := 0; i < 30000 && time.Now().Before(end); i++ {
+		if _, err := os.Stat(stop); err == nil {
+			break
+		}
+		conn, err := net.DialTimeout("tcp", target, 20*time.Millisecond)
+		var ne net.Error
+		switch {
+		case err == nil:
+			conn.Close()
+			fmt.Fprintln(out, "OK")
+		case errors.Is(err, syscall.ECONNREFUSED):
+			fmt.Fprintln(out, "REFUSED")
+		case errors.As(err, &ne) && ne.Timeout():
+			fmt.Fprintln(out, "TIMEOUT")
+		default:
+			fmt.Fprintln(out, "OTHER: "+err.Error())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return 0
+}
+
+func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, mode string, hostByte int) windowCounts {
 	t.Helper()
 	node, other := c.Nodes[0], c.Nodes[1]
 	ns := "podstart-" + mode
@@ -124,7 +163,6 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, as
 		_ = cs.Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
 	})
 	stopDir := t.TempDir()
-	agnhostBin := filepath.Join(assets.Cluster, "agnhost")
 	for _, np := range []*networkingv1.NetworkPolicy{
 		{ObjectMeta: metav1.ObjectMeta{Name: "deny-ingress"}, Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "target"}},
@@ -149,7 +187,11 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, as
 		}
 		return p
 	}
-	loops := func(name, app string, targets []string, n int) *corev1.Pod {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	loops := func(name, app string, targets []string) *corev1.Pod {
 		p := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app": app}},
 			Spec:       corev1.PodSpec{NodeName: node.Name, RestartPolicy: corev1.RestartPolicyNever},
@@ -157,7 +199,10 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, as
 		for i, target := range targets {
 			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{
 				Name: fmt.Sprintf("loop%d", i), Image: agnhost,
-				Command: []string{"sh", "-c", loopScript(agnhostBin, filepath.Join(stopDir, "stop"), n, target)},
+				// The image table maps no host path; a shell (a host
+				// program, as in agnhost's image) runs it.
+				Command: []string{"sh", "-c", "exec " + self},
+				Env:     []corev1.EnvVar{{Name: probeEnv, Value: target + "," + filepath.Join(stopDir, "stop")}},
 			})
 		}
 		return p
@@ -191,14 +236,14 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, as
 	}
 
 	// The prober first, then the target while the prober runs.
-	if err := createWhenServiceAccountExists(ctx, c, loops("prober", "prober", ingressTargets, 3000)); err != nil {
+	if err := createWhenServiceAccountExists(ctx, c, loops("prober", "prober", ingressTargets)); err != nil {
 		t.Fatal(err)
 	}
 	waitPodsRunningPhase(ctx, t, c, ns, "prober")
 	if err := createWhenServiceAccountExists(ctx, c, server("target", "target", node, strings.Join(targetIPs, ","))); err != nil {
 		t.Fatal(err)
 	}
-	if err := createWhenServiceAccountExists(ctx, c, loops("egress", "egress", egressTargets, 3000)); err != nil {
+	if err := createWhenServiceAccountExists(ctx, c, loops("egress", "egress", egressTargets)); err != nil {
 		t.Fatal(err)
 	}
 	waitPodsReady(ctx, t, c, ns, "app=target", 1)
