@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -123,8 +124,9 @@ func init() {
 }
 
 // probeLoop connects to target until the stop file exists (at most
-// 60 s, 30000 attempts) and prints one outcome per attempt: OK, REFUSED,
-// TIMEOUT (20 ms) or OTHER.
+// 60 s, 30000 attempts) and prints one line per attempt: when it started
+// (Unix nanoseconds) and its outcome: OK, REFUSED, TIMEOUT (20 ms) or
+// OTHER.
 func probeLoop(target, stop string) int {
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
@@ -133,6 +135,7 @@ func probeLoop(target, stop string) int {
 		if _, err := os.Stat(stop); err == nil {
 			break
 		}
+		fmt.Fprintf(out, "%d ", time.Now().UnixNano())
 		conn, err := net.DialTimeout("tcp", target, 20*time.Millisecond)
 		var ne net.Error
 		switch {
@@ -240,6 +243,10 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, mo
 		t.Fatal(err)
 	}
 	waitPodsRunningPhase(ctx, t, c, ns, "prober")
+	// Attempts before this instant cannot reach the target (it does not
+	// exist); what they meet (no route, a reject on the way) is not the
+	// target's policy at work.
+	targetCreated := time.Now()
 	if err := createWhenServiceAccountExists(ctx, c, server("target", "target", node, strings.Join(targetIPs, ","))); err != nil {
 		t.Fatal(err)
 	}
@@ -254,6 +261,7 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, mo
 		t.Fatal(err)
 	}
 	counts := windowCounts{ingress: map[string]int{}, egress: map[string]int{}}
+	before := map[string]int{}
 	for pod, into := range map[string]map[string]int{"prober": counts.ingress, "egress": counts.egress} {
 		waitPodsDone(ctx, t, c, ns, pod)
 		for i := range 2 {
@@ -263,12 +271,21 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, mo
 			}
 			sc := bufio.NewScanner(strings.NewReader(string(logs)))
 			for sc.Scan() {
-				outcome, _, _ := strings.Cut(sc.Text(), ":")
+				stamp, rest, _ := strings.Cut(sc.Text(), " ")
+				outcome, _, _ := strings.Cut(rest, ":")
+				ns, err := strconv.ParseInt(stamp, 10, 64)
+				if err != nil {
+					t.Fatalf("probe line %q: %v", sc.Text(), err)
+				}
+				if pod == "prober" && time.Unix(0, ns).Before(targetCreated) {
+					before[outcome]++
+					continue
+				}
 				into[outcome]++
 			}
 		}
 	}
-	t.Logf("plugin %s: ingress to %v %v; egress to %v %v", mode, ingressTargets, counts.ingress, egressTargets, counts.egress)
+	t.Logf("plugin %s: ingress to %v %v (before the target pod was created: %v); egress to %v %v", mode, ingressTargets, counts.ingress, before, egressTargets, counts.egress)
 	return counts
 }
 
