@@ -37,16 +37,17 @@ type Config struct {
 	FailOpen bool `json:"failOpen,omitempty"`
 }
 
-// podArgs are the CNI_ARGS the kubelet's runtime passes.
+// podArgs are the CNI_ARGS the kubelet's runtime passes; types.LoadArgs
+// matches them by field name, hence the names.
 type podArgs struct {
 	types.CommonArgs
-	K8S_POD_NAMESPACE types.UnmarshallableString //nolint:revive,staticcheck // CNI_ARGS names
-	K8S_POD_NAME      types.UnmarshallableString //nolint:revive,staticcheck // CNI_ARGS names
+	K8S_POD_NAMESPACE types.UnmarshallableString
+	K8S_POD_NAME      types.UnmarshallableString
 }
 
 // Plugin runs the plugin for one CNI command, as skel dispatches it
 // from the CNI_* environment; it returns the error to print (nil on
-// success). log receives one line per decision (the plugin's stderr).
+// success). Each pod's wait is one line on stderr (the runtime's log).
 func Plugin(about string) *types.Error {
 	return skel.PluginMainFuncsWithError(skel.CNIFuncs{
 		Add:    func(a *skel.CmdArgs) error { return cmdAdd(a, OpAdd) },

@@ -18,10 +18,10 @@ import (
 // directory and returns them by volume name: projected volumes (the
 // ServiceAccount token the ServiceAccount admission plugin adds to every
 // pod — token, ca.crt, namespace — and any other projection), configMap,
-// secret, downwardAPI, emptyDir, and hostPath as the host's path (the node's own for its /etc/cni, /opt/cni
-// and /run, see nodeOwnDirs). Another
-// kind of volume is left out with a warning Event: its mounts are not
-// made. The token is requested once (TokenRequest, bound to the pod) and
+// secret, downwardAPI, emptyDir, and hostPath as the host's path (the
+// node's own directory for /etc/cni, /opt/cni and /run, see nodeOwnDirs).
+// Another kind of volume is left out with a warning Event: its mounts are
+// not made. The token is requested once (TokenRequest, bound to the pod) and
 // never refreshed: the API server extends the admission plugin's
 // one-hour tokens to a year.
 func (k *Kubelet) prepareVolumes(ctx context.Context, pod *corev1.Pod, rt *podRuntime, env *envResolver) (map[string]string, error) {
