@@ -211,11 +211,11 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, mo
 	}
 	// The egress side needs a loop that runs from the first millisecond
 	// of the container (the test binary's Go start-up takes longer than
-	// the agent's commit): bash connects through /dev/tcp, under a 50 ms
+	// the agent's commit): bash connects through /dev/tcp, under a 300 ms
 	// timeout, and prints the same lines as probeLoop.
 	bashLoop := func(target string) []string {
 		ap := netip.MustParseAddrPort(target)
-		script := fmt.Sprintf(`i=0; while [ $i -lt 3000 ] && [ ! -e %s ]; do t=$(date +%%s%%N); out=$(timeout 0.05 bash -c 'exec 3<>/dev/tcp/%s/%d' 2>&1); rc=$?; `+
+		script := fmt.Sprintf(`i=0; while [ $i -lt 3000 ] && [ ! -e %s ]; do t=$(date +%%s%%N); out=$(timeout 0.3 bash -c 'exec 3<>/dev/tcp/%s/%d' 2>&1); rc=$?; `+
 			`if [ $rc = 0 ]; then echo "$t OK"; elif [ $rc = 124 ]; then echo "$t TIMEOUT"; else case "$out" in *refused*) echo "$t REFUSED";; *) echo "$t OTHER: $out";; esac; fi; i=$((i+1)); done`,
 			filepath.Join(stopDir, "stop"), ap.Addr(), ap.Port())
 		return []string{"bash", "-c", script}
