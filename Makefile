@@ -131,3 +131,37 @@ test: cluster-assets
 cluster: envtest-assets cluster-assets build
 	$(GO) build -o $(BIN)/nftpol-cluster ./test/cluster/run
 	$(BIN)/nftpol-cluster $(CLUSTER_ARGS)
+
+# --- The upstream NetworkPolicy e2e suite (README, "The upstream
+# NetworkPolicy e2e suite"): the [sig-network] Netpol specs of
+# k8s.io/kubernetes and the ginkgo command, and the ClusterNetworkPolicy
+# conformance suite of network-policy-api, built from the Go module proxy,
+# run unmodified against the local cluster.
+NETWORK_POLICY_API_VERSION ?= v0.3.0
+UPSTREAM_SUITE ?= $(CURDIR)/.cache/upstream/k8s-$(KUBERNETES_VERSION)
+CNP_SUITE      ?= $(CURDIR)/.cache/upstream/network-policy-api-$(NETWORK_POLICY_API_VERSION)
+# Extra flags for `make conformance-upstream`, e.g. UPSTREAM_ARGS="-procs 3"
+# or UPSTREAM_ARGS=-cnp (also the ClusterNetworkPolicy suite).
+UPSTREAM_ARGS  ?=
+export NFTPOL_UPSTREAM_SUITE := $(UPSTREAM_SUITE)
+export NFTPOL_CNP_SUITE      := $(CNP_SUITE)
+
+.PHONY: upstream-e2e upstream-cnp conformance-upstream
+
+upstream-e2e:
+	bash test/upstream/build-e2e.sh $(KUBERNETES_VERSION) $(ETCD_VERSION) $(UPSTREAM_SUITE)
+
+upstream-cnp:
+	bash test/upstream/build-cnp.sh $(NETWORK_POLICY_API_VERSION) $(CNP_SUITE)
+
+# test/upstream's subset test needs it: make test builds it when missing.
+test: upstream-e2e
+
+# The whole suite (SCTP specs skipped: no SCTP in this kernel), and with
+# UPSTREAM_ARGS=-cnp the ClusterNetworkPolicy one; writes
+# test/upstream/RESULTS.md. Built first and run directly, so Ctrl-C
+# reaches the cluster and make waits for its cleanup.
+conformance-upstream: envtest-assets cluster-assets upstream-e2e upstream-cnp build
+	$(GO) build -o $(BIN)/nftpol-upstream ./test/upstream/run
+	$(BIN)/nftpol-upstream -results $(CURDIR)/test/upstream/RESULTS.md -kubernetes-version $(KUBERNETES_VERSION) \
+		-network-policy-api-version $(NETWORK_POLICY_API_VERSION) -agent-version $(VERSION) $(UPSTREAM_ARGS)

@@ -20,6 +20,11 @@ import (
 // it?" with the reference evaluator, from the objects the API server holds
 // now: the evaluator reads them itself, not the agent's model of them.
 func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	for _, a := range args {
+		if a == "--policy" || a == "-policy" || strings.HasPrefix(a, "--policy=") || strings.HasPrefix(a, "-policy=") {
+			return runExplainPolicy(ctx, args, stdout, stderr)
+		}
+	}
 	fs := flag.NewFlagSet("nftpol explain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	kubeconfig := fs.String("kubeconfig", "", "path to a kubeconfig (default $KUBECONFIG or in-cluster)")

@@ -7,6 +7,7 @@
 //	nftpol explain --from NS/POD --to NS/POD|IP --port PORT[/PROTO]  why a connection passes or not
 //	nftpol cni                          the chained CNI plugin (also when run as nftpol-cni)
 //	nftpol cni-install|cni-uninstall [--bin-dir] [--conf-dir]  chain the plugin into the node's conflist, or take it out
+//	nftpol explain --policy NS/NAME --node NODE [--table-name] [--netns]  which pieces of a policy the node's table holds
 package main
 
 import (
@@ -90,6 +91,7 @@ type agentFlags struct {
 	denyAction     string
 	verifyInterval time.Duration
 	logDenied      bool
+	cutFlows       bool
 	profiling      bool
 	logDeniedRate  uint
 	logDeniedGroup uint
@@ -109,6 +111,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.StringVar(&f.healthAddr, "health-probe-bind-address", ":9091", `address of /healthz and /readyz; "0" disables it`)
 	fs.StringVar(&f.denyAction, "deny-action", string(nft.DefaultDeny), "what happens to denied packets: drop or reject")
 	fs.DurationVar(&f.verifyInterval, "verify-interval", 30*time.Second, "how often the table is read back and repaired if someone changed it; 0 disables")
+	fs.BoolVar(&f.cutFlows, "cut-denied-flows", true, "after a commit, delete the conntrack entries of established connections the new rules deny, so a policy change cuts open connections too")
 	fs.BoolVar(&f.profiling, "profiling", false, "serve Go's /debug/pprof/ on the metrics address")
 	fs.BoolVar(&f.logDenied, "log-denied", false, "log one line per denied flow (rate-limited NFLOG from the deny paths)")
 	fs.UintVar(&f.logDeniedRate, "log-denied-rate", nft.DefaultLogRate, "at most this many denied packets per second and isolation chain reach the log")
@@ -191,6 +194,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		LogGroup:               uint16(f.logDeniedGroup),
 		NetNSPath:              f.netns,
 		CNISocket:              f.cniSocket,
+		CutDeniedFlows:         f.cutFlows,
 		// One agent per table and network namespace: a second one (a
 		// stuck old pod, a second install) waits for the first to exit.
 		Lock: func() (io.Closer, error) { return nft.TryLockTable(f.netns, f.tableName) },
@@ -198,7 +202,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("starting", "version", version, "node", f.nodeName, "table", f.tableName, "netns", f.netns, "denyAction", f.denyAction)
+	log.Info("starting", "version", version, "node", f.nodeName, "table", f.tableName, "netns", f.netns, "denyAction", f.denyAction, "cutDeniedFlows", f.cutFlows)
 	// On exit the committed table stays in the kernel: pods stay protected
 	// while the agent restarts or is upgraded.
 	if err := mgr.Start(ctx); err != nil {

@@ -51,6 +51,9 @@ type clusterPolicyWatch struct {
 	sync   chan event.GenericEvent
 	status chan struct{}
 	log    logr.Logger
+	// changed, when set, records each change that asks for a sync, by
+	// kind (the programming-latency metrics).
+	changed func(kind string)
 
 	// active is set while the informers run and the state includes the
 	// policies.
@@ -69,7 +72,10 @@ func newClusterPolicyWatch(c cache.Cache, d discovery.DiscoveryInterface, interv
 // Active reports whether the ClusterNetworkPolicy informers run.
 func (w *clusterPolicyWatch) Active() bool { return w != nil && w.active.Load() }
 
-func (w *clusterPolicyWatch) requestSync() {
+func (w *clusterPolicyWatch) requestSync(kind string) {
+	if w.changed != nil {
+		w.changed(kind)
+	}
 	select {
 	case w.sync <- event.GenericEvent{Object: &cnpv1beta1.ClusterNetworkPolicy{}}:
 	default:
@@ -131,13 +137,13 @@ func (w *clusterPolicyWatch) check(ctx context.Context) {
 		}
 		w.active.Store(true)
 		w.log.Info("ClusterNetworkPolicy API found; enforcing ClusterNetworkPolicies")
-		w.requestSync()
+		w.requestSync(ChangeClusterPolicyAPI)
 		w.requestStatus()
 	case !served && w.active.Load():
 		w.active.Store(false)
 		w.stopInformers(ctx)
 		w.log.Info("ClusterNetworkPolicy API gone; enforcing NetworkPolicies only")
-		w.requestSync()
+		w.requestSync(ChangeClusterPolicyAPI)
 	}
 }
 
@@ -149,12 +155,12 @@ func (w *clusterPolicyWatch) startInformers(ctx context.Context) error {
 		return fmt.Errorf("ClusterNetworkPolicy informer: %w", err)
 	}
 	reg, err := cnps.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { w.requestSync(); w.requestStatus() },
+		AddFunc: func(any) { w.requestSync(ChangeClusterPolicy); w.requestStatus() },
 		UpdateFunc: func(o, n any) {
 			oc, ok1 := o.(*cnpv1beta1.ClusterNetworkPolicy)
 			nc, ok2 := n.(*cnpv1beta1.ClusterNetworkPolicy)
 			if !ok1 || !ok2 || !reflect.DeepEqual(oc.Spec, nc.Spec) {
-				w.requestSync()
+				w.requestSync(ChangeClusterPolicy)
 				w.requestStatus()
 				return
 			}
@@ -162,7 +168,7 @@ func (w *clusterPolicyWatch) startInformers(ctx context.Context) error {
 				w.requestStatus() // someone changed our conditions
 			}
 		},
-		DeleteFunc: func(any) { w.requestSync(); w.requestStatus() },
+		DeleteFunc: func(any) { w.requestSync(ChangeClusterPolicy); w.requestStatus() },
 	})
 	if err != nil {
 		return fmt.Errorf("ClusterNetworkPolicy handler: %w", err)
@@ -173,16 +179,16 @@ func (w *clusterPolicyWatch) startInformers(ctx context.Context) error {
 		return fmt.Errorf("Node informer: %w", err)
 	}
 	nreg, err := nodes.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { w.requestSync() },
+		AddFunc: func(any) { w.requestSync(ChangeNode) },
 		UpdateFunc: func(o, n any) {
 			on, ok1 := o.(*corev1.Node)
 			nn, ok2 := n.(*corev1.Node)
 			// Heartbeats change neither labels nor addresses.
 			if !ok1 || !ok2 || !reflect.DeepEqual(selectors.NodeFromObject(on), selectors.NodeFromObject(nn)) {
-				w.requestSync()
+				w.requestSync(ChangeNode)
 			}
 		},
-		DeleteFunc: func(any) { w.requestSync() },
+		DeleteFunc: func(any) { w.requestSync(ChangeNode) },
 	})
 	if err != nil {
 		return fmt.Errorf("Node handler: %w", err)

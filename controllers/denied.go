@@ -12,20 +12,18 @@ import (
 	"github.com/nftpol/nftpol/selectors"
 )
 
-// podLookup is what the denied-packet log needs from the last sync: pod
-// names by address and the policies isolating each local pod.
+// podLookup is what the denied-packet log needs: pod names by address
+// and the policies isolating each local pod at the last sync.
 type podLookup struct {
-	byIP      map[netip.Addr]string
+	// owner names the pod that owns an address: the one the model
+	// enforces for it, so the log names the same pod. The Builder keeps
+	// that table pod by pod; nothing is copied per sync.
+	owner     func(netip.Addr) (string, bool)
 	isolation map[string]*selectors.PodRules
 }
 
-func newPodLookup(state *selectors.State, model *selectors.Model) *podLookup {
-	l := &podLookup{byIP: map[netip.Addr]string{}, isolation: map[string]*selectors.PodRules{}}
-	// The owner of an address two pods claim is the one the model
-	// enforces for it, so the log names the same pod.
-	for ip, p := range selectors.AddressOwners(state.Pods) {
-		l.byIP[ip] = p.Key()
-	}
+func newPodLookup(owner func(netip.Addr) (string, bool), model *selectors.Model) *podLookup {
+	l := &podLookup{owner: owner, isolation: make(map[string]*selectors.PodRules, len(model.Pods))}
 	for i := range model.Pods {
 		l.isolation[model.Pods[i].Key] = &model.Pods[i]
 	}
@@ -33,8 +31,10 @@ func newPodLookup(state *selectors.State, model *selectors.Model) *podLookup {
 }
 
 func (l *podLookup) name(a netip.Addr) string {
-	if key, ok := l.byIP[a]; ok {
-		return key
+	if l.owner != nil {
+		if key, ok := l.owner(a); ok {
+			return key
+		}
 	}
 	return a.String()
 }

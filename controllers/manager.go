@@ -67,6 +67,10 @@ type Options struct {
 	// DiscoveryInterval is how often the agent looks for the
 	// ClusterNetworkPolicy API; 0 is DefaultDiscoveryInterval.
 	DiscoveryInterval time.Duration
+	// CutDeniedFlows deletes, after a commit, the conntrack entries of
+	// the established connections the committed rules deny (in
+	// NetNSPath), so that a policy change cuts them too.
+	CutDeniedFlows bool
 	// StatusSpread bounds the delay, derived from the node name, before an
 	// agent writes ClusterNetworkPolicy status (see clusterPolicyStatus);
 	// 0 is DefaultStatusSpread, negative is none.
@@ -126,6 +130,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		// Our own probe server (below) instead of controller-runtime's,
 		// which withholds why a check fails.
 		HealthProbeBindAddress: "0",
+		// Built-in kinds mapped without discovery: the manager is built
+		// and the probes serve while the API server is away.
+		MapperProvider: newBuiltinMapper,
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:                 {Transform: newPodTrimmer().Transform},
@@ -196,6 +203,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	problems.ClusterPolicies = cnpWatch
 	cached := newCacheState(mgr.GetCache())
 	cached.clusterPolicies = cnpWatch
+	if err := cached.watchPodEvents(context.Background()); err != nil {
+		return nil, nil, err
+	}
 	syncer := &Syncer{
 		metrics:        m,
 		cached:         cached,
@@ -206,6 +216,14 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		Problems:       problems,
 		VerifyInterval: opts.VerifyInterval,
 		Log:            opts.Log.WithName("sync"),
+	}
+
+	if syncer.latency, err = newLatencyTracker(reg); err != nil {
+		return nil, nil, err
+	}
+	cnpWatch.changed = syncer.latency.received
+	if opts.CutDeniedFlows {
+		syncer.flows = &FlowCutter{NetNSPath: opts.NetNSPath, Log: opts.Log.WithName("flows")}
 	}
 
 	if opts.LogDenied {
@@ -219,17 +237,19 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	toNodeSync := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{syncKey}
 	})
-	podStartKick, err := addPodStartServer(mgr, syncer, opts.CNISocket, opts.Log.WithName("podstart"))
-	if err != nil {
+	if err := addPodStartServer(mgr, cached, opts.CNISocket, opts.Log.WithName("podstart")); err != nil {
 		return nil, nil, err
 	}
+	changed := syncer.latency.enqueueChange
 	err = builder.ControllerManagedBy(mgr).
 		Named("nftpol").
-		Watches(&corev1.Pod{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
-		Watches(&corev1.Namespace{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
-		Watches(&networkingv1.NetworkPolicy{}, toNodeSync, builder.WithPredicates(modelInputChanged())).
+		// Pods through the handler that hands them to the Builder: it asks
+		// for the sync after it recorded the pod (see cacheState).
+		WatchesRawSource(source.Channel(cached.podSync, changed(ChangePod))).
+		Watches(&corev1.Namespace{}, changed(ChangeNamespace), builder.WithPredicates(modelInputChanged())).
+		Watches(&networkingv1.NetworkPolicy{}, changed(ChangeNetworkPolicy), builder.WithPredicates(modelInputChanged())).
+		// The ClusterNetworkPolicy watch records its changes itself.
 		WatchesRawSource(source.Channel(cnpWatch.sync, toNodeSync)).
-		WatchesRawSource(source.Channel(podStartKick, toNodeSync)).
 		WithOptions(controller.Options{
 			// One key, one worker: syncs never run concurrently.
 			MaxConcurrentReconciles: 1,

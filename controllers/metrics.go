@@ -35,6 +35,10 @@ type syncMetrics struct {
 	// failing is the number of syncs in a row that failed; readiness
 	// fails from DefaultFailuresUntilUnready on.
 	failing prometheus.Gauge
+	// cut counts the conntrack entries deleted because the committed
+	// rules deny their connection; cutDuration times each sweep.
+	cut         prometheus.Counter
+	cutDuration prometheus.Histogram
 }
 
 func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
@@ -61,8 +65,14 @@ func newSyncMetrics(reg prometheus.Registerer) (*syncMetrics, error) {
 		rules:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_rules", Help: "Rules in the table."}),
 		lastSynced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_last_sync_timestamp_seconds", Help: "Unix time of the last successful sync."}),
 		failing:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftpol_sync_consecutive_failures", Help: "Syncs in a row that failed (0 after a success); readiness fails from 3 on."}),
+		cut: prometheus.NewCounter(prometheus.CounterOpts{Name: "nftpol_flows_cut_total",
+			Help: "Established connections whose conntrack entry was deleted because a committed policy change denies them."}),
+		cutDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "nftpol_flow_cut_duration_seconds", Help: "Time of one sweep of the conntrack table after a commit: dump, decide, delete.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.local, m.isolated, m.clusterPods, m.clusterPolicies, m.policies, m.sets, m.elements, m.rules, m.lastSynced, m.failing} {
+	for _, c := range []prometheus.Collector{m.duration, m.syncs, m.errors, m.changes, m.local, m.isolated, m.clusterPods, m.clusterPolicies, m.policies, m.sets, m.elements, m.rules, m.lastSynced, m.failing, m.cut, m.cutDuration} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}
@@ -102,6 +112,15 @@ func (m *syncMetrics) observe(start time.Time, localPods int, model *selectors.M
 	m.elements.Set(float64(stats.Elements))
 	m.rules.Set(float64(stats.Rules))
 	m.lastSynced.SetToCurrentTime()
+}
+
+// flowsCut records one sweep of the conntrack table.
+func (m *syncMetrics) flowsCut(st FlowCutStats) {
+	if m == nil {
+		return
+	}
+	m.cut.Add(float64(st.Cut))
+	m.cutDuration.Observe(st.Duration.Seconds())
 }
 
 // consecutiveFailures sets the gauge of syncs in a row that failed.

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"github.com/nftpol/nftpol/podstart"
@@ -22,47 +21,47 @@ import (
 
 // podStartHints are the addresses the CNI plugin reported for pods whose
 // API object does not show them yet (the kubelet writes podIPs only after
-// CNI ADD returned). A sync puts them on the pods it reads (apply), and
-// once the transaction is committed it answers the plugins waiting on
-// them (committed). A hint goes away when the API shows the pod's
-// addresses, when the pod it was seen on is gone, on CNI DEL, or after
-// hintTTL.
+// CNI ADD returned). The sync's cache reader hands every pod it gives the
+// Builder through pod, which puts a hint's addresses on a pod that has
+// none; once a transaction holding them is committed, committed answers
+// the plugins waiting on them. A new or dropped hint makes the next sync
+// read its pod again (changed), so the Builder holds the pod with the
+// hint's addresses exactly while the hint lives. A hint goes away when
+// the API shows the pod's addresses (after that state is committed), when
+// the pod it was seen on is gone, on CNI DEL, or after hintTTL unseen.
 type podStartHints struct {
 	mu    sync.Mutex
 	hints map[string]*podHint // by "namespace/name"
-	// kick enqueues a sync (a source.Channel of the controller).
-	kick chan event.GenericEvent
-	now  func() time.Time
+	// changed makes the next sync read the pod key again, and asks for
+	// that sync (cacheState.podKeyChanged). Called without mu held.
+	changed func(key string)
+	now     func() time.Time
 }
 
 // hintTTL bounds how long a hint waits for its pod to show up in the
-// cache or in the API with addresses.
+// cache.
 const hintTTL = 2 * time.Minute
 
 type podHint struct {
 	key     string
 	ips     []netip.Addr
 	created time.Time
-	// seen is set once a sync found the pod in the cache; shown once it
-	// found it with addresses (the hint is dropped when that state is
-	// committed).
-	seen, shown bool
+	// seen is set once a sync found the pod in the cache; applied once
+	// the Builder holds the pod as this hint has it (the hint's
+	// addresses, or the API's own when shown is set).
+	seen, applied, shown bool
 	// inForce is set once a committed transaction held these addresses;
 	// waiters are closed then.
 	inForce bool
 	waiters []chan struct{}
-	// base and hinted: the cached pod the hint was last applied to and
-	// the copy with the hint's addresses, kept so that the builder sees
-	// the same object from one sync to the next.
-	base, hinted *selectors.Pod
 }
 
-func newPodStartHints() *podStartHints {
-	return &podStartHints{hints: map[string]*podHint{}, kick: make(chan event.GenericEvent, 1), now: time.Now}
+func newPodStartHints(changed func(key string)) *podStartHints {
+	return &podStartHints{hints: map[string]*podHint{}, changed: changed, now: time.Now}
 }
 
-// wait records ips for pod key, enqueues a sync and returns a channel
-// closed once a committed transaction holds them.
+// wait records ips for pod key, has its pod read again by the next sync
+// and returns a channel closed once a committed transaction holds them.
 func (h *podStartHints) wait(key string, ips []netip.Addr) <-chan struct{} {
 	done := make(chan struct{})
 	h.mu.Lock()
@@ -83,91 +82,104 @@ func (h *podStartHints) wait(key string, ips []netip.Addr) <-chan struct{} {
 		hint.waiters = append(hint.waiters, done)
 	}
 	h.mu.Unlock()
-	select {
-	case h.kick <- event.GenericEvent{}:
-	default: // a sync is already asked for; it reads this hint
-	}
+	h.changed(key)
 	return done
 }
 
-// forget drops the hint of pod key (CNI DEL).
+// forget drops the hint of pod key (CNI DEL); the next sync reads the pod
+// as the cache has it.
 func (h *podStartHints) forget(key string) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	_, ok := h.hints[key]
 	delete(h.hints, key)
+	h.mu.Unlock()
+	if ok {
+		h.changed(key)
+	}
 }
 
-// apply puts the hinted addresses on the pods of state that have none in
-// the cache, and drops the hints the cache made useless. It returns the
-// hints this state carries: committed answers their waiters once the
-// state is in force. Called by the syncer, once per sync, before it
-// builds the model.
-func (h *podStartHints) apply(state *selectors.State) []*podHint {
+// pod returns the pod of key the Builder is to hold: p with the hint's
+// addresses when p has none, else p (nil: the pod is not in the cache).
+// Called by the sync for every pod it reads, before it builds the model.
+func (h *podStartHints) pod(key string, p *selectors.Pod) *selectors.Pod {
+	if h == nil {
+		return p
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	hint := h.hints[key]
+	switch {
+	case hint == nil:
+		return p
+	case p == nil:
+		// Gone from the cache after it was there (before that, the
+		// cache may just not have it yet).
+		if hint.seen {
+			h.drop(hint)
+		}
+		return nil
+	}
+	hint.seen, hint.applied = true, true
+	if len(p.IPs) > 0 {
+		// The API caught up: the hint is not needed once this state is
+		// committed.
+		hint.shown = true
+		return p
+	}
+	c := *p
+	c.IPs = hint.ips
+	return &c
+}
+
+// expired drops the hints whose pod never showed up within hintTTL and
+// returns their keys. Called by the sync, before it reads the pods.
+func (h *podStartHints) expired() []string {
 	if h == nil {
 		return nil
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.hints) == 0 {
-		return nil
-	}
-	var carried []*podHint
-	found := make(map[string]bool, len(h.hints))
-	for i, p := range state.Pods {
-		key := p.Key()
-		hint := h.hints[key]
-		if hint == nil {
-			continue
-		}
-		found[key] = true
-		hint.seen = true
-		carried = append(carried, hint)
-		if len(p.IPs) > 0 {
-			// The API caught up: the pod's own addresses are in this
-			// state; the hint is no longer needed once it is committed.
-			hint.shown = true
-			continue
-		}
-		if hint.base != p {
-			c := *p
-			c.IPs = hint.ips
-			hint.base, hint.hinted = p, &c
-		}
-		state.Pods[i] = hint.hinted
-	}
+	var keys []string
 	now := h.now()
 	for key, hint := range h.hints {
-		if found[key] {
-			continue
-		}
-		// Gone from the cache after it was there, or never came.
-		if hint.seen || now.Sub(hint.created) > hintTTL {
-			delete(h.hints, key)
-			for _, w := range hint.waiters {
-				close(w)
-			}
-			hint.waiters = nil
+		if !hint.seen && now.Sub(hint.created) > hintTTL {
+			h.drop(hint)
+			keys = append(keys, key)
 		}
 	}
-	return carried
+	return keys
 }
 
-// committed answers the waiters of the hints a committed state carried.
-func (h *podStartHints) committed(carried []*podHint) {
-	if len(carried) == 0 {
+// drop removes hint and releases its waiters: there is no pod left to
+// protect. h.mu is held.
+func (h *podStartHints) drop(hint *podHint) {
+	delete(h.hints, hint.key)
+	for _, w := range hint.waiters {
+		close(w)
+	}
+	hint.waiters = nil
+}
+
+// committed answers the waiters of the hints the Builder held when the
+// sync built what was just committed.
+func (h *podStartHints) committed() {
+	if h == nil {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, hint := range carried {
-		hint.inForce = true
-		if hint.shown && h.hints[hint.key] == hint {
-			delete(h.hints, hint.key)
+	for key, hint := range h.hints {
+		if !hint.applied {
+			continue
 		}
+		hint.inForce = true
 		for _, w := range hint.waiters {
 			close(w)
 		}
 		hint.waiters = nil
+		if hint.shown {
+			delete(h.hints, key)
+		}
 	}
 }
 
@@ -255,14 +267,14 @@ func (s *podStartServer) serve(ctx context.Context, conn net.Conn) {
 }
 
 // addPodStartServer serves the CNI plugin on socket (nothing when socket
-// is empty) and returns the channel on which it asks for syncs.
-func addPodStartServer(mgr manager.Manager, syncer *Syncer, socket string, log logr.Logger) (<-chan event.GenericEvent, error) {
+// is empty); its hints go through the sync's cache reader.
+func addPodStartServer(mgr manager.Manager, cached *cacheState, socket string, log logr.Logger) error {
 	if socket == "" {
-		return make(chan event.GenericEvent), nil
+		return nil
 	}
-	syncer.podStart = newPodStartHints()
-	if err := mgr.Add(&podStartServer{socket: socket, hints: syncer.podStart, log: log}); err != nil {
-		return nil, fmt.Errorf("adding the CNI plugin server: %w", err)
+	cached.podStart = newPodStartHints(cached.podKeyChanged)
+	if err := mgr.Add(&podStartServer{socket: socket, hints: cached.podStart, log: log}); err != nil {
+		return fmt.Errorf("adding the CNI plugin server: %w", err)
 	}
-	return syncer.podStart.kick, nil
+	return nil
 }

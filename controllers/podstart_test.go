@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/netip"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,36 +24,56 @@ func closed(ch <-chan struct{}) bool {
 	}
 }
 
+// changedKeys records the pod keys a podStartHints asks to read again.
+type changedKeys struct {
+	mu   sync.Mutex
+	keys []string
+}
+
+func (c *changedKeys) add(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.keys = append(c.keys, key)
+}
+
+func (c *changedKeys) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := c.keys
+	c.keys = nil
+	return k
+}
+
 // TestPodStartHints walks a hint through the syncs of a pod's start: the
 // plugin's addresses are put on the cached pod that has none, the plugin
-// is answered only after a commit that carried them, and the hint goes
-// once the API shows the pod's own addresses (or the pod is gone).
+// is answered only after a commit made while the Builder held them, and
+// the hint goes once the API shows the pod's own addresses (or the pod is
+// gone, or DEL, or its TTL), each time making the pod read again.
 func TestPodStartHints(t *testing.T) {
 	ip4, ip6 := netip.MustParseAddr("10.244.0.7"), netip.MustParseAddr("fd00:10:244::7")
 	ips := []netip.Addr{ip4, ip6}
 	pending := &selectors.Pod{Namespace: "ns", Name: "p", NodeName: "n", Labels: map[string]string{"app": "x"}}
 
-	h := newPodStartHints()
+	var changed changedKeys
+	h := newPodStartHints(changed.add)
 	done := h.wait("ns/p", ips)
-	select {
-	case <-h.kick:
-	default:
-		t.Fatal("a hint did not ask for a sync")
+	if got := changed.take(); !slices.Equal(got, []string{"ns/p"}) {
+		t.Fatalf("a hint asked to read %v again, want its pod", got)
 	}
 
 	// The cache has not seen the pod yet: the hint waits.
-	state := &selectors.State{}
-	carried := h.apply(state)
-	h.committed(carried)
+	if got := h.pod("ns/p", nil); got != nil {
+		t.Fatalf("a pod not in the cache became %+v", got)
+	}
+	h.committed()
 	if closed(done) || len(h.hints) != 1 {
 		t.Fatalf("answered or dropped before the pod was in a committed state (hints %d)", len(h.hints))
 	}
 
-	// The pod is cached without addresses: the state carries the hint's.
-	state = &selectors.State{Pods: []*selectors.Pod{pending}}
-	carried = h.apply(state)
-	if got := state.Pods[0]; got == pending || !got.IsEndpoint() || len(got.IPs) != 2 || got.IPs[0] != ip4 {
-		t.Fatalf("pod in the state: %+v", got)
+	// The pod is cached without addresses: the Builder gets the hint's.
+	got := h.pod("ns/p", pending)
+	if got == pending || !got.IsEndpoint() || len(got.IPs) != 2 || got.IPs[0] != ip4 {
+		t.Fatalf("pod for the Builder: %+v", got)
 	}
 	if pending.IPs != nil {
 		t.Fatal("the cached pod was changed")
@@ -59,15 +81,12 @@ func TestPodStartHints(t *testing.T) {
 	if closed(done) {
 		t.Fatal("answered before the commit")
 	}
-	// A failed commit answers nothing; the next sync carries it again,
-	// as the same object (the builder keys its reuse on it).
-	first := state.Pods[0]
-	state = &selectors.State{Pods: []*selectors.Pod{pending}}
-	carried = h.apply(state)
-	if state.Pods[0] != first {
-		t.Error("a second sync got a new copy of an unchanged pod")
+	// Other pods pass untouched.
+	other := &selectors.Pod{Namespace: "ns", Name: "o"}
+	if h.pod("ns/o", other) != other {
+		t.Error("a pod without hint was replaced")
 	}
-	h.committed(carried)
+	h.committed()
 	if !closed(done) {
 		t.Fatal("not answered after the commit")
 	}
@@ -78,32 +97,34 @@ func TestPodStartHints(t *testing.T) {
 
 	// The API shows the addresses: the hint goes with the next commit.
 	shown := &selectors.Pod{Namespace: "ns", Name: "p", NodeName: "n", IPs: ips}
-	state = &selectors.State{Pods: []*selectors.Pod{shown}}
-	h.committed(h.apply(state))
-	if state.Pods[0] != shown || len(h.hints) != 0 {
+	if h.pod("ns/p", shown) != shown {
+		t.Fatal("the API's addresses were not kept")
+	}
+	h.committed()
+	if len(h.hints) != 0 {
 		t.Fatalf("hint kept after the API showed the addresses (hints %d)", len(h.hints))
 	}
 
 	// Seen, then gone from the cache: dropped, its waiter released.
 	done = h.wait("ns/q", ips)
-	<-h.kick
-	h.apply(&selectors.State{Pods: []*selectors.Pod{{Namespace: "ns", Name: "q"}}})
-	h.apply(&selectors.State{})
+	h.pod("ns/q", &selectors.Pod{Namespace: "ns", Name: "q"})
+	h.pod("ns/q", nil)
 	if len(h.hints) != 0 || !closed(done) {
 		t.Fatal("hint of a deleted pod kept")
 	}
-	// Never seen: dropped after hintTTL.
+	// Never seen: dropped after hintTTL, and the pod read again.
 	h.wait("ns/r", ips)
+	changed.take()
 	h.now = func() time.Time { return time.Now().Add(hintTTL + time.Second) }
-	h.apply(&selectors.State{})
-	if len(h.hints) != 0 {
-		t.Fatal("hint of a pod never seen kept past its TTL")
+	if got := h.expired(); len(h.hints) != 0 || !slices.Equal(got, []string{"ns/r"}) {
+		t.Fatalf("hint of a pod never seen kept past its TTL (expired %v)", got)
 	}
-	// DEL forgets.
+	// DEL forgets, and the pod is read again without the hint.
 	h.now = time.Now
 	h.wait("ns/s", ips)
+	changed.take()
 	h.forget("ns/s")
-	if len(h.hints) != 0 {
+	if len(h.hints) != 0 || !slices.Equal(changed.take(), []string{"ns/s"}) {
 		t.Fatal("DEL did not forget the hint")
 	}
 }
@@ -113,7 +134,8 @@ func TestPodStartHints(t *testing.T) {
 // once, and a bad request with a clear error.
 func TestPodStartServer(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "cni.sock")
-	h := newPodStartHints()
+	var changed changedKeys
+	h := newPodStartHints(changed.add)
 	srv := &podStartServer{socket: socket, hints: h, log: logr.Discard()}
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan error, 1)
@@ -141,17 +163,21 @@ func TestPodStartServer(t *testing.T) {
 		answered <- ask(podstart.Request{Op: podstart.OpAdd, Namespace: "ns", Name: "p", IPs: ips}, 5*time.Second)
 	}()
 	// The sync the request asked for.
-	select {
-	case <-h.kick:
-	case <-time.After(5 * time.Second):
-		t.Fatal("ADD asked for no sync")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if len(changed.take()) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("ADD asked for no sync")
+		}
 	}
 	select {
 	case err := <-answered:
 		t.Fatalf("ADD answered (%v) before any commit", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	h.committed(h.apply(&selectors.State{Pods: []*selectors.Pod{{Namespace: "ns", Name: "p"}}}))
+	h.pod("ns/p", &selectors.Pod{Namespace: "ns", Name: "p"})
+	h.committed()
 	if err := <-answered; err != nil {
 		t.Fatalf("ADD: %v", err)
 	}

@@ -55,19 +55,20 @@ type Syncer struct {
 	// guard, when set, holds back the first sync until this agent holds
 	// the table lock.
 	guard *tableGuard
-	// builder reuses, from one sync to the next, the peer sets of the
-	// namespaces where no pod changed; compiler reuses the compiled sets
-	// whose content did not change. Both are created on first use.
-	builder  *selectors.Builder
+	// compiler reuses the compiled sets whose content did not change;
+	// created on first use. The Builder is cached's.
 	compiler *nft.Compiler
 	// lookup names pods for the denied-packet log; replaced after every
 	// successful sync.
 	lookup atomic.Pointer[podLookup]
 	// keepLookup is set when the denied-packet log is on.
 	keepLookup bool
-	// podStart, when the CNI plugin's socket is served, holds the
-	// addresses of starting pods (podstart.go).
-	podStart *podStartHints
+	// latency measures how long changes take to be committed; nil
+	// measures nothing.
+	latency *latencyTracker
+	// flows, when set, deletes after a commit the conntrack entries of
+	// the connections the committed rules deny.
+	flows *FlowCutter
 
 	// mu serializes syncs (controller-runtime runs one at a time already;
 	// this keeps it true for direct calls). The probes never take it.
@@ -99,34 +100,36 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 		}
 	}
 
+	// Every change received until now is in the cache this sync reads.
+	s.latency.take()
 	start := time.Now()
 	state, err := s.cached.Read(ctx)
 	if err != nil {
 		s.metrics.observe(start, 0, nil, nft.CommitStats{}, err)
 		return reconcile.Result{}, err
 	}
-	if s.builder == nil {
-		s.builder = selectors.NewBuilder()
-	}
 	if s.compiler == nil {
 		if s.compiler, err = nft.NewCompiler(s.Enforcer.Config()); err != nil {
 			return reconcile.Result{}, err
 		}
 	}
-	carried := s.podStart.apply(state)
-	model, problems := s.builder.Build(s.NodeName, state)
+	model, problems := s.cached.builder.BuildFromPods(s.NodeName, state)
 	desired := s.compiler.Compile(model)
 	compute := time.Since(start)
 	s.Problems.Report(ctx, problems)
 
 	stats, err := s.Enforcer.Commit(desired)
-	s.metrics.observe(start, countLocal(state, s.NodeName), model, stats, err)
+	s.metrics.observe(start, s.cached.builder.LocalEndpoints(), model, stats, err)
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
 	}
-	s.podStart.committed(carried)
+	s.cached.podStart.committed()
+	s.latency.committed()
+	if s.flows != nil && mayDenyMore(stats) {
+		s.cutDeniedFlows(model)
+	}
 	if s.keepLookup {
-		s.lookup.Store(newPodLookup(state, model))
+		s.lookup.Store(newPodLookup(s.cached.ownerName, model))
 	}
 	if !s.synced {
 		s.lastVerify = time.Now()
@@ -135,6 +138,20 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies), "clusterPolicies", len(model.ClusterPolicies),
 		"compute", compute, "stats", stats)
 	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
+}
+
+// cutDeniedFlows deletes the conntrack entries the committed model denies.
+// A failure is logged, never fails the sync: the rules are committed, and
+// the next sweep (after the next change) tries again.
+func (s *Syncer) cutDeniedFlows(model *selectors.Model) {
+	st, err := s.flows.Cut(model)
+	s.metrics.flowsCut(st)
+	if err != nil {
+		s.Log.Error(err, "cutting established flows the new rules deny", "cut", st.Cut)
+		return
+	}
+	s.Log.Info("cut established flows the new rules deny", "cut", st.Cut, "considered", st.Considered,
+		"entries", st.Entries, "gone", st.Gone, "duration", st.Duration)
 }
 
 // recordOutcome tells the probes and the metrics how a sync ended.
@@ -236,14 +253,4 @@ func NewReader(cfg *rest.Config) (client.Reader, error) {
 		return nil, fmt.Errorf("creating an API client: %w", err)
 	}
 	return c, nil
-}
-
-func countLocal(state *selectors.State, node string) int {
-	n := 0
-	for _, p := range state.Pods {
-		if p.NodeName == node && p.IsEndpoint() {
-			n++
-		}
-	}
-	return n
 }

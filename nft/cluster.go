@@ -41,10 +41,11 @@ type clusterCompiler struct {
 	rs       *Ruleset
 	cfg      Config
 	policies map[string]*selectors.ClusterPolicyRules
+	unions   *peerUnions
 }
 
-func newClusterCompiler(rs *Ruleset, m *selectors.Model, cfg Config) *clusterCompiler {
-	cc := &clusterCompiler{rs: rs, cfg: cfg, policies: make(map[string]*selectors.ClusterPolicyRules, len(m.ClusterPolicies))}
+func newClusterCompiler(rs *Ruleset, m *selectors.Model, cfg Config, u *peerUnions) *clusterCompiler {
+	cc := &clusterCompiler{rs: rs, cfg: cfg, unions: u, policies: make(map[string]*selectors.ClusterPolicyRules, len(m.ClusterPolicies))}
 	for i := range m.ClusterPolicies {
 		cc.policies[m.ClusterPolicies[i].Name] = &m.ClusterPolicies[i]
 	}
@@ -87,7 +88,7 @@ func (cc *clusterCompiler) tierChain(name string, tier selectors.Tier, policies 
 		}
 		for _, r := range p.Rules(dir) {
 			comment := truncateComment(clusterCommentPrefix + r.Label(p.Name, dir))
-			for _, m := range ruleMatches(dir, r.Peers, r.Ports) {
+			for _, m := range ruleMatches(cc.unions, dir, r.Peers, r.Ports) {
 				c.rules = append(c.rules, cc.actionRules(m, r.Action, tier, dir, next, comment)...)
 			}
 		}

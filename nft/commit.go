@@ -141,15 +141,12 @@ func (e *Enforcer) Commit(desired *Ruleset) (CommitStats, error) {
 		stats.Duration = time.Since(start)
 		return stats, nil
 	}
-	c, err := e.conn()
+	msgs, err := recordBatch(func(c *nftables.Conn) error { return plan.queue(c, e.table) })
 	if err != nil {
-		return stats, err
-	}
-	if err := plan.queue(c, e.table); err != nil {
 		e.committed = nil
 		return stats, fmt.Errorf("preparing the transaction: %w", err)
 	}
-	if err := c.Flush(); err != nil {
+	if err := e.sendBatch(msgs); err != nil {
 		// The transaction is atomic: the kernel kept the previous table.
 		// What that is exactly we no longer assume.
 		e.committed = nil

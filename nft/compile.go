@@ -65,6 +65,10 @@ func setsOf(m *selectors.Model) *selectors.Model {
 		PortSets: make([]selectors.PortSet, len(m.PortSets)),
 	}
 	for i, s := range m.AddrSets {
+		if s.Version != nil {
+			out.AddrSets[i] = s // never changed (see AddrSet.Version)
+			continue
+		}
 		out.AddrSets[i] = selectors.AddrSet{ID: s.ID, Description: s.Description, Addrs: slices.Clone(s.Addrs), Ranges: slices.Clone(s.Ranges)}
 	}
 	for i, s := range m.PortSets {
@@ -103,7 +107,8 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 	compileSets(rs, m, prev, prevSets)
 
 	used := map[string]bool{} // policy chains that some pod jumps to
-	cc := newClusterCompiler(rs, m, cfg)
+	unions := newPeerUnions(rs, m)
+	cc := newClusterCompiler(rs, m, cfg, unions)
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
 			var iso string
@@ -138,7 +143,7 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 			}
 			c := &chainSpec{name: name, policies: []string{p.Key}, dir: dir}
 			for idx, r := range p.Rules(dir) {
-				c.rules = append(c.rules, compileRule(p.Key, dir, idx, r)...)
+				c.rules = append(c.rules, compileRule(unions, p.Key, dir, idx, r)...)
 			}
 			rs.chains[name] = c
 		}
@@ -152,6 +157,7 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 			rs.chains[name] = &chainSpec{name: name, policies: []string{key}, dir: dir}
 		}
 	}
+	unions.dropMerged()
 	return rs
 }
 
@@ -198,8 +204,8 @@ func compileSets(rs *Ruleset, m *selectors.Model, prev *Ruleset, prevSets *selec
 	}
 	for i := range m.AddrSets {
 		s := &m.AddrSets[i]
-		if p := prevAddr[s.ID]; p != nil && p.Description == s.Description &&
-			slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges) &&
+		if p := prevAddr[s.ID]; p != nil && (s.Version != nil && p.Version == s.Version ||
+			p.Description == s.Description && slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges)) &&
 			reuse(addrSetName(s.ID, 4), addrSetName(s.ID, 6)) {
 			continue
 		}
@@ -238,9 +244,9 @@ func denyRules(cfg Config, dir selectors.Direction) []ruleSpec {
 
 // compileRule turns one model rule into nft rules: one per (peer set part,
 // port part) pair, since a rule can match one set per field.
-func compileRule(policy string, dir selectors.Direction, idx int, r selectors.Rule) []ruleSpec {
+func compileRule(u *peerUnions, policy string, dir selectors.Direction, idx int, r selectors.Rule) []ruleSpec {
 	comment := truncateComment(fmt.Sprintf("%s %s[%d]", policy, dir, idx))
-	out := ruleMatches(dir, r.Peers, r.Ports)
+	out := ruleMatches(u, dir, r.Peers, r.Ports)
 	for i := range out {
 		out[i].counter, out[i].verdict, out[i].comment = true, verdictAccept, comment
 	}
@@ -249,7 +255,9 @@ func compileRule(policy string, dir selectors.Direction, idx int, r selectors.Ru
 
 // ruleMatches returns the matches of one rule, without counter, verdict
 // or comment: one per (peer set part, port part) pair of the same family.
-func ruleMatches(dir selectors.Direction, pm selectors.PeerMatch, ports selectors.PortMatch) []ruleSpec {
+// u merges the rule's ipBlock peers into one set (unions.go); nil keeps
+// one set per peer.
+func ruleMatches(u *peerUnions, dir selectors.Direction, pm selectors.PeerMatch, ports selectors.PortMatch) []ruleSpec {
 	peerField := fieldSaddr
 	if dir == selectors.Egress {
 		peerField = fieldDaddr
@@ -262,8 +270,8 @@ func ruleMatches(dir selectors.Direction, pm selectors.PeerMatch, ports selector
 	if pm.All {
 		peers = []peerPart{{}}
 	} else {
-		for _, id := range pm.Sets {
-			peers = append(peers, peerPart{4, addrSetName(id, 4)}, peerPart{6, addrSetName(id, 6)})
+		for _, names := range u.setNames(pm.Sets) {
+			peers = append(peers, peerPart{4, names[0]}, peerPart{6, names[1]})
 		}
 	}
 

@@ -15,12 +15,15 @@
 //	rules.go    a rule ⇄ its netlink expressions (decodeRule re-encodes
 //	            what it recognized and demands the same expressions)
 //	compile.go  the Compiler: Model → Ruleset, pure, reusing unchanged sets
+//	unions.go   the ipBlocks of one rule merged into one interval set
 //	cluster.go  the ClusterNetworkPolicy tiers: one chain per combination
 //	            of tiers, rules inline, Pass as goto
 //	plan.go     Diff → Plan: one list of steps drives both the netlink
 //	            batch and Plan.String() in nft syntax
 //	commit.go   the Enforcer: the kernel handle; commits a Ruleset in one
 //	            transaction and holds no model
+//	batch.go    sending that transaction with one acknowledgement, not
+//	            one per message
 //	verify.go   reading the table back (one dump per object type) and the
 //	            exact comparison; anything unrecognized is drift, never
 //	            an error or a panic

@@ -31,6 +31,12 @@ func everyKindModel() *selectors.Model {
 		selectors.PortEntry{Addr: netip.MustParseAddr("10.0.0.2"), Protocol: selectors.ProtocolUDP, Port: 53},
 		selectors.PortEntry{Addr: netip.MustParseAddr("10.0.0.2"), Protocol: selectors.ProtocolSCTP, Port: 65535},
 		selectors.PortEntry{Addr: netip.MustParseAddr("fd00::2"), Protocol: selectors.ProtocolUDP, Port: 1})
+	// A rule of several ipBlocks: one union set of their ranges (unions.go);
+	// "mixed" holds pod addresses too and keeps its own set.
+	m.Policies = append(m.Policies, selectors.PolicyRules{Key: "x/p3", HasEgress: true, Egress: []selectors.Rule{{
+		Peers: selectors.PeerMatch{Sets: []string{"cidr", "everything", "mixed"}},
+		Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 443, Last: 443}}}}}})
+	m.Pods = append(m.Pods, selectors.PodRules{Key: "x/e", IPs: mustAddrs("10.0.0.5", "fd00::5"), Egress: []string{"x/p3"}})
 	addClusterPolicies(m)
 	return m
 }

@@ -346,14 +346,17 @@ func annotateChains(rs *Ruleset) {
 // annotateClusterChain recovers the tier, direction, policies (from the
 // rule comments, in order) and next tier of a ClusterNetworkPolicy chain.
 func annotateClusterChain(c *chainSpec) {
+	// The tier is set only on a chain of a tier: a NetworkPolicy chain
+	// annotated as Admin would be dumped and counted as one.
+	tier := selectors.TierAdmin
 	rest, ok := strings.CutPrefix(c.name, adminChainPrefix)
-	c.tier = selectors.TierAdmin
 	if !ok {
 		if rest, ok = strings.CutPrefix(c.name, baselineChainPrefix); !ok {
 			return
 		}
-		c.tier = selectors.TierBaseline
+		tier = selectors.TierBaseline
 	}
+	c.tier = tier
 	c.dir = selectors.Ingress
 	if strings.HasPrefix(rest, "eg-") {
 		c.dir = selectors.Egress

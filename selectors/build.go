@@ -18,20 +18,22 @@ import (
 // cost follows what the node needs, not the size of the cluster. Equal
 // input gives an equal Model.
 func BuildModel(node string, s *State) (*Model, []Problem) {
-	return buildModel(node, newIndex(s), s, nil)
-}
-
-// buildModel builds the model from ix, the index of s. changes, when not
-// nil, lets it reuse peer sets of the build before (see Builder).
-func buildModel(node string, ix *index, s *State, changes *buildChanges) (*Model, []Problem) {
-	localByNamespace := map[string][]*Pod{}
+	ix := newIndex(s)
+	local := map[string][]*Pod{}
 	for _, pods := range ix.podsByNamespace {
 		for _, p := range pods {
 			if p.NodeName == node {
-				localByNamespace[p.Namespace] = append(localByNamespace[p.Namespace], p)
+				local[p.Namespace] = append(local[p.Namespace], p)
 			}
 		}
 	}
+	return buildModel(node, ix, local, s, nil)
+}
+
+// buildModel builds the model from ix, the index of s, whose endpoint pods
+// on node are localByNamespace. changes, when not nil, lets it reuse peer
+// sets of the build before (see Builder).
+func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *State, changes *buildChanges) (*Model, []Problem) {
 	b := &modelBuilder{nodes: s.Nodes, ix: ix, changes: changes, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, portSetProblems: map[string][]string{}, problemSeen: map[Problem]bool{}}
 	model := &Model{}
 	isolation := map[*Pod]*PodRules{}
@@ -220,16 +222,21 @@ func (b *modelBuilder) addrSet(namespace string, pe *peer) string {
 		}
 		set.Addrs = sortAddrs(set.Addrs)
 	case peerPods, peerNsPods:
-		if reused := b.changes.reusable(pe); reused != nil {
-			b.addrSets[pe.id] = reused
+		if updated := b.changes.updatedPeerSet(b.ix, pe); updated != nil {
+			b.addrSets[pe.id] = updated
 			return pe.id
 		}
 		set.Description = describePeer(pe, namespace)
-		var namespaces []string
-		b.ix.peerPods(pe, namespace, func(ns string) { namespaces = append(namespaces, ns) },
-			func(p *Pod) { set.Addrs = append(set.Addrs, p.IPs...) })
+		byNamespace := map[string][]netip.Addr{}
+		var cur string
+		b.ix.peerPods(pe, namespace, func(ns string) { cur = ns; byNamespace[ns] = nil },
+			func(p *Pod) { byNamespace[cur] = append(byNamespace[cur], p.IPs...) })
+		for ns, addrs := range byNamespace {
+			byNamespace[ns] = sortAddrs(addrs)
+			set.Addrs = append(set.Addrs, addrs...)
+		}
 		set.Addrs = sortAddrs(set.Addrs)
-		b.changes.remember(pe, set, namespaces)
+		b.changes.remember(pe, set, byNamespace)
 	}
 	b.addrSets[pe.id] = set
 	return pe.id

@@ -2,6 +2,7 @@ package selectors
 
 import (
 	"maps"
+	"net/netip"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -9,25 +10,54 @@ import (
 )
 
 // Builder builds one node's models one after another, as the agent's syncs
-// do, and reuses from one build to the next the address set of every
+// do, and keeps between builds what a pod change does not touch: the index
+// of endpoint pods by namespace and the address owner table are updated by
+// the pods that changed only (SetPod, DeletePod), the address set of every
 // selector peer whose namespaces hold the same endpoint pods and labels as
-// at the build before, and every policy object it parsed before. One pod
-// change then resolves only the peers of its namespace instead of every
-// peer of every local policy.
+// at the build before is reused, and so is every policy object it parsed
+// before. One pod change then costs the pods of its namespace and the
+// peers that read them, not a pass over every pod of the cluster.
+//
+// Two ways to feed it, which give the same models:
+//   - events: SetPod and DeletePod for each pod that changed, then
+//     BuildFromPods with a State whose Pods are ignored (the agent);
+//   - states: Build with a whole State; it finds the changed pods by
+//     comparing pointers, one map lookup per pod (tests, benchmarks).
 //
 // It relies on what the agent's cache guarantees: a *Pod or a policy passed
-// in a State is never changed afterwards; a changed one comes as a new
-// object. A State
-// made of fresh pods each time (ReadState) is always correct, it only
-// reuses nothing. A Builder is not safe for concurrent use.
+// in is never changed afterwards; a changed one comes as a new object, and
+// pods have unique namespace/name keys. A State made of fresh pods each
+// time (ReadState) is always correct, it only reuses nothing. A Builder is
+// not safe for concurrent use.
 type Builder struct {
 	gen uint64
-	// podGen is the build that last saw each endpoint pod.
-	podGen map[*Pod]uint64
-	// podCount and nsLabels are the endpoint pods per namespace and the
-	// namespace labels at the last build.
-	podCount map[string]int
-	nsLabels map[string]labels.Set
+	// pods are every pod given, endpoint or not, by key.
+	pods map[podKey]*podEntry
+	// owners is the endpoint pod that owns each address (AddressOwners,
+	// kept up to date pod by pod); contested holds every claimant of the
+	// addresses several endpoint pods claim, usually none.
+	owners    map[netip.Addr]*Pod
+	contested map[netip.Addr][]*Pod
+	// viewDirty are the pods whose owned addresses may have changed since
+	// the last build.
+	viewDirty map[*Pod]bool
+	// byNamespace holds the model's view of every endpoint pod that owns
+	// an address (the pod, or a copy with the addresses it owns), per
+	// namespace; dirty are the namespaces changed since the last build.
+	byNamespace map[string]map[podKey]*Pod
+	dirty       map[string]bool
+	// ix is the index the builds read, updated for the dirty namespaces
+	// only; local holds the endpoint pods of node per namespace.
+	ix    *index
+	node  string
+	local map[string][]*Pod
+	// nsObjects are the namespace objects' labels at the last build;
+	// nsExact is false when that build's list had nil or repeated
+	// objects, and the next one compares in full.
+	nsObjects map[string]map[string]string
+	nsExact   bool
+	// stateGen counts the States given to Build.
+	stateGen uint64
 	// peerSets are the address sets of selector peers by peer ID.
 	peerSets map[string]*peerSetMemo
 	// policies are the parsed policies by object: the informer hands
@@ -35,6 +65,17 @@ type Builder struct {
 	policies map[*networkingv1.NetworkPolicy]*policyMemo
 	// clusterPolicies are the parsed ClusterNetworkPolicies by object.
 	clusterPolicies map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo
+}
+
+type podKey struct{ namespace, name string }
+
+type podEntry struct {
+	pod *Pod
+	// view is what the index holds for the pod: nil when it is no
+	// endpoint or owns no address.
+	view *Pod
+	// stateGen is the last Build whose State held the pod.
+	stateGen uint64
 }
 
 type policyMemo struct {
@@ -45,8 +86,9 @@ type policyMemo struct {
 
 type peerSetMemo struct {
 	set *AddrSet
-	// namespaces are the namespaces whose pods the set was made of.
-	namespaces []string
+	// byNamespace holds, for every namespace whose pods the set was made
+	// of, the addresses that namespace gave it, ascending (none is nil).
+	byNamespace map[string][]netip.Addr
 	// gen is the last build that used the set; the others are dropped.
 	gen uint64
 }
@@ -54,21 +96,198 @@ type peerSetMemo struct {
 // NewBuilder returns a Builder that has built nothing yet.
 func NewBuilder() *Builder {
 	return &Builder{
-		podGen:   map[*Pod]uint64{},
-		podCount: map[string]int{},
-		nsLabels: map[string]labels.Set{},
-		peerSets: map[string]*peerSetMemo{},
-		policies: map[*networkingv1.NetworkPolicy]*policyMemo{},
+		pods:        map[podKey]*podEntry{},
+		owners:      map[netip.Addr]*Pod{},
+		contested:   map[netip.Addr][]*Pod{},
+		viewDirty:   map[*Pod]bool{},
+		byNamespace: map[string]map[podKey]*Pod{},
+		dirty:       map[string]bool{},
+		ix:          &index{podsByNamespace: map[string][]*Pod{}, namespaceLabels: map[string]labels.Set{}},
+		local:       map[string][]*Pod{},
+		nsObjects:   map[string]map[string]string{},
+		peerSets:    map[string]*peerSetMemo{},
+		policies:    map[*networkingv1.NetworkPolicy]*policyMemo{},
 
 		clusterPolicies: map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo{},
 	}
 }
 
+// SetPod records p as the pod's current object (nil is ignored). Only
+// what p changes is updated: its claims on addresses, and the views of
+// the pods whose owned addresses that moves.
+func (bl *Builder) SetPod(p *Pod) {
+	if p == nil {
+		return
+	}
+	k := podKey{p.Namespace, p.Name}
+	e := bl.pods[k]
+	if e == nil {
+		e = &podEntry{}
+		bl.pods[k] = e
+	} else if e.pod == p {
+		return
+	} else {
+		bl.unclaim(e.pod)
+	}
+	e.pod = p
+	bl.claim(p)
+	bl.viewDirty[p] = true
+}
+
+// DeletePod forgets the pod namespace/name.
+func (bl *Builder) DeletePod(namespace, name string) {
+	k := podKey{namespace, name}
+	e := bl.pods[k]
+	if e == nil {
+		return
+	}
+	bl.unclaim(e.pod)
+	delete(bl.viewDirty, e.pod)
+	bl.setView(k, e, nil)
+	delete(bl.pods, k)
+}
+
+// claim adds p's claims on its addresses to the owner table.
+func (bl *Builder) claim(p *Pod) {
+	if !p.IsEndpoint() {
+		return
+	}
+	for _, ip := range p.IPs {
+		o, ok := bl.owners[ip]
+		if !ok {
+			bl.owners[ip] = p
+			continue
+		}
+		c := bl.contested[ip]
+		if len(c) == 0 {
+			c = append(c, o)
+		}
+		bl.contested[ip] = append(c, p)
+		if p.claimsBefore(o) {
+			bl.owners[ip] = p
+			bl.viewDirty[o] = true
+		}
+	}
+}
+
+// unclaim removes p's claims; an address another pod claims too goes to
+// the best remaining claimant.
+func (bl *Builder) unclaim(p *Pod) {
+	if !p.IsEndpoint() {
+		return
+	}
+	for _, ip := range p.IPs {
+		c, ok := bl.contested[ip]
+		if !ok {
+			if bl.owners[ip] == p {
+				delete(bl.owners, ip)
+			}
+			continue
+		}
+		for i, q := range c {
+			if q == p {
+				c = append(c[:i:i], c[i+1:]...)
+				break
+			}
+		}
+		best := c[0]
+		for _, q := range c[1:] {
+			if q.claimsBefore(best) {
+				best = q
+			}
+		}
+		if len(c) == 1 {
+			delete(bl.contested, ip)
+		} else {
+			bl.contested[ip] = c
+		}
+		if bl.owners[ip] != best {
+			bl.owners[ip] = best
+			bl.viewDirty[best] = true
+		}
+	}
+}
+
+// setView records the index's view of the pod, marking its namespace
+// dirty when it changed.
+func (bl *Builder) setView(k podKey, e *podEntry, view *Pod) {
+	if e.view == view {
+		return
+	}
+	e.view = view
+	bl.dirty[k.namespace] = true
+	ns := bl.byNamespace[k.namespace]
+	if view == nil {
+		delete(ns, k)
+		if len(ns) == 0 {
+			delete(bl.byNamespace, k.namespace)
+		}
+		return
+	}
+	if ns == nil {
+		ns = map[podKey]*Pod{}
+		bl.byNamespace[k.namespace] = ns
+	}
+	ns[k] = view
+}
+
+// viewOf returns the pod as the model sees it (see index.ownedPart): the
+// pod, a copy with the addresses it owns, or nil.
+func (bl *Builder) viewOf(p *Pod) *Pod {
+	if !p.IsEndpoint() {
+		return nil
+	}
+	return withOwnedIPs(p, func(ip netip.Addr) bool { return bl.owners[ip] == p })
+}
+
+// Owner returns the endpoint pod that owns the address, as of the pods
+// given so far (see AddressOwners).
+func (bl *Builder) Owner(ip netip.Addr) (*Pod, bool) {
+	p, ok := bl.owners[ip]
+	return p, ok
+}
+
+// LocalEndpoints returns how many endpoint pods of the node of the last
+// build own an address.
+func (bl *Builder) LocalEndpoints() int {
+	n := 0
+	for _, pods := range bl.local {
+		n += len(pods)
+	}
+	return n
+}
+
 // Build returns what BuildModel(node, s) returns.
 func (bl *Builder) Build(node string, s *State) (*Model, []Problem) {
-	ix := newIndex(s)
-	changes := bl.changesSinceLastBuild(ix)
-	m, problems := buildModel(node, ix, s, changes)
+	bl.stateGen++
+	seen := 0
+	for _, p := range s.Pods {
+		if p == nil {
+			continue
+		}
+		seen++
+		e := bl.pods[podKey{p.Namespace, p.Name}]
+		if e == nil || e.pod != p {
+			bl.SetPod(p)
+			e = bl.pods[podKey{p.Namespace, p.Name}]
+		}
+		e.stateGen = bl.stateGen
+	}
+	if seen != len(bl.pods) {
+		for k, e := range bl.pods {
+			if e.stateGen != bl.stateGen {
+				bl.DeletePod(k.namespace, k.name)
+			}
+		}
+	}
+	return bl.BuildFromPods(node, s)
+}
+
+// BuildFromPods returns what BuildModel returns for s with the pods given
+// by SetPod and DeletePod instead of s.Pods.
+func (bl *Builder) BuildFromPods(node string, s *State) (*Model, []Problem) {
+	ch := bl.update(node, s)
+	m, problems := buildModel(node, bl.ix, bl.local, s, ch)
 	for id, memo := range bl.peerSets {
 		if memo.gen != bl.gen {
 			delete(bl.peerSets, id)
@@ -87,50 +306,105 @@ func (bl *Builder) Build(node string, s *State) (*Model, []Problem) {
 	return m, problems
 }
 
-// changesSinceLastBuild records ix as the new last build and returns what
-// differs from the one before.
-func (bl *Builder) changesSinceLastBuild(ix *index) *buildChanges {
+// update brings the index up to date with the pods and namespaces changed
+// since the last build and returns what the build may reuse.
+func (bl *Builder) update(node string, s *State) *buildChanges {
 	bl.gen++
-	ch := &buildChanges{builder: bl, dirty: map[string]bool{}}
-	total := 0
-	counts := make(map[string]int, len(ix.podsByNamespace))
-	for ns, pods := range ix.podsByNamespace {
-		counts[ns] = len(pods)
-		total += len(pods)
-		if bl.podCount[ns] != len(pods) {
+	for p := range bl.viewDirty {
+		k := podKey{p.Namespace, p.Name}
+		if e := bl.pods[k]; e != nil && e.pod == p {
+			bl.setView(k, e, bl.viewOf(p))
+		}
+	}
+	clear(bl.viewDirty)
+	ch := &buildChanges{builder: bl, dirty: bl.dirty}
+	bl.dirty = map[string]bool{}
+
+	ix := bl.ix
+	if len(ch.dirty) > 0 {
+		ix.byIP = nil
+	}
+	if node != bl.node {
+		// Another node: every namespace's local pods are recomputed.
+		bl.node = node
+		clear(bl.local)
+		for ns := range bl.byNamespace {
 			ch.dirty[ns] = true
 		}
+		for ns := range ix.podsByNamespace {
+			ch.dirty[ns] = true
+		}
+	}
+	podNamespacesChanged := false
+	for ns := range ch.dirty {
+		pods := bl.byNamespace[ns]
+		if len(pods) == 0 {
+			if _, ok := ix.podsByNamespace[ns]; ok {
+				podNamespacesChanged = true
+			}
+			delete(ix.podsByNamespace, ns)
+			delete(bl.local, ns)
+			continue
+		}
+		if _, ok := ix.podsByNamespace[ns]; !ok {
+			podNamespacesChanged = true
+		}
+		list := make([]*Pod, 0, len(pods))
+		var local []*Pod
 		for _, p := range pods {
-			if g, ok := bl.podGen[p]; !ok || g != bl.gen-1 {
-				ch.dirty[ns] = true
-			}
-			bl.podGen[p] = bl.gen
-		}
-	}
-	for ns := range bl.podCount {
-		if _, ok := counts[ns]; !ok {
-			ch.dirty[ns] = true
-		}
-	}
-	if len(bl.podGen) > total {
-		for p, g := range bl.podGen {
-			if g != bl.gen {
-				delete(bl.podGen, p)
+			list = append(list, p)
+			if p.NodeName == node {
+				local = append(local, p)
 			}
 		}
+		ix.podsByNamespace[ns] = list
+		if len(local) > 0 {
+			bl.local[ns] = local
+		} else {
+			delete(bl.local, ns)
+		}
 	}
-	bl.podCount = counts
 
 	// Namespace labels decide which namespaces a namespaceSelector covers:
-	// when any differ, no set of such a peer is reused.
-	ch.namespacesChanged = len(ix.namespaceLabels) != len(bl.nsLabels)
-	for ns, l := range ix.namespaceLabels {
-		if old, ok := bl.nsLabels[ns]; !ok || !maps.Equal(old, l) {
-			ch.namespacesChanged = true
-			break
+	// when any differ, no set of such a peer is reused. They are compared
+	// object by object; the index's labels are remade only on a change.
+	nsChanged := podNamespacesChanged || !bl.nsExact || len(s.Namespaces) != len(bl.nsObjects)
+	if !nsChanged {
+		for _, ns := range s.Namespaces {
+			if ns == nil {
+				nsChanged = true
+				break
+			}
+			if old, ok := bl.nsObjects[ns.Name]; !ok || !maps.Equal(old, ns.Labels) {
+				nsChanged = true
+				break
+			}
 		}
 	}
-	bl.nsLabels = ix.namespaceLabels
+	if nsChanged {
+		clear(bl.nsObjects)
+		fresh := &index{podsByNamespace: ix.podsByNamespace, namespaceLabels: make(map[string]labels.Set, len(s.Namespaces))}
+		for _, ns := range s.Namespaces {
+			if ns != nil {
+				fresh.addNamespace(ns.Name, ns.Labels)
+				bl.nsObjects[ns.Name] = ns.Labels
+			}
+		}
+		bl.nsExact = len(bl.nsObjects) == len(s.Namespaces)
+		for ns := range ix.podsByNamespace {
+			if _, ok := fresh.namespaceLabels[ns]; !ok {
+				fresh.addNamespace(ns, nil)
+			}
+		}
+		ch.namespacesChanged = len(fresh.namespaceLabels) != len(ix.namespaceLabels)
+		for ns, l := range fresh.namespaceLabels {
+			if old, ok := ix.namespaceLabels[ns]; !ok || !maps.Equal(old, l) {
+				ch.namespacesChanged = true
+				break
+			}
+		}
+		ix.namespaceLabels, ix.namespaceNames = fresh.namespaceLabels, fresh.namespaceNames
+	}
 	return ch
 }
 
@@ -142,9 +416,13 @@ type buildChanges struct {
 	namespacesChanged bool
 }
 
-// reusable returns the set of a selector peer from the last build when
-// nothing it was made of changed.
-func (ch *buildChanges) reusable(pe *peer) *AddrSet {
+// updatedPeerSet returns the set of a selector peer from the last build,
+// with the addresses of the namespaces whose pods changed since resolved
+// again: a pod change costs the pods of its namespace and a merge of
+// sorted addresses, not the pods of every namespace the peer covers. It
+// returns nil when the set must be made from scratch: first use, or
+// namespace labels changed and the peer selects namespaces.
+func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 	if ch == nil {
 		return nil
 	}
@@ -152,12 +430,58 @@ func (ch *buildChanges) reusable(pe *peer) *AddrSet {
 	if memo == nil || (pe.kind == peerNsPods && ch.namespacesChanged) {
 		return nil
 	}
-	for _, ns := range memo.namespaces {
-		if ch.dirty[ns] {
-			return nil
+	memo.gen = ch.builder.gen
+	var stale []string
+	for ns := range ch.dirty {
+		if _, ok := memo.byNamespace[ns]; ok {
+			stale = append(stale, ns)
 		}
 	}
-	memo.gen = ch.builder.gen
+	if len(stale) == 0 {
+		return memo.set
+	}
+	var gone, fresh []netip.Addr
+	for _, ns := range stale {
+		gone = append(gone, memo.byNamespace[ns]...)
+		var addrs []netip.Addr
+		for _, p := range ix.podsByNamespace[ns] {
+			if pe.podSel == nil || pe.podSel.Matches(labels.Set(p.Labels)) {
+				addrs = append(addrs, p.IPs...)
+			}
+		}
+		addrs = sortAddrs(addrs)
+		memo.byNamespace[ns] = addrs
+		fresh = append(fresh, addrs...)
+	}
+	// One pass over the sorted set: drop what the stale namespaces gave,
+	// merge in what they give now. Namespaces own distinct addresses, so
+	// an address is in gone at most once.
+	gone, fresh = sortAddrs(gone), sortAddrs(fresh)
+	old := memo.set.Addrs
+	merged := make([]netip.Addr, 0, len(old)-len(gone)+len(fresh))
+	g, j := 0, 0
+	for _, a := range old {
+		for g < len(gone) && gone[g].Less(a) {
+			g++
+		}
+		if g < len(gone) && gone[g] == a {
+			g++
+			continue
+		}
+		for j < len(fresh) && fresh[j].Less(a) {
+			merged = append(merged, fresh[j])
+			j++
+		}
+		if j < len(fresh) && fresh[j] == a {
+			j++ // an address another namespace gave too
+		}
+		merged = append(merged, a)
+	}
+	merged = append(merged, fresh[j:]...)
+	if len(merged) == 0 {
+		merged = nil // as a set made from scratch
+	}
+	memo.set = &AddrSet{ID: memo.set.ID, Description: memo.set.Description, Addrs: merged, Version: &SetVersion{}}
 	return memo.set
 }
 
@@ -176,10 +500,12 @@ func (ch *buildChanges) parse(np *networkingv1.NetworkPolicy) *policy {
 	return memo.parsed
 }
 
-// remember keeps the set of a selector peer for the next build.
-func (ch *buildChanges) remember(pe *peer, set *AddrSet, namespaces []string) {
+// remember keeps the set of a selector peer for the next build, with the
+// addresses each namespace gave it.
+func (ch *buildChanges) remember(pe *peer, set *AddrSet, byNamespace map[string][]netip.Addr) {
 	if ch == nil {
 		return
 	}
-	ch.builder.peerSets[pe.id] = &peerSetMemo{set: set, namespaces: namespaces, gen: ch.builder.gen}
+	set.Version = &SetVersion{}
+	ch.builder.peerSets[pe.id] = &peerSetMemo{set: set, byNamespace: byNamespace, gen: ch.builder.gen}
 }

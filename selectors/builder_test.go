@@ -10,44 +10,222 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+
 	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/selectors/selectorstest"
 )
 
-// TestBuilderAgreesWithBuildModel runs a Builder through random histories
-// of one change at a time (each changed pod or namespace a new object, as
-// the agent's cache hands them) and requires every build to equal a fresh
-// BuildModel of the same state.
+// TestBuilderAgreesWithBuildModel runs Builders through random histories
+// of one change at a time (each changed pod, namespace, node or policy a
+// new object, as the agent's cache hands them), ClusterNetworkPolicies
+// included, and requires every build to equal a fresh BuildModel of the
+// same state. Two Builders per node follow each history: one given whole
+// States (Build), one given only the pod events of each change (SetPod,
+// DeletePod, then BuildFromPods), as the agent feeds it.
 func TestBuilderAgreesWithBuildModel(t *testing.T) {
 	const seeds, steps = 300, 25
 	for seed := int64(0); seed < seeds; seed++ {
 		r := rand.New(rand.NewSource(seed))
 		s := selectorstest.State(selectorstest.RandomCluster(selectorstest.RandomChoices(r, 1024)))
-		builders := map[string]*selectors.Builder{}
+		s.Nodes = randomNodes(r)
+		if r.Intn(4) != 0 {
+			s.ClusterPolicies = randomClusterPolicies(r)
+		}
+		builders, fed := map[string]*selectors.Builder{}, map[string]*selectors.Builder{}
+		versions := map[string]map[*selectors.SetVersion]selectors.AddrSet{}
 		for _, node := range selectorstest.Nodes() {
 			builders[node] = selectors.NewBuilder()
+			versions[node] = map[*selectors.SetVersion]selectors.AddrSet{}
+			fed[node] = selectors.NewBuilder()
+			for _, p := range s.Pods {
+				fed[node].SetPod(p)
+			}
 		}
 		for step := 0; step < steps; step++ {
 			for _, node := range selectorstest.Nodes() {
-				got, gotProblems := builders[node].Build(node, s)
 				want, wantProblems := selectors.BuildModel(node, s)
-				if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotProblems, wantProblems) {
+				got, gotProblems := builders[node].Build(node, s)
+				checkVersions(t, versions[node], got)
+				if got = withoutVersions(got); !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotProblems, wantProblems) {
 					t.Fatalf("seed %d step %d node %s: the Builder's model differs from BuildModel's\ngot  %+v\nwant %+v", seed, step, node, got, want)
 				}
+				got, gotProblems = fed[node].BuildFromPods(node, s)
+				if got = withoutVersions(got); !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotProblems, wantProblems) {
+					t.Fatalf("seed %d step %d node %s: the model built from pod events differs from BuildModel's\ngot  %+v\nwant %+v", seed, step, node, got, want)
+				}
+				if n, wantN := fed[node].LocalEndpoints(), countLocalEndpoints(s, node); n != wantN {
+					t.Fatalf("seed %d step %d node %s: %d local endpoints, want %d", seed, step, node, n, wantN)
+				}
+				owners := selectors.AddressOwners(s.Pods)
+				for _, p := range s.Pods {
+					for _, ip := range p.IPs {
+						o, ok := fed[node].Owner(ip)
+						if wo, wok := owners[ip]; ok != wok || o != wo {
+							t.Fatalf("seed %d step %d: owner of %s is %v, want %v", seed, step, ip, o, wo)
+						}
+					}
+				}
 			}
-			s = changeOne(r, s, step)
+			var events []podEvent
+			s, events = changeOne(r, s, step)
+			for _, node := range selectorstest.Nodes() {
+				for _, ev := range events {
+					if ev.set != nil {
+						fed[node].SetPod(ev.set)
+					} else {
+						fed[node].DeletePod(ev.namespace, ev.name)
+					}
+				}
+			}
 		}
 	}
 }
 
-// changeOne returns s with one random change, sharing every object it does
-// not change.
-func changeOne(r *rand.Rand, s *selectors.State, step int) *selectors.State {
-	out := &selectors.State{
-		Pods:       slices.Clone(s.Pods),
-		Namespaces: slices.Clone(s.Namespaces),
-		Policies:   slices.Clone(s.Policies),
+// checkVersions requires every versioned set of m to hold what the set
+// of that version held when first seen (the compiler skips such sets
+// by the pointer alone), and records the new versions.
+func checkVersions(t *testing.T, seen map[*selectors.SetVersion]selectors.AddrSet, m *selectors.Model) {
+	t.Helper()
+	for _, set := range m.AddrSets {
+		if set.Version == nil {
+			continue
+		}
+		if first, ok := seen[set.Version]; ok {
+			if !reflect.DeepEqual(first, set) {
+				t.Fatalf("set %s keeps its version with other content:\nbefore %+v\nnow    %+v", set.ID, first, set)
+			}
+			continue
+		}
+		set.Addrs, set.Ranges = slices.Clone(set.Addrs), slices.Clone(set.Ranges)
+		seen[set.Version] = set
 	}
+}
+
+// withoutVersions returns m with its sets' versions cleared, as BuildModel
+// makes them.
+func withoutVersions(m *selectors.Model) *selectors.Model {
+	out := *m
+	out.AddrSets = slices.Clone(m.AddrSets)
+	for i := range out.AddrSets {
+		out.AddrSets[i].Version = nil
+	}
+	return &out
+}
+
+// countLocalEndpoints counts the pods of node that own an address.
+func countLocalEndpoints(s *selectors.State, node string) int {
+	owners := selectors.AddressOwners(s.Pods)
+	n := 0
+	for _, p := range s.Pods {
+		if p.NodeName != node {
+			continue
+		}
+		for _, ip := range p.IPs {
+			if owners[ip] == p {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// podEvent is what the informer tells of one pod: its new object, or
+// that it is gone.
+type podEvent struct {
+	set             *selectors.Pod
+	namespace, name string
+}
+
+// randomNodes gives the nodes of a RandomCluster labels and addresses,
+// for the nodes peers of ClusterNetworkPolicies.
+func randomNodes(r *rand.Rand) []*selectors.Node {
+	var out []*selectors.Node
+	for i, name := range selectorstest.Nodes() {
+		out = append(out, &selectors.Node{Name: name, Labels: map[string]string{"role": []string{"worker", "cp"}[r.Intn(2)]},
+			IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(100 + i)})}})
+	}
+	return out
+}
+
+// randomClusterPolicies draws one to three ClusterNetworkPolicies over
+// the labels of a RandomCluster: both tiers, subjects by namespace or by
+// pod, pods, namespaces, nodes and networks peers, numbered, ranged and
+// named ports, every action.
+func randomClusterPolicies(r *rand.Rand) []*cnpv1beta1.ClusterNetworkPolicy {
+	pick := func(vs ...string) string { return vs[r.Intn(len(vs))] }
+	sel := func(key string, values ...string) *metav1.LabelSelector {
+		if r.Intn(4) == 0 {
+			return &metav1.LabelSelector{}
+		}
+		return &metav1.LabelSelector{MatchLabels: map[string]string{key: pick(values...)}}
+	}
+	pods := func() *cnpv1beta1.NamespacedPod {
+		return &cnpv1beta1.NamespacedPod{NamespaceSelector: *sel("env", "prod", "dev"), PodSelector: *sel("pod", "a", "b", "c")}
+	}
+	ports := func() []cnpv1beta1.ClusterNetworkPolicyProtocol {
+		switch r.Intn(4) {
+		case 0:
+			return nil
+		case 1:
+			return []cnpv1beta1.ClusterNetworkPolicyProtocol{{TCP: &cnpv1beta1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1beta1.Port{Number: 80}}}}
+		case 2:
+			return []cnpv1beta1.ClusterNetworkPolicyProtocol{{UDP: &cnpv1beta1.ClusterNetworkPolicyProtocolUDP{DestinationPort: &cnpv1beta1.Port{Range: &cnpv1beta1.PortRange{Start: 80, End: 90}}}}}
+		}
+		return []cnpv1beta1.ClusterNetworkPolicyProtocol{{DestinationNamedPort: pick("serve-80", "serve-81")}}
+	}
+	actions := []cnpv1beta1.ClusterNetworkPolicyRuleAction{"Accept", "Deny", "Pass"}
+	var out []*cnpv1beta1.ClusterNetworkPolicy
+	for i := 0; i < 1+r.Intn(3); i++ {
+		c := &cnpv1beta1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cnp-%d", i), ResourceVersion: fmt.Sprint(r.Int())},
+			Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: []cnpv1beta1.Tier{cnpv1beta1.AdminTier, cnpv1beta1.BaselineTier}[r.Intn(2)], Priority: int32(r.Intn(3))}}
+		if r.Intn(2) == 0 {
+			c.Spec.Subject.Namespaces = sel("ns", "x", "y", "z")
+		} else {
+			c.Spec.Subject.Pods = pods()
+		}
+		for j := 0; j < r.Intn(3); j++ {
+			rule := cnpv1beta1.ClusterNetworkPolicyIngressRule{Action: actions[r.Intn(3)], Protocols: ports()}
+			if r.Intn(2) == 0 {
+				rule.From = []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Pods: pods()}}
+			} else {
+				rule.From = []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: sel("ns", "x", "y", "z")}}
+			}
+			c.Spec.Ingress = append(c.Spec.Ingress, rule)
+		}
+		for j := 0; j < r.Intn(3); j++ {
+			rule := cnpv1beta1.ClusterNetworkPolicyEgressRule{Action: actions[r.Intn(3)], Protocols: ports()}
+			switch r.Intn(4) {
+			case 0:
+				rule.To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Nodes: sel("role", "worker", "cp")}}
+			case 1:
+				rule.To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"10.0.0.0/28"}}}
+			case 2:
+				rule.To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Namespaces: sel("env", "prod", "dev")}}
+			default:
+				rule.To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Pods: pods()}}
+			}
+			c.Spec.Egress = append(c.Spec.Egress, rule)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// changeOne returns s with one random change, sharing every object it does
+// not change, and the pod events the change makes.
+func changeOne(r *rand.Rand, s *selectors.State, step int) (*selectors.State, []podEvent) {
+	out := &selectors.State{
+		Pods:            slices.Clone(s.Pods),
+		Namespaces:      slices.Clone(s.Namespaces),
+		Policies:        slices.Clone(s.Policies),
+		ClusterPolicies: slices.Clone(s.ClusterPolicies),
+		Nodes:           slices.Clone(s.Nodes),
+	}
+	var events []podEvent
+	changed := func(p *selectors.Pod) { events = append(events, podEvent{set: p}) }
 	// The cache lists objects in no fixed order.
 	r.Shuffle(len(out.Pods), func(i, j int) { out.Pods[i], out.Pods[j] = out.Pods[j], out.Pods[i] })
 	copyPod := func(i int) *selectors.Pod {
@@ -55,9 +233,10 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) *selectors.State {
 		p.Labels = maps.Clone(p.Labels)
 		p.IPs = slices.Clone(p.IPs)
 		out.Pods[i] = &p
+		changed(&p)
 		return &p
 	}
-	switch op := r.Intn(10); {
+	switch op := r.Intn(13); {
 	case op == 0 || len(out.Pods) == 0: // a new pod, like another one
 		var p selectors.Pod
 		if len(out.Pods) > 0 {
@@ -69,8 +248,10 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) *selectors.State {
 		p.Labels = map[string]string{"pod": []string{"a", "b", "c"}[r.Intn(3)]}
 		p.IPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 1, byte(step)})}
 		out.Pods = append(out.Pods, &p)
+		changed(&p)
 	case op == 1: // a pod deleted
 		i := r.Intn(len(out.Pods))
+		events = append(events, podEvent{namespace: out.Pods[i].Namespace, name: out.Pods[i].Name})
 		out.Pods = slices.Delete(out.Pods, i, i+1)
 	case op == 2: // relabeled
 		p := copyPod(r.Intn(len(out.Pods)))
@@ -110,7 +291,27 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) *selectors.State {
 		p := copyPod(r.Intn(len(out.Pods)))
 		p.IPs = slices.Clone(from.IPs)
 		p.Created = from.Created.Add(time.Duration(r.Intn(3)-1) * time.Minute)
+	case op == 8: // other ClusterNetworkPolicies, or the CRD gone
+		out.ClusterPolicies = nil
+		if r.Intn(4) != 0 {
+			out.ClusterPolicies = randomClusterPolicies(r)
+		}
+	case op == 9 && len(out.ClusterPolicies) > 0: // one ClusterNetworkPolicy deleted
+		i := r.Intn(len(out.ClusterPolicies))
+		out.ClusterPolicies = slices.Delete(out.ClusterPolicies, i, i+1)
+	case op == 10: // a node relabeled
+		i := r.Intn(len(out.Nodes))
+		n := *out.Nodes[i]
+		n.Labels = map[string]string{"role": []string{"worker", "cp"}[r.Intn(2)]}
+		out.Nodes[i] = &n
+	case op == 11: // a pod moved to the other node (a new pod of the same name)
+		p := copyPod(r.Intn(len(out.Pods)))
+		if p.NodeName == selectorstest.Nodes()[0] {
+			p.NodeName = selectorstest.Nodes()[1]
+		} else {
+			p.NodeName = selectorstest.Nodes()[0]
+		}
 	default: // nothing changed: a sync for another reason
 	}
-	return out
+	return out, events
 }

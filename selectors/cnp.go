@@ -28,8 +28,8 @@ import (
 // reported and matches nothing (domainNames are only allowed in Accept
 // rules, so matching nothing is the safe reading). A peer with no field
 // set (an object from a newer API than this agent knows) fails closed as
-// the API asks: an Accept rule with it matches nothing for that peer, a
-// Deny or Pass rule becomes a Deny of everything.
+// the API asks: an Accept rule with it matches nothing at all, a Deny or
+// Pass rule becomes a Deny of everything.
 
 // clusterPolicy is a parsed ClusterNetworkPolicy.
 type clusterPolicy struct {
@@ -179,7 +179,10 @@ func (cp *clusterPolicy) parseRule(dir Direction, idx int, name string, action c
 		return clusterRule{name: name, index: idx, action: ActionDeny, allPeers: true, allPorts: true}, true
 	}
 	if failClosed {
-		cp.problem("%s: a peer sets no field this agent knows and matches nothing", ref)
+		// The API's reading of fail closed for an Accept rule: the whole
+		// rule matches no traffic, not only the peer it cannot read.
+		cp.problem("%s: a peer sets no field this agent knows, the Accept rule matches nothing", ref)
+		return r, false
 	}
 	if len(r.peers) == 0 {
 		return r, false

@@ -172,7 +172,7 @@ func TestClusterPolicyParseProblems(t *testing.T) {
 		{"no peers", func(c *cnpv1beta1.ClusterNetworkPolicy) { c.Spec.Egress[0].To = nil }, "has no peer", 0, 0},
 		{"empty peer on accept", func(c *cnpv1beta1.ClusterNetworkPolicy) {
 			c.Spec.Egress[0].To = append(c.Spec.Egress[0].To, cnpv1beta1.ClusterNetworkPolicyEgressPeer{})
-		}, "sets no field this agent knows and matches nothing", 1, ActionAccept},
+		}, "sets no field this agent knows, the Accept rule matches nothing", 0, 0},
 		{"empty peer on pass", func(c *cnpv1beta1.ClusterNetworkPolicy) {
 			c.Spec.Egress[0].Action = "Pass"
 			c.Spec.Egress[0].To = []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{}}
@@ -240,6 +240,9 @@ func TestClusterPolicyBuilderReuse(t *testing.T) {
 	for step := 0; step < 3; step++ {
 		got, _ := bl.Build("n", s)
 		want, _ := BuildModel("n", s)
+		for i := range got.AddrSets {
+			got.AddrSets[i].Version = nil // BuildModel's sets have none
+		}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("step %d: builder %+v, BuildModel %+v", step, got, want)
 		}

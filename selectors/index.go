@@ -62,10 +62,15 @@ func (ix *index) ownedPart(p *Pod) *Pod {
 	if len(ix.contested) == 0 {
 		return p
 	}
-	owns := func(ip netip.Addr) bool {
+	return withOwnedIPs(p, func(ip netip.Addr) bool {
 		o, ok := ix.contested[ip]
 		return !ok || o == p
-	}
+	})
+}
+
+// withOwnedIPs returns p itself when owns holds for all its addresses,
+// nil when for none, else a copy of p with the addresses it owns.
+func withOwnedIPs(p *Pod, owns func(netip.Addr) bool) *Pod {
 	n := 0
 	for _, ip := range p.IPs {
 		if owns(ip) {

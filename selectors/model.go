@@ -296,7 +296,18 @@ type AddrSet struct {
 	// Ranges are inclusive address ranges (ipBlocks minus their excepts),
 	// ascending, non-overlapping, both families mixed.
 	Ranges []AddrRange
+	// Version, when not nil, stands for the content: two sets with the
+	// same Version have the same Description, Addrs and Ranges, and
+	// neither slice is ever changed. The Builder gives one to each selector
+	// peer set it makes and hands the same set to the next model while
+	// its namespaces do not change, so a compiler can tell an unchanged
+	// set by one pointer comparison instead of comparing (or copying)
+	// every address. BuildModel and hand-made models leave it nil.
+	Version *SetVersion
 }
+
+// SetVersion identifies the content of an AddrSet (see AddrSet.Version).
+type SetVersion struct{ _ byte } // not zero-sized: every one has its own address
 
 // AddrRange is an inclusive range of addresses of one family.
 type AddrRange struct {

@@ -5,6 +5,7 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // caseEnv is what a case may ask of the running testbed while it builds its
@@ -21,6 +22,10 @@ type step struct {
 	apply func(env caseEnv) []*networkingv1.NetworkPolicy
 	// remove deletes these policies ("ns/name").
 	remove []string
+	// applyCluster creates or updates these ClusterNetworkPolicies;
+	// removeCluster deletes these (by name).
+	applyCluster  func(env caseEnv) []*policyv1beta1.ClusterNetworkPolicy
+	removeCluster []string
 	// namespaceLabels and podLabels replace the labels of these objects
 	// ("ns" and "ns/pod" keys).
 	namespaceLabels map[string]map[string]string

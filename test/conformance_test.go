@@ -13,8 +13,9 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
-	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/test/kerneltest"
 	"github.com/nftpol/nftpol/test/testbed"
@@ -86,11 +87,15 @@ func startModelOn(t *testing.T, cp *testbed.ControlPlane, prefix string, agentAr
 	return m
 }
 
-// reset deletes every policy of the model namespaces and restores labels.
+// reset deletes every ClusterNetworkPolicy and every policy of the model
+// namespaces, and restores labels.
 func (m *modelBed) reset(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	cs := m.cp.Clientset
+	if err := m.cp.Client.DeleteAllOf(ctx, &policyv1beta1.ClusterNetworkPolicy{}); err != nil {
+		t.Fatalf("deleting cluster network policies: %v", err)
+	}
 	for _, ns := range modelNamespaces {
 		if err := cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 			t.Fatalf("deleting policies of %s: %v", ns, err)
@@ -126,6 +131,27 @@ func (m *modelBed) applyPolicy(t *testing.T, p *networkingv1.NetworkPolicy) {
 	}
 }
 
+// applyClusterPolicy creates a ClusterNetworkPolicy or replaces its spec.
+func (m *modelBed) applyClusterPolicy(t *testing.T, p *policyv1beta1.ClusterNetworkPolicy) {
+	t.Helper()
+	ctx := context.Background()
+	var existing policyv1beta1.ClusterNetworkPolicy
+	err := m.cp.Client.Get(ctx, client.ObjectKey{Name: p.Name}, &existing)
+	switch {
+	case apierrors.IsNotFound(err):
+		if err := m.cp.Client.Create(ctx, p.DeepCopy()); err != nil {
+			t.Fatalf("creating cluster network policy %s: %v", p.Name, err)
+		}
+	case err != nil:
+		t.Fatalf("reading cluster network policy %s: %v", p.Name, err)
+	default:
+		existing.Spec = p.Spec
+		if err := m.cp.Client.Update(ctx, &existing); err != nil {
+			t.Fatalf("updating cluster network policy %s: %v", p.Name, err)
+		}
+	}
+}
+
 func (m *modelBed) doStep(t *testing.T, s step) {
 	t.Helper()
 	ctx := context.Background()
@@ -135,6 +161,16 @@ func (m *modelBed) doStep(t *testing.T, s step) {
 	if s.apply != nil {
 		for _, p := range s.apply(m) {
 			m.applyPolicy(t, p)
+		}
+	}
+	if s.applyCluster != nil {
+		for _, p := range s.applyCluster(m) {
+			m.applyClusterPolicy(t, p)
+		}
+	}
+	for _, name := range s.removeCluster {
+		if err := m.cp.Client.Delete(ctx, &policyv1beta1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+			t.Fatalf("deleting cluster network policy %s: %v", name, err)
 		}
 	}
 	for _, key := range s.remove {
@@ -179,6 +215,12 @@ func (m *modelBed) converge(s step) (map[testbed.ProbeSpec]*testbed.Matrix, []st
 
 // convergeWithin is converge with another bound.
 func (m *modelBed) convergeWithin(s step, bound time.Duration) (map[testbed.ProbeSpec]*testbed.Matrix, []string) {
+	return m.convergeTo(func(spec testbed.ProbeSpec) *testbed.Matrix { return m.expected(s, spec) }, bound)
+}
+
+// convergeTo probes until every matrix equals want's, for at most bound,
+// and returns the last observation and what differed in it.
+func (m *modelBed) convergeTo(want func(testbed.ProbeSpec) *testbed.Matrix, bound time.Duration) (map[testbed.ProbeSpec]*testbed.Matrix, []string) {
 	ctx := context.Background()
 	deadline := time.Now().Add(bound)
 	var observed map[testbed.ProbeSpec]*testbed.Matrix
@@ -190,7 +232,7 @@ func (m *modelBed) convergeWithin(s step, bound time.Duration) (map[testbed.Prob
 			got := testbed.ProbeMatrix(ctx, m.pods, spec, 48)
 			m.probes.Add(int64(len(m.keys) * len(m.keys)))
 			observed[spec] = got
-			if want := m.expected(s, spec); !got.Equal(want) {
+			if want := want(spec); !got.Equal(want) {
 				failures = append(failures, fmt.Sprintf("%s:\n%s", spec, got.Diff(want)))
 			}
 		}
@@ -208,11 +250,7 @@ func (m *modelBed) convergeWithin(s step, bound time.Duration) (map[testbed.Prob
 // clusterState reads the cluster as the reference evaluator takes it.
 func (m *modelBed) clusterState(t *testing.T) *reference.Cluster {
 	t.Helper()
-	reader, err := controllers.NewReader(m.cp.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	state, err := reference.Read(context.Background(), reader)
+	state, err := reference.Read(context.Background(), m.cp.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,8 +302,12 @@ func TestConformance(t *testing.T) {
 	// Some cases check the ruleset as an operator reads it, with nft.
 	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
 	m := startModel(t, e2ePrefix+"conf", "--deny-action", "reject")
+	m.runCases(t, conformanceCases())
+}
+
+// runCases runs each case as a subtest and logs what it took.
+func (m *modelBed) runCases(t *testing.T, cases []conformanceCase) {
 	start := time.Now()
-	cases := conformanceCases()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { m.runCase(t, c) })
 	}

@@ -22,7 +22,9 @@ import (
 // Node 2 carries 1,000 policies (they select 100 API-only pods there);
 // 10 of them select the server, and the one allowing the client sorts
 // last, so a new connection walks all 10 policy chains before it is
-// accepted. The worst case selects the server by all 1,000.
+// accepted. The worst case selects the server by all 1,000. Phase I
+// selects it by one more policy instead, whose one rule has 1,000 ipBlock
+// peers and 5 ports; the client's addresses are the last two blocks.
 const (
 	pathPrefix   = e2ePrefix + "path"
 	pathPolicies = 1000
@@ -33,6 +35,9 @@ const (
 	// pathProbeTimeout is short: with --deny-action drop a denied probe
 	// lasts exactly this long.
 	pathProbeTimeout = 500 * time.Millisecond
+	// pathBlocks and pathBlockPorts shape phase I's policy.
+	pathBlocks     = 1000
+	pathBlockPorts = 5
 )
 
 // pathPhase is what the nodes hold while a window is measured.
@@ -47,11 +52,15 @@ const (
 	// connection tracking at all; K splits B's cost into what tracking
 	// connections costs and what our rules add to it.
 	phaseConntrack
+	// I: the server selected only by one policy of 1,000 ipBlocks × 5
+	// ports (the 1,000 policies still select the API-only pods).
+	phaseBlocks
 	pathPhases
 )
 
 func (p pathPhase) String() string {
-	return [...]string{"A no table", "B 1k policies, 10 on the server", "C 1k policies, all on the server", "K no table, conntrack on"}[p]
+	return [...]string{"A no table", "B 1k policies, 10 on the server", "C 1k policies, all on the server", "K no table, conntrack on",
+		"I 1 policy, 1k ipBlocks x 5 ports"}[p]
 }
 
 // conntrackTable is phase K's foreign table: connection tracking on in the
@@ -98,9 +107,9 @@ func BenchmarkPacketPath(b *testing.B) {
 	// The rounds interleave the phases (ABC CBA ABC) so a drift of the
 	// machine over the run weighs on every phase alike.
 	orders := [][]pathPhase{
-		{phaseNoTable, phaseConntrack, phaseTen, phaseAll},
-		{phaseAll, phaseTen, phaseConntrack, phaseNoTable},
-		{phaseNoTable, phaseConntrack, phaseTen, phaseAll},
+		{phaseNoTable, phaseConntrack, phaseTen, phaseAll, phaseBlocks},
+		{phaseBlocks, phaseAll, phaseTen, phaseConntrack, phaseNoTable},
+		{phaseNoTable, phaseConntrack, phaseTen, phaseAll, phaseBlocks},
 	}
 	for round, order := range orders {
 		for _, phase := range order {
@@ -113,7 +122,7 @@ func BenchmarkPacketPath(b *testing.B) {
 				}
 				r := results[fam]
 				r.connRate[phase] = append(r.connRate[phase], float64(conns)/pathWindow.Seconds())
-				if phase == phaseAll || phase == phaseConntrack {
+				if phase == phaseAll || phase == phaseConntrack || phase == phaseBlocks {
 					// An established flow never reaches the policy
 					// chains; B already measures the table's cost on it.
 					continue
@@ -146,6 +155,9 @@ func BenchmarkPacketPath(b *testing.B) {
 			b.ReportMetric(all, "C-conn/s")
 			b.ReportMetric(ten/a, "B/A-conn")
 			b.ReportMetric(all/a, "C/A-conn")
+			blocks := median(r.connRate[phaseBlocks])
+			b.ReportMetric(blocks, "I-conn/s")
+			b.ReportMetric(blocks/a, "I/A-conn")
 			b.ReportMetric(ct, "K-conn/s")
 			b.ReportMetric(ct/a, "K/A-conn")
 			b.ReportMetric(ten/ct, "B/K-conn")
@@ -199,7 +211,10 @@ func setUpPacketPath(b *testing.B) *pathBench {
 			b.Fatalf("creating policy %d: %v", i, err)
 		}
 	}
-	b.Logf("%d API-only pods and %d policies written in %s", pathGroups, pathPolicies, time.Since(start).Round(time.Millisecond))
+	if _, err := cp.Clientset.NetworkingV1().NetworkPolicies("srv").Create(ctx, blocksPolicy(pb.client), metav1.CreateOptions{}); err != nil {
+		b.Fatalf("creating the ipBlock policy: %v", err)
+	}
+	b.Logf("%d API-only pods and %d policies written in %s", pathGroups, pathPolicies+1, time.Since(start).Round(time.Millisecond))
 	return pb
 }
 
@@ -251,9 +266,34 @@ func pathPolicy(i int) *networkingv1.NetworkPolicy {
 	return p
 }
 
-// serverLabels select the server by the last group's 10 policies, or by
-// every group's.
+// blocksPolicy is phase I's policy: it selects pods labelled blocks=y, and
+// its one rule allows pathBlocks ipBlocks on pathBlockPorts TCP ports. The
+// blocks are single addresses, none next to another (so no two merge into
+// one range), outside every address the testbed routes, but the last two:
+// the client's IPv4 and IPv6 addresses.
+func blocksPolicy(client *testbed.Pod) *networkingv1.NetworkPolicy {
+	var peers []networkingv1.NetworkPolicyPeer
+	for i := range pathBlocks - 2 {
+		if i%2 == 0 {
+			peers = append(peers, blockPeer(fmt.Sprintf("10.252.%d.%d/32", i/200, i%200)))
+		} else {
+			peers = append(peers, blockPeer(fmt.Sprintf("fd00:252::%x/128", 2*i)))
+		}
+	}
+	peers = append(peers, blockPeer(client.Addr(4).String()+"/32"), blockPeer(client.Addr(6).String()+"/128"))
+	ports := []networkingv1.NetworkPolicyPort{port(tcp, 80), port(tcp, pathSinkPort)}
+	for i := range pathBlockPorts - len(ports) {
+		ports = append(ports, port(tcp, 8000+i))
+	}
+	return withIngress(policy("srv", "blocks", sel("blocks", "y"), ingressOnly), ingressPorts(from(peers...), ports...))
+}
+
+// serverLabels select the server by the last group's 10 policies, by
+// every group's, or by the ipBlock policy only.
 func serverLabels(phase pathPhase) map[string]string {
+	if phase == phaseBlocks {
+		return map[string]string{"app": "server", "blocks": "y"}
+	}
 	labels := map[string]string{"app": "server", pathGroup(pathGroups - 1): "y"}
 	if phase == phaseAll {
 		for g := range pathGroups {
@@ -292,11 +332,16 @@ func (pb *pathBench) enter(phase pathPhase) {
 		pb.serverSelected = phase
 	}
 	pb.startAgents()
-	want := 10
-	if phase == phaseAll {
+	chains, want := pathPolicies, 10
+	switch phase {
+	case phaseAll:
 		want = pathPolicies
+	case phaseBlocks:
+		// The API-only pods' isolations still walk 10 policies; the
+		// server's is the ipBlock policy alone.
+		chains = pathPolicies + 1
 	}
-	pb.waitTable(phase, want)
+	pb.waitTable(phase, chains, want)
 	for _, fam := range []int{4, 6} {
 		if err := testbed.Probe(pb.client, pb.server.Addr(fam), testbed.TCP, 80, pb.server.Key(), 2*time.Second); err != nil {
 			b.Fatalf("%s: the client cannot reach the server over IPv%d: %v", phase, fam, err)
@@ -361,35 +406,37 @@ func (pb *pathBench) stopAgents() {
 	pb.agentsUp = false
 }
 
-// waitTable waits until the server's node holds a chain for every policy
+// waitTable waits until the server's node holds wantChains policy chains
 // and the server's isolation walks want of them.
-func (pb *pathBench) waitTable(phase pathPhase, want int) {
+func (pb *pathBench) waitTable(phase pathPhase, wantChains, want int) {
 	b := pb.b
 	b.Helper()
 	node := pb.bed.Node(pb.server.Node)
 	var chains, longest int
+	var blocksAlone bool
 	var err error
 	for attempt := 0; attempt < 300; attempt++ {
-		chains, longest, err = tableShape(pb.bin, node.NetNSPath)
-		if err == nil && chains == pathPolicies && longest == want {
+		chains, longest, blocksAlone, err = tableShape(pb.bin, node.NetNSPath)
+		if err == nil && chains == wantChains && longest == want && (phase != phaseBlocks || blocksAlone) {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	b.Fatalf("%s: the table of %s has %d policy chains and at most %d policies on one pod, want %d and %d (%v)",
-		phase, node.Name, chains, longest, pathPolicies, want, err)
+		phase, node.Name, chains, longest, wantChains, want, err)
 }
 
 // tableShape reads a node's table with `nftpol dump`: how many policy
-// chains it has and the most policies one isolation chain walks.
-func tableShape(bin, netns string) (policyChains, longest int, err error) {
+// chains it has, the most policies one isolation chain walks, and whether
+// one isolation chain is phase I's policy alone.
+func tableShape(bin, netns string) (policyChains, longest int, blocksAlone bool, err error) {
 	out, err := exec.Command(bin, "dump", "--netns", netns).Output()
 	if err != nil {
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
-			return 0, 0, fmt.Errorf("nftpol dump: %w: %s", err, exit.Stderr)
+			return 0, 0, false, fmt.Errorf("nftpol dump: %w: %s", err, exit.Stderr)
 		}
-		return 0, 0, fmt.Errorf("nftpol dump: %w", err)
+		return 0, 0, false, fmt.Errorf("nftpol dump: %w", err)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		line = strings.TrimSpace(line)
@@ -398,9 +445,10 @@ func tableShape(bin, netns string) (policyChains, longest int, err error) {
 		}
 		if rest, ok := strings.CutPrefix(line, "# isolation by "); ok {
 			longest = max(longest, strings.Count(rest, ", ")+1)
+			blocksAlone = blocksAlone || strings.HasPrefix(rest, "srv/blocks (")
 		}
 	}
-	return policyChains, longest, nil
+	return policyChains, longest, blocksAlone, nil
 }
 
 func median(xs []float64) float64 {
@@ -433,8 +481,8 @@ func (r *pathResults) table(family int) string {
 		row(p.String(), r.mbps[p], "MB/s")
 	}
 	a := median(r.connRate[phaseNoTable])
-	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f, K/A %.3f, B/K %.3f; MB/s B/A %.3f\n",
-		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.connRate[phaseConntrack])/a,
+	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f, I/A %.3f, K/A %.3f, B/K %.3f; MB/s B/A %.3f\n",
+		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.connRate[phaseBlocks])/a, median(r.connRate[phaseConntrack])/a,
 		median(r.connRate[phaseTen])/median(r.connRate[phaseConntrack]), median(r.mbps[phaseTen])/median(r.mbps[phaseNoTable]))
 	return sb.String()
 }

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Cluster is what a decision reads: the API objects as the API server holds
@@ -19,6 +20,13 @@ type Cluster struct {
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the ClusterNetworkPolicies of both tiers
+	// (policy.networking.k8s.io/v1beta1).
+	ClusterPolicies []*policyv1beta1.ClusterNetworkPolicy
+	// Nodes are the Node objects: their labels and status.addresses are
+	// what a ClusterNetworkPolicy's nodes peer selects, and their
+	// addresses count as NodeAddresses too.
+	Nodes []*corev1.Node
 	// NodeAddresses are each node's own addresses, by node name.
 	NodeAddresses map[string][]netip.Addr
 }
@@ -67,10 +75,18 @@ type Side struct {
 	// FromNode is true when ingress is allowed because the packet comes
 	// from the node the destination pod runs on.
 	FromNode bool
-	// IsolatedBy lists the policies that select Pod for this direction;
-	// none means the pod is not isolated and everything passes.
+	// Tier is the tier that decided: Admin or Baseline (the last of
+	// ClusterRules, an Accept or a Deny), NetworkPolicy (IsolatedBy is
+	// not empty), or TierNone (nothing decided: the default, allowed).
+	Tier Tier
+	// ClusterRules are the ClusterNetworkPolicy rules that matched, in
+	// the order they were met: Pass rules, then the rule that decided.
+	ClusterRules []ClusterRuleRef
+	// IsolatedBy lists the NetworkPolicies that select Pod for this
+	// direction when the NetworkPolicy tier was reached; none means they
+	// left the decision to the Baseline tier.
 	IsolatedBy []string
-	// AllowedBy lists the rules that match the packet.
+	// AllowedBy lists the NetworkPolicy rules that match the packet.
 	AllowedBy []RuleRef
 	Allowed   bool
 }
@@ -114,9 +130,11 @@ func Evaluate(c *Cluster, p Packet) Verdict {
 	return v
 }
 
-// decide applies to pod, in direction dir, every policy that selects it.
-// peerAddr and peerPod are the other end; portPod is the pod whose named
-// ports a rule's port names refer to.
+// decide applies to pod, in direction dir, the tiers in their order:
+// Admin ClusterNetworkPolicies, NetworkPolicies, Baseline
+// ClusterNetworkPolicies, then the default (allow). peerAddr and peerPod
+// are the other end; portPod is the pod whose named ports a rule's port
+// names refer to.
 func decide(c *Cluster, policies []*networkingv1.NetworkPolicy, dir Direction, pod *corev1.Pod, peerAddr netip.Addr, peerPod, portPod *corev1.Pod, p Packet) Side {
 	side := Side{Pod: keyOf(pod)}
 	if pod == nil {
@@ -125,6 +143,42 @@ func decide(c *Cluster, policies []*networkingv1.NetworkPolicy, dir Direction, p
 		side.Allowed = true
 		return side
 	}
+	// Admin: "If Admin tier has made a final decision (Accept or Deny) on
+	// a connection, then no further evaluation is done."
+	matched, decided := clusterTier(c, TierAdmin, dir, pod, peerAddr, peerPod, portPod, p)
+	side.ClusterRules = matched
+	if decided {
+		side.Tier = TierAdmin
+		side.Allowed = matched[len(matched)-1].Action == policyv1beta1.ClusterNetworkPolicyRuleActionAccept
+		return side
+	}
+	// NetworkPolicy: "v1.NetworkPolicy always makes a final decision for
+	// selected pods. Further evaluation only happens for Pods not
+	// selected by a v1.NetworkPolicy."
+	decideByNetworkPolicies(c, &side, policies, dir, pod, peerAddr, peerPod, portPod, p)
+	if len(side.IsolatedBy) > 0 {
+		side.Tier = TierNetworkPolicy
+		side.Allowed = len(side.AllowedBy) > 0
+		return side
+	}
+	matched, decided = clusterTier(c, TierBaseline, dir, pod, peerAddr, peerPod, portPod, p)
+	side.ClusterRules = append(side.ClusterRules, matched...)
+	if decided {
+		side.Tier = TierBaseline
+		side.Allowed = matched[len(matched)-1].Action == policyv1beta1.ClusterNetworkPolicyRuleActionAccept
+		return side
+	}
+	// "If a given connection wasn't allowed or denied by any of the
+	// tiers, the default kubernetes policy is applied, which says that
+	// all pods can communicate with each other."
+	side.Allowed = true
+	return side
+}
+
+// decideByNetworkPolicies applies to pod, in direction dir, every
+// NetworkPolicy that selects it, recording them and their matching rules
+// in side.
+func decideByNetworkPolicies(c *Cluster, side *Side, policies []*networkingv1.NetworkPolicy, dir Direction, pod *corev1.Pod, peerAddr netip.Addr, peerPod, portPod *corev1.Pod, p Packet) {
 	for _, np := range policies {
 		if !selectsPod(np, pod) || !affects(np, dir) {
 			continue
@@ -136,8 +190,6 @@ func decide(c *Cluster, policies []*networkingv1.NetworkPolicy, dir Direction, p
 			}
 		}
 	}
-	side.Allowed = len(side.IsolatedBy) == 0 || len(side.AllowedBy) > 0
-	return side
 }
 
 func (c *Cluster) sortedPolicies() []*networkingv1.NetworkPolicy {
@@ -430,6 +482,11 @@ func (c *Cluster) isNodeAddressOf(pod *corev1.Pod, addr netip.Addr) bool {
 			return true
 		}
 	}
+	for _, node := range c.Nodes {
+		if node != nil && node.Name == pod.Spec.NodeName && nodeHasAddress(node, addr) {
+			return true
+		}
+	}
 	return false
 }
 
@@ -467,17 +524,34 @@ func explainSide(b *strings.Builder, dir Direction, end string, s Side) {
 	switch {
 	case s.Pod == "":
 		fmt.Fprintf(b, "  %s: allowed (the %s is not a pod)\n", dir, end)
+		return
 	case s.FromNode:
 		fmt.Fprintf(b, "  %s: allowed (traffic from the node of %s)\n", dir, s.Pod)
-	case len(s.IsolatedBy) == 0:
-		fmt.Fprintf(b, "  %s: allowed (no policy isolates %s for %s)\n", dir, s.Pod, dir)
-	case s.Allowed:
-		refs := make([]string, len(s.AllowedBy))
-		for i, r := range s.AllowedBy {
-			refs[i] = r.String()
+		return
+	}
+	verdict := "denied"
+	if s.Allowed {
+		verdict = "allowed"
+	}
+	for _, r := range s.ClusterRules {
+		if r.Action == policyv1beta1.ClusterNetworkPolicyRuleActionPass {
+			fmt.Fprintf(b, "  %s: passed on by %s\n", dir, r)
 		}
-		fmt.Fprintf(b, "  %s: allowed for %s by %s\n", dir, s.Pod, strings.Join(refs, ", "))
+	}
+	switch s.Tier {
+	case TierAdmin, TierBaseline:
+		fmt.Fprintf(b, "  %s: %s for %s by %s\n", dir, verdict, s.Pod, s.ClusterRules[len(s.ClusterRules)-1])
+	case TierNetworkPolicy:
+		if s.Allowed {
+			refs := make([]string, len(s.AllowedBy))
+			for i, r := range s.AllowedBy {
+				refs[i] = r.String()
+			}
+			fmt.Fprintf(b, "  %s: allowed for %s by %s\n", dir, s.Pod, strings.Join(refs, ", "))
+		} else {
+			fmt.Fprintf(b, "  %s: denied: %s is isolated by %s and no rule matches\n", dir, s.Pod, strings.Join(s.IsolatedBy, ", "))
+		}
 	default:
-		fmt.Fprintf(b, "  %s: denied: %s is isolated by %s and no rule matches\n", dir, s.Pod, strings.Join(s.IsolatedBy, ", "))
+		fmt.Fprintf(b, "  %s: allowed (no policy isolates %s for %s)\n", dir, s.Pod, dir)
 	}
 }

@@ -9,6 +9,16 @@ import "math/rand"
 // option, so a short input is a small, simple cluster.
 type Choices struct {
 	data []byte
+	// apiValid: draw only what the API server accepts (APIValid).
+	apiValid bool
+}
+
+// APIValid makes the generator draw only objects the API server accepts,
+// for tests that create them through it: each part the API server would
+// refuse becomes a plain valid one, read from the same bytes.
+func (c *Choices) APIValid() *Choices {
+	c.apiValid = true
+	return c
 }
 
 // NewChoices returns the choices data encodes.

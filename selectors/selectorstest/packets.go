@@ -1,11 +1,13 @@
 package selectorstest
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/selectors/reference"
@@ -178,5 +180,21 @@ func Describe(cl *reference.Cluster) string {
 	for _, np := range cl.Policies {
 		fmt.Fprintf(&b, "\npolicy %s/%s: %+v", np.Namespace, np.Name, np.Spec)
 	}
+	for _, n := range cl.Nodes {
+		fmt.Fprintf(&b, "\nnode %s %v %v", n.Name, n.Labels, n.Status.Addresses)
+	}
+	for _, cnp := range cl.ClusterPolicies {
+		fmt.Fprintf(&b, "\nclusternetworkpolicy %s: %s", cnp.Name, describeClusterPolicy(cnp))
+	}
 	return b.String()
+}
+
+// describeClusterPolicy prints the spec as JSON: its pointers (ports,
+// selectors) would print as addresses with %+v.
+func describeClusterPolicy(cnp *policyv1beta1.ClusterNetworkPolicy) string {
+	data, err := json.Marshal(cnp.Spec)
+	if err != nil {
+		return fmt.Sprintf("%+v", cnp.Spec)
+	}
+	return string(data)
 }

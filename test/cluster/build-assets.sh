@@ -7,15 +7,19 @@
 #
 # usage: build-assets.sh K8S_VERSION ETCD_VERSION CNI_PLUGINS_VERSION OUT_DIR
 #
-# The Kubernetes programs build in a throwaway module laid out exactly like
-# the envtest one (same requirements, the staging modules pinned to their
-# v0.Y.Z releases), so every package kube-apiserver already compiled comes
-# out of the Go build cache. The CNI plugins build with their own go.mod
+# The Kubernetes programs build in the throwaway module test/k8s-module.sh
+# lays out for every such script (same requirements, the staging modules
+# pinned to their v0.Y.Z releases), so every package kube-apiserver already
+# compiled comes out of the Go build cache. They report the version they
+# were built from, as release builds do (the local cluster's kubelets
+# report it too). The CNI plugins build with their own go.mod
 # (go install pkg@version), so their dependencies never shift the
 # Kubernetes module graph. Each binary's build time is printed. The result
 # lands in OUT_DIR, with a .complete stamp of the versions, only when every
 # binary built, so a half-built cache is never mistaken for a complete one.
 set -euo pipefail
+# shellcheck source=../k8s-module.sh
+source "$(dirname "$0")/../k8s-module.sh"
 
 k8s_version=${1:?kubernetes version, e.g. v1.37.2}
 etcd_version=${2:?etcd server version, e.g. v3.7.3}
@@ -24,11 +28,7 @@ out_dir=${4:?output directory}
 
 k8s_bins=(kube-controller-manager kube-scheduler kube-proxy kubectl agnhost)
 cni_bins=(ptp host-local loopback bridge portmap)
-# The Kubernetes binaries report the version they were built from, as
-# release builds do (the local cluster's kubelets report it too).
-minor=${k8s_version#v1.}
-minor=${minor%%.*}
-ldflags="-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+ldflags=$(k8s_ldflags "$k8s_version")
 stamp="k8s $k8s_version etcd $etcd_version cni $cni_version bins ${k8s_bins[*]} ${cni_bins[*]}"
 
 if [[ -f "$out_dir/.complete" && "$(cat "$out_dir/.complete")" == "$stamp" ]]; then
@@ -36,48 +36,13 @@ if [[ -f "$out_dir/.complete" && "$(cat "$out_dir/.complete")" == "$stamp" ]]; t
   exit 0
 fi
 
-staging_version="v0.${k8s_version#v1.}"
 work=$(mktemp -d /tmp/nftpol-cluster-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+k8s_module "$work" nftpol.local/cluster-assets "$k8s_version" "$etcd_version" \
+  k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-proxy \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/test/images/agnhost
 cd "$work"
-
-go mod download -json "k8s.io/kubernetes@$k8s_version" >dl.json
-cp "$(sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' dl.json)" kubernetes.mod
-
-{
-  echo "module nftpol.local/cluster-assets"
-  echo
-  echo "go 1.26"
-  echo
-  echo "require ("
-  echo "	k8s.io/kubernetes $k8s_version"
-  echo "	go.etcd.io/etcd/server/v3 $etcd_version"
-  echo ")"
-  echo
-  echo "replace ("
-  sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' kubernetes.mod |
-    while read -r mod; do echo "	$mod => $mod $staging_version"; done
-  echo ")"
-} >go.mod
-
-cat >tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "go.etcd.io/etcd/server/v3"
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-	_ "k8s.io/kubernetes/test/images/agnhost"
-)
-GO
-
-echo "resolving modules"
-go mod tidy >/dev/null
 mkdir -p "$out_dir.tmp"
 
 # A binary already in $out_dir.tmp was built by an interrupted run of

@@ -2,8 +2,10 @@
 // bugs: it injects known bugs, one at a time, into the model builder and
 // the compiler of a temporary copy of the repository (never the real
 // tree), runs the tests that hold them against the reference evaluator
-// with a bounded budget, and reports each bug CAUGHT (by which test, after
-// how long) or MISSED. It exits non-zero when a bug is missed, or when a
+// with a bounded budget (and, for the ClusterNetworkPolicy bugs, the
+// ClusterNetworkPolicy conformance cases with real packets, which need
+// root and KUBEBUILDER_ASSETS as make test does), and reports each bug
+// CAUGHT (by which test, after how long) or MISSED. It exits non-zero when a bug is missed, or when a
 // mutation no longer applies because the code it edits changed (update
 // the mutation then).
 //
@@ -33,35 +35,47 @@ type mutant struct {
 	// pkg is where the property test and fuzz target that should catch
 	// it live: "selectors" or "nft".
 	pkg string
+	// packets also runs the ClusterNetworkPolicy conformance cases with
+	// real packets (test/, as root, with the agent built from the
+	// mutated copy): the proof that the bug shows on the wire.
+	packets bool
 }
 
 // mutations are the injected bugs, in the order they run.
 func mutations() []mutant {
 	return []mutant{
 		{"policyTypes default: every policy isolates egress", "selectors/parse.go",
-			"p.types[Egress] = len(np.Spec.Egress) > 0", "p.types[Egress] = len(np.Spec.Egress) >= 0", "selectors"},
+			"p.types[Egress] = len(np.Spec.Egress) > 0", "p.types[Egress] = len(np.Spec.Egress) >= 0", "selectors", false},
 		{"ipBlock except not subtracted", "selectors/parse.go",
-			"ranges = subtractRange(ranges, prefixRange(ex))", "_ = subtractRange(ranges, prefixRange(ex))", "selectors"},
+			"ranges = subtractRange(ranges, prefixRange(ex))", "_ = subtractRange(ranges, prefixRange(ex))", "selectors", false},
 		{"endPort off by one (exclusive)", "selectors/parse.go",
-			"last = int(*np.EndPort)", "last = int(*np.EndPort) - 1", "selectors"},
+			"last = int(*np.EndPort)", "last = int(*np.EndPort) - 1", "selectors", false},
 		{"egress named port resolved on the source pods", "selectors/build.go",
-			"candidates = b.egressCandidates(cp, r)", "candidates = selected", "selectors"},
+			"candidates = b.egressCandidates(cp, r)", "candidates = selected", "selectors", false},
 		{"namespaceSelector with podSelector: podSelector dropped", "selectors/parse.go",
-			"pe.podSel = podSel", "_ = podSel", "selectors"},
+			"pe.podSel = podSel", "_ = podSel", "selectors", false},
 		{"IPv6 ipBlock ignored", "selectors/parse.go",
-			"cidr = cidr.Masked()", "cidr = cidr.Masked()\n\tif cidr.Addr().Is6() {\n\t\treturn ipBlock{}, \"cidr=\" + cidr.String(), nil\n\t}", "selectors"},
+			"cidr = cidr.Masked()", "cidr = cidr.Masked()\n\tif cidr.Addr().Is6() {\n\t\treturn ipBlock{}, \"cidr=\" + cidr.String(), nil\n\t}", "selectors", false},
 		{"shared address: the older pod wins", "selectors/state.go",
-			"return p.Created.After(q.Created)", "return p.Created.Before(q.Created)", "selectors"},
+			"return p.Created.After(q.Created)", "return p.Created.Before(q.Created)", "selectors", false},
 		{"plain init containers' named ports count", "selectors/state.go",
-			"if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "if c.RestartPolicy == nil || *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "selectors"},
+			"if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "if c.RestartPolicy == nil || *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "selectors", false},
 		{"terminal pods are endpoints", "selectors/state.go",
-			"return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0", "return !p.HostNetwork && len(p.IPs) > 0", "selectors"},
+			"return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0", "return !p.HostNetwork && len(p.IPs) > 0", "selectors", false},
 		{"compiler: IPv4 daddr read at the saddr offset", "nft/rules.go",
-			"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft"},
+			"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft", false},
 		{"compiler: port range ends one early", "nft/rules.go",
-			"Data: be16(r.portLast)})", "Data: be16(r.portLast - 1)})", "nft"},
+			"Data: be16(r.portLast)})", "Data: be16(r.portLast - 1)})", "nft", false},
 		{"compiler: interval end element at last, not last+1", "nft/sets.go",
-			"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft"},
+			"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft", false},
+		{"CNP: Pass treated as Accept", "selectors/cnp.go",
+			"r.action = ActionPass", "r.action = ActionAccept", "selectors", true},
+		{"CNP: priority order reversed", "selectors/model.go",
+			"return aPriority < bPriority", "return aPriority > bPriority", "selectors", true},
+		{"CNP: pods subject ignores its podSelector", "selectors/cnpbuild.go",
+			"cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels))", "cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels)) || true", "selectors", true},
+		{"CNP compiler: Baseline applied over a NetworkPolicy", "nft/cluster.go",
+			`if next == "" && len(t.Baseline) > 0 {`, "if len(t.Baseline) > 0 {", "nft", true},
 	}
 }
 
@@ -153,22 +167,36 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 	// the report says what each is worth. The fuzzer minimizes every new
 	// input for up to 60 s by default, at a second or more per run of a
 	// whole cluster: 5 runs keep the budget for searching.
-	var caught []string
-	for _, s := range []struct {
+	runs := []struct {
 		name string
 		args []string
 	}{
 		{property, []string{"test", "-count=1", "-run", "^" + property + "$", "./" + m.pkg}},
 		{fuzz, []string{"test", "-run", "^$", "-fuzz", "^" + fuzz + "$", "-fuzztime", fuzztime.String(), "-fuzzminimizetime", "5x", "./" + m.pkg}},
-	} {
+	}
+	if m.packets {
+		runs = append(runs, struct {
+			name string
+			args []string
+		}{packetTest, []string{"test", "-v", "-count=1", "-failfast", "-timeout", "10m", "-run", "^" + packetTest + "$", "./test"}})
+	}
+	var caught []string
+	for _, s := range runs {
 		began := time.Now()
 		cmd := exec.Command("go", s.args...)
 		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
+		// NFTPOL_BIN (make exports it) would run the real tree's agent:
+		// without it the testbed builds the agent from the mutated copy.
+		cmd.Env = append(withoutVar(os.Environ(), "NFTPOL_BIN"), "GOFLAGS=-buildvcs=false")
 		output, err := cmd.CombinedOutput()
 		took := time.Since(began).Round(100 * time.Millisecond)
 		var exit *exec.ExitError
 		switch {
+		case bytes.Contains(output, []byte("--- SKIP")):
+			// A skipped test proves nothing: a missing requirement
+			// (root, KUBEBUILDER_ASSETS) must not read as "not caught"
+			// (-v makes go test print the skip).
+			return "", fmt.Errorf("%s skipped, it cannot run here:\n%s", s.name, output)
 		case err == nil:
 			continue // passed: not caught by this one
 		case !errors.As(err, &exit):
@@ -189,6 +217,21 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 		return "MISSED", nil
 	}
 	return "CAUGHT by " + strings.Join(caught, "; "), nil
+}
+
+// packetTest runs the ClusterNetworkPolicy conformance cases with real
+// packets; it needs root and KUBEBUILDER_ASSETS, as make test does.
+const packetTest = "TestClusterNetworkPolicyConformance"
+
+// withoutVar returns env without the variable name.
+func withoutVar(env []string, name string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // testTime is the run time go test reports for the failing package, the

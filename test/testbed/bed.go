@@ -318,3 +318,18 @@ func (b *Bed) FlushNeighbors() error {
 	}
 	return nil
 }
+
+// ServeOnNodes starts the TCP and UDP servers of Options.Ports in every
+// node's namespace, answering with the node's name, so that tests can
+// probe traffic from pods to nodes (policies with node peers). They stop
+// when the Bed closes.
+func (b *Bed) ServeOnNodes() error {
+	for _, n := range b.Nodes {
+		srv, err := startServers(n.NetNSPath, n.Name, b.opts.Ports, n.IPv4.String(), n.IPv6.String())
+		if err != nil {
+			return fmt.Errorf("serving on node %s: %w", n.Name, err)
+		}
+		b.onClose(srv.close)
+	}
+	return nil
+}

@@ -8,15 +8,20 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
-// ControlPlane is a running kube-apiserver with etcd.
+// ControlPlane is a running kube-apiserver with etcd, with the
+// ClusterNetworkPolicy CRD of the experimental channel installed.
 type ControlPlane struct {
 	Config    *rest.Config
 	Clientset kubernetes.Interface
+	// Client reads and writes every type of Scheme, ClusterNetworkPolicy
+	// included; reference.Read(ctx, Client) is the evaluator's view.
+	Client client.Client
 	// Kubeconfig is the path of a kubeconfig file for agent processes.
 	Kubeconfig string
 
@@ -24,13 +29,18 @@ type ControlPlane struct {
 	dir string
 }
 
-// StartControlPlane starts envtest and writes a kubeconfig file. Stop it
-// with Stop.
+// StartControlPlane starts envtest with the ClusterNetworkPolicy CRD of
+// the experimental channel (a superset of standard) and writes a
+// kubeconfig file. Stop it with Stop.
 func StartControlPlane() (*ControlPlane, error) {
 	if reason := kerneltest.Unavailable(kerneltest.ControlPlane); reason != "" {
 		return nil, fmt.Errorf("control plane unavailable: %s", reason)
 	}
-	env := &envtest.Environment{}
+	crd, err := ClusterNetworkPolicyCRD(CRDExperimental)
+	if err != nil {
+		return nil, err
+	}
+	env := &envtest.Environment{CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{crd}, ErrorIfPathMissing: true}}
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
@@ -40,6 +50,10 @@ func StartControlPlane() (*ControlPlane, error) {
 	if err != nil {
 		_ = cp.Stop()
 		return nil, fmt.Errorf("creating a clientset: %w", err)
+	}
+	if cp.Client, err = newClient(cfg); err != nil {
+		_ = cp.Stop()
+		return nil, err
 	}
 	cp.dir, err = os.MkdirTemp("", "nftpol-testbed-")
 	if err != nil {

@@ -29,13 +29,35 @@ func (m *Matrix) Set(from, to string, reachable bool) { m.cells[[2]string{from, 
 // Get returns a cell.
 func (m *Matrix) Get(from, to string) bool { return m.cells[[2]string{from, to}] }
 
-// Wrong returns the cells where m differs from expected, as "from -> to".
+// Wrong returns the cells where m differs from expected, as "from -> to:
+// observed X, expected Y": failures, when expected is what must be.
 func (m *Matrix) Wrong(expected *Matrix) []string {
 	var out []string
+	for _, c := range m.differing(expected) {
+		out = append(out, fmt.Sprintf("%s -> %s: observed %s, expected %s", c[0], c[1], word(m.Get(c[0], c[1])), word(expected.Get(c[0], c[1]))))
+	}
+	return out
+}
+
+// Changes returns the cells where m differs from an earlier matrix, as
+// "from -> to: now X (was Y)". Nothing in it reads as a failure: before
+// is an earlier state, not an expectation.
+func (m *Matrix) Changes(before *Matrix) []string {
+	var out []string
+	for _, c := range m.differing(before) {
+		out = append(out, fmt.Sprintf("%s -> %s: now %s (was %s)", c[0], c[1], word(m.Get(c[0], c[1])), word(before.Get(c[0], c[1]))))
+	}
+	return out
+}
+
+// differing returns the (from, to) cells where m and other differ, rows
+// then columns in key order.
+func (m *Matrix) differing(other *Matrix) [][2]string {
+	var out [][2]string
 	for _, f := range m.Keys {
 		for _, t := range m.Keys {
-			if m.Get(f, t) != expected.Get(f, t) {
-				out = append(out, fmt.Sprintf("%s -> %s: observed %s, expected %s", f, t, word(m.Get(f, t)), word(expected.Get(f, t))))
+			if m.Get(f, t) != other.Get(f, t) {
+				out = append(out, [2]string{f, t})
 			}
 		}
 	}
@@ -78,6 +100,16 @@ func (m *Matrix) Diff(expected *Matrix) string {
 		return "(matrices agree)\n" + m.String()
 	}
 	return m.render(expected) + strings.Join(wrong, "\n") + "\n"
+}
+
+// ChangesFrom prints m with every cell that changed since before marked
+// '*' after it, then lists the changes (Changes).
+func (m *Matrix) ChangesFrom(before *Matrix) string {
+	changes := m.Changes(before)
+	if len(changes) == 0 {
+		return m.String() + "(no cell changed)\n"
+	}
+	return m.render(before) + strings.Join(changes, "\n") + "\n"
 }
 
 func (m *Matrix) render(expected *Matrix) string {

@@ -16,23 +16,33 @@ type servers struct {
 	wg        sync.WaitGroup
 }
 
-func startServers(netnsPath, identity string, ports []int) (*servers, error) {
+// startServers listens on ports of every address of the namespace, or
+// only on hosts when given: a UDP answer leaves from the address the
+// socket is bound to, or else from the one the route picks, which on a
+// node with several addresses may not be the one asked (and a connected
+// client ignores it).
+func startServers(netnsPath, identity string, ports []int, hosts ...string) (*servers, error) {
 	s := &servers{}
 	var tcp []net.Listener
 	var udp []net.PacketConn
+	if len(hosts) == 0 {
+		hosts = []string{""} // ":port" listens on IPv4 and IPv6 alike
+	}
 	err := inNetns(netnsPath, func() error {
-		for _, p := range ports {
-			// ":port" listens on IPv4 and IPv6 alike.
-			l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
-			if err != nil {
-				return fmt.Errorf("listening on tcp/%d: %w", p, err)
+		for _, h := range hosts {
+			for _, p := range ports {
+				addr := net.JoinHostPort(h, fmt.Sprint(p))
+				l, err := net.Listen("tcp", addr)
+				if err != nil {
+					return fmt.Errorf("listening on tcp %s: %w", addr, err)
+				}
+				tcp = append(tcp, l)
+				u, err := net.ListenPacket("udp", addr)
+				if err != nil {
+					return fmt.Errorf("listening on udp %s: %w", addr, err)
+				}
+				udp = append(udp, u)
 			}
-			tcp = append(tcp, l)
-			u, err := net.ListenPacket("udp", fmt.Sprintf(":%d", p))
-			if err != nil {
-				return fmt.Errorf("listening on udp/%d: %w", p, err)
-			}
-			udp = append(udp, u)
 		}
 		return nil
 	})

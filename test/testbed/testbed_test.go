@@ -33,6 +33,34 @@ func TestMatrixDiff(t *testing.T) {
 	}
 }
 
+// TestMatrixChangesReadAsChanges: the changes from an earlier matrix (the
+// demo's before and after) say what changed, in words no one can take for
+// a failure; only Wrong, against an expectation, says "expected".
+func TestMatrixChangesReadAsChanges(t *testing.T) {
+	keys := []string{"x/a", "x/b"}
+	before := NewMatrix(keys, true)
+	after := NewMatrix(keys, true)
+	if got := after.ChangesFrom(before); !strings.Contains(got, "(no cell changed)") {
+		t.Fatalf("no change reads:\n%s", got)
+	}
+	after.Set("x/a", "x/b", false)
+	before.Set("x/b", "x/a", false)
+	changes := after.Changes(before)
+	want := []string{"x/a -> x/b: now blocked (was reachable)", "x/b -> x/a: now reachable (was blocked)"}
+	if strings.Join(changes, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("changes = %q, want %q", changes, want)
+	}
+	out := after.ChangesFrom(before)
+	for _, failureWord := range []string{"expected", "observed", "wrong", "fail"} {
+		if strings.Contains(strings.ToLower(out), failureWord) {
+			t.Errorf("the changes read like a failure (%q):\n%s", failureWord, out)
+		}
+	}
+	if !strings.Contains(out, "X*") || !strings.Contains(out, ".*") {
+		t.Errorf("the changed cells are not marked:\n%s", out)
+	}
+}
+
 // smallBed: namespaces x and y, pods a and b in each, spread so that every
 // pod has a same-node and a cross-node peer.
 func smallBed(t *testing.T) (*ControlPlane, *Bed, []*Pod) {

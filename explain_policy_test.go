@@ -1,0 +1,94 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpol/nftpol/nft"
+	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/test/kerneltest"
+)
+
+// TestExplainPolicyReadsTheKernel commits tables into a real nftables
+// table of a network namespace and asks explainPolicy about one policy:
+// in force when the table holds everything it adds, and every one of its
+// pieces listed as not committed when the table was committed without
+// it, while the other policy stays in force.
+func TestExplainPolicyReadsTheKernel(t *testing.T) {
+	ns := kerneltest.Netns(t, "nftpol-explainpol")
+	created := time.Unix(1000, 0)
+	state := &selectors.State{
+		Namespaces: []*selectors.Namespace{selectors.NamespaceFromObject(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "e", Labels: map[string]string{"ns": "e"}}})},
+		Pods: []*selectors.Pod{
+			selectors.PodFromObject(explainPod("a", created, "10.0.0.1", "fd00::1")),
+			selectors.PodFromObject(explainPod("b", created, "10.0.0.2", "fd00::2")),
+		},
+	}
+	allowB := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "e", Name: "allow-b"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}}}}}}
+	denyB := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "e", Name: "deny-b"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	cfg := nft.Config{Table: "nftpol", NetNSPath: ns}
+	enforcer, err := nft.NewEnforcer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enforcer.Close()
+	commit := func(policies ...*networkingv1.NetworkPolicy) {
+		t.Helper()
+		s := *state
+		s.Policies = policies
+		c, err := nft.NewCompiler(enforcer.Config())
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := selectors.BuildModel("n1", &s)
+		if _, err := enforcer.Commit(c.Compile(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	explainNow := func(key string) string {
+		t.Helper()
+		committed, err := enforcer.ReadTable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := *state
+		s.Policies = []*networkingv1.NetworkPolicy{allowB, denyB}
+		out, err := explainPolicy(&s, "n1", key, enforcer.Config(), committed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+
+	commit(allowB, denyB)
+	out := explainNow("e/allow-b")
+	t.Logf("both committed:\n%s", out)
+	if !strings.HasPrefix(out, "policy e/allow-b is in force on node n1: all ") || strings.Contains(out, "NOT committed") {
+		t.Errorf("want e/allow-b in force:\n%s", out)
+	}
+
+	commit(denyB) // the table without allow-b
+	out = explainNow("e/allow-b")
+	t.Logf("allow-b not committed:\n%s", out)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if !strings.Contains(lines[0], "is NOT fully in force") {
+		t.Errorf("want e/allow-b not in force:\n%s", out)
+	}
+	for _, l := range lines[1:] {
+		if !strings.Contains(l, "NOT committed") {
+			t.Errorf("a piece of the missing policy reported committed: %s", l)
+		}
+	}
+	if out := explainNow("e/deny-b"); !strings.Contains(out, "is in force") {
+		t.Errorf("want e/deny-b in force:\n%s", out)
+	}
+}
