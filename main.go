@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -96,6 +97,8 @@ type agentFlags struct {
 	logDeniedRate  uint
 	logDeniedGroup uint
 	cniSocket      string
+	podAddrGuard   bool
+	podCIDRs       []netip.Prefix
 	logConfig      *textlogger.Config
 }
 
@@ -117,6 +120,17 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.UintVar(&f.logDeniedRate, "log-denied-rate", nft.DefaultLogRate, "at most this many denied packets per second and isolation chain reach the log")
 	fs.UintVar(&f.logDeniedGroup, "log-denied-group", nft.DefaultLogGroup, "NFLOG group of the denied-packet log")
 	fs.StringVar(&f.cniSocket, "cni-socket", "", "unix socket on which to answer the nftpol CNI plugin (e.g. "+podstart.DefaultSocket+"); empty: off")
+	fs.BoolVar(&f.podAddrGuard, "pod-address-guard", true, "drop the traffic of an address of this node's pod CIDRs until the agent has committed the rules of the pod that holds it (no window at pod start); off without pod CIDRs")
+	fs.Func("pod-cidrs", "comma-separated pod CIDRs of this node for the pod address guard (default: the Node's spec.podCIDRs; give them for an IPAM that does not use those)", func(v string) error {
+		for _, s := range strings.Split(v, ",") {
+			p, err := netip.ParsePrefix(strings.TrimSpace(s))
+			if err != nil {
+				return fmt.Errorf("pod CIDR %q: %w", s, err)
+			}
+			f.podCIDRs = append(f.podCIDRs, p.Masked())
+		}
+		return nil
+	})
 	f.logConfig.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -138,6 +152,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	}
 	if f.verifyInterval < 0 {
 		return nil, errors.New("--verify-interval must not be negative")
+	}
+	if len(f.podCIDRs) > 0 && !f.podAddrGuard {
+		return nil, errors.New("--pod-cidrs is for the pod address guard, which --pod-address-guard=false turns off")
 	}
 	return f, nil
 }
@@ -194,6 +211,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		LogGroup:               uint16(f.logDeniedGroup),
 		NetNSPath:              f.netns,
 		CNISocket:              f.cniSocket,
+		PodAddrGuard:           f.podAddrGuard,
+		PodCIDRs:               f.podCIDRs,
 		CutDeniedFlows:         f.cutFlows,
 		// One agent per table and network namespace: a second one (a
 		// stuck old pod, a second install) waits for the first to exit.

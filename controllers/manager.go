@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/http/pprof"
 	"time"
 
@@ -78,6 +79,12 @@ type Options struct {
 	// CNISocket, when set, is the unix socket on which the agent answers
 	// the nftpol CNI plugin (podstart.go).
 	CNISocket string
+	// PodAddrGuard drops the traffic of this node's pod CIDR addresses
+	// that no local pod has yet, until the commit that installs the
+	// pod's rules (podstart_guard.go). PodCIDRs are the ranges; none:
+	// the Node's spec.podCIDRs.
+	PodAddrGuard bool
+	PodCIDRs     []netip.Prefix
 }
 
 // DefaultStatusSpread spreads the status passes of the agents of a cluster.
@@ -222,6 +229,10 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		return nil, nil, err
 	}
 	cnpWatch.changed = syncer.latency.received
+	if opts.PodAddrGuard {
+		syncer.podCIDRs = &podCIDRSource{node: opts.NodeName, reader: mgr.GetAPIReader(), explicit: opts.PodCIDRs,
+			log: opts.Log.WithName("podguard")}
+	}
 	if opts.CutDeniedFlows {
 		syncer.flows = &FlowCutter{NetNSPath: opts.NetNSPath, Log: opts.Log.WithName("flows")}
 	}
