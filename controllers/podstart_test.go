@@ -10,9 +10,14 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftpol/nftpol/podstart"
 	"github.com/nftpol/nftpol/selectors"
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 func closed(ch <-chan struct{}) bool {
@@ -186,5 +191,57 @@ func TestPodStartServer(t *testing.T) {
 	}
 	if err := ask(podstart.Request{Op: podstart.OpAdd, Namespace: "ns", Name: "p"}, 5*time.Second); err == nil {
 		t.Fatal("ADD without addresses accepted")
+	}
+}
+
+// TestPodCIDRSource reads the guard's pod CIDRs as the agent does: the
+// given ones first; else the Node's spec.podCIDRs from the API server,
+// asked again (not more often than podCIDRRetry) while it has none, and
+// kept once found.
+func TestPodCIDRSource(t *testing.T) {
+	kerneltest.Require(t, kerneltest.ControlPlane)
+	env := &envtest.Environment{}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting envtest: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}
+	if err := c.Create(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	src := &podCIDRSource{node: "n1", reader: c, log: logr.Discard()}
+	if got := src.cidrs(ctx); got != nil {
+		t.Fatalf("a node without pod CIDRs gave %v", got)
+	}
+	node.Spec.PodCIDR, node.Spec.PodCIDRs = "10.244.1.0/24", []string{"10.244.1.0/24", "fd00:10:244:1::/64"}
+	if err := c.Update(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	if got := src.cidrs(ctx); got != nil {
+		t.Fatalf("asked the API server again within %s: %v", podCIDRRetry, got)
+	}
+	src.lastTry = time.Now().Add(-podCIDRRetry)
+	want := []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}
+	if got := src.cidrs(ctx); !slices.Equal(got, want) {
+		t.Fatalf("pod CIDRs %v, want %v", got, want)
+	}
+	src.reader = nil // found: never asked again
+	if got := src.cidrs(ctx); !slices.Equal(got, want) {
+		t.Fatalf("pod CIDRs %v once learned, want %v", got, want)
+	}
+	given := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}
+	src = &podCIDRSource{node: "n1", explicit: given}
+	if got := src.cidrs(ctx); !slices.Equal(got, given) {
+		t.Fatalf("given pod CIDRs: %v", got)
+	}
+	src = &podCIDRSource{node: "absent", reader: c, log: logr.Discard()}
+	if got := src.cidrs(ctx); got != nil {
+		t.Fatalf("a node that does not exist gave %v", got)
 	}
 }
