@@ -22,8 +22,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/nftpol/nftpol/nft"
 	"github.com/nftpol/nftpol/podstart"
 	"github.com/nftpol/nftpol/test/cluster"
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 // TestNoWindowAtPodStart starts pods under default-deny policies while
@@ -41,15 +43,17 @@ import (
 //     instant of its containers.
 //
 // A connection that completes (OK) or is refused (REFUSED: a reset from
-// the other end) is a packet the policy denies that got through. With
-// the plugin none gets through; the same run with the plugin taken out
-// of the node's conflist shows the window it closes. Then 20 pods start
-// with the plugin and the wait it adds to each (the plugin's own log
-// line) is reported as p50/p90.
+// the pod's own kernel) is a packet the policy denies that got through.
+// Three runs: as deployed (the guard of pod addresses and the plugin);
+// the guard alone (the plugin taken out of the conflist); and the
+// comparison, the plugin alone (the agent restarted with
+// --pod-address-guard=false), where the pod's kernel answers during CNI
+// ADD. Then 20 pods start with the plugin and the wait it adds to each
+// (the plugin's own log line) is reported as p50/p90.
 func TestNoWindowAtPodStart(t *testing.T) {
 	c := sharedCluster(t)
 	assets := requireCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	node := c.Nodes[0]
 	root := filepath.Join(c.Dir, "nodes", node.Name, "root")
@@ -66,10 +70,11 @@ func TestNoWindowAtPodStart(t *testing.T) {
 		t.Fatalf("the agent's init container did not chain %s into %s:\n%s", podstart.PluginType, conflist, data)
 	}
 	t.Logf("node %s conflist %s:\n%s", node.Name, conflist, data)
+	waitGuard(ctx, t, node, true)
 
-	on := runPodStartWindow(ctx, t, c, "on", 200)
-	// Take the plugin out, as config/cleanup does, for the comparison;
-	// put it back (as the init container does) when done.
+	both := runPodStartWindow(ctx, t, c, "guard+plugin", 200)
+	// Take the plugin out, as config/cleanup does; put it back (as the
+	// init container does) when done.
 	if err := podstart.Uninstall(binDir, confDir); err != nil {
 		t.Fatal(err)
 	}
@@ -78,26 +83,89 @@ func TestNoWindowAtPodStart(t *testing.T) {
 			t.Errorf("reinstalling the plugin: %v", err)
 		}
 	})
-	off := runPodStartWindow(ctx, t, c, "off", 220)
+	guardOnly := runPodStartWindow(ctx, t, c, "guard", 220)
 	if _, err := podstart.Install(assets.Agent, binDir, confDir, podstart.DefaultSocket); err != nil {
 		t.Fatal(err)
 	}
+	// The comparison: the agents without the guard (a rollout of the
+	// DaemonSet), then with it again, as installed.
+	setAgentGuard(ctx, t, c, false)
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			setAgentGuard(context.Background(), t, c, true)
+		}
+	})
+	pluginOnly := runPodStartWindow(ctx, t, c, "plugin", 240)
+	setAgentGuard(ctx, t, c, true)
+	restored = true
 
-	t.Logf("denied packets through, plugin on:  %s", on)
-	t.Logf("denied packets through, plugin off: %s", off)
-	// With the plugin no process of the pod runs before its rules are in
-	// force: nothing it sends gets out, nothing it serves is reached.
-	// What remains is the pod's kernel answering a SYN with a reset
-	// while CNI ADD runs (the interface is up from ptp on, the plugin
-	// starts after it): counted, reported, not asserted (README).
-	if n := on.egressThrough() + on.ingress["v4 OK"] + on.ingress["v6 OK"]; n != 0 {
-		t.Errorf("with the plugin, %d connections that the policies deny got through: %s", n, on)
+	t.Logf("denied packets through, guard and plugin: %s", both)
+	t.Logf("denied packets through, guard only:       %s", guardOnly)
+	t.Logf("denied packets through, plugin only:      %s", pluginOnly)
+	// With the guard nothing the policies deny gets through, with or
+	// without the plugin: no reset from the pod's kernel, no connection.
+	for name, w := range map[string]windowCounts{"guard and plugin": both, "guard only": guardOnly} {
+		if n := w.through(); n != 0 {
+			t.Errorf("%s: %d connections that the policies deny got an answer: %s", name, n, w)
+		}
 	}
-	if off.through() == 0 {
-		t.Errorf("without the plugin no denied connection got through either: the test does not see the window (%s)", off)
+	// The plugin alone keeps the pod's processes from running before
+	// its rules are in force, not its kernel from answering during ADD:
+	// the resets the guard takes away must show here, or the test does
+	// not see the window.
+	if n := pluginOnly.egressThrough() + pluginOnly.ingress["v4 OK"] + pluginOnly.ingress["v6 OK"]; n != 0 {
+		t.Errorf("plugin only: %d connections that the policies deny completed: %s", n, pluginOnly)
+	}
+	if pluginOnly.through() == 0 {
+		t.Errorf("plugin only: no reset either: the test does not see the window the guard closes (%s)", pluginOnly)
 	}
 
 	measurePodStartDelay(ctx, t, c, node, 20)
+}
+
+// setAgentGuard rolls the agent DaemonSet out with the guard of pod
+// addresses on (as installed) or off, and waits until node 0's table
+// shows it.
+func setAgentGuard(ctx context.Context, t *testing.T, c *cluster.Cluster, on bool) {
+	t.Helper()
+	const off = "--pod-address-guard=false"
+	dss := c.Clientset.AppsV1().DaemonSets(cluster.AgentNamespace)
+	ds, err := dss.Get(ctx, cluster.AgentDaemonSet, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr := &ds.Spec.Template.Spec.Containers[0]
+	ctr.Args = slices.DeleteFunc(ctr.Args, func(a string) bool { return a == off })
+	if !on {
+		ctr.Args = append(ctr.Args, off)
+	}
+	if _, err := dss.Update(ctx, ds, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := c.WaitAgentsReady(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitGuard(ctx, t, c.Nodes[0], on)
+	t.Logf("agents rolled out with the guard %s in %s", map[bool]string{true: "on", false: "off"}[on], time.Since(start).Round(time.Millisecond))
+}
+
+// waitGuard waits (at most 1 minute) until node's table has the guard's
+// set of pod CIDRs, or has none.
+func waitGuard(ctx context.Context, t *testing.T, node *cluster.Node, on bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := kerneltest.NftErr(node.Netns, "list", "set", "inet", nft.DefaultTable, nft.SetPodCIDRsV4)
+		if (err == nil) == on {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("node %s: the guard's set after 1m: %v %s, want present=%v", node.Name, err, out, on)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // windowCounts are the outcomes of the loops' connection attempts.
@@ -172,7 +240,7 @@ func probeLoop(target, stop string) int {
 func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, mode string, hostByte int) windowCounts {
 	t.Helper()
 	node, other := c.Nodes[0], c.Nodes[1]
-	ns := "podstart-" + mode
+	ns := "podstart-" + strings.ReplaceAll(mode, "+", "-")
 	cs := c.Clientset.CoreV1()
 	if _, err := cs.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -330,7 +398,7 @@ func runPodStartWindow(ctx context.Context, t *testing.T, c *cluster.Cluster, mo
 			}
 		}
 	}
-	t.Logf("plugin %s: ingress to %v %v (before the target pod was created: %v); egress to %v %v", mode, ingressTargets, counts.ingress, before, egressTargets, counts.egress)
+	t.Logf("%s: ingress to %v %v (before the target pod was created: %v); egress to %v %v", mode, ingressTargets, counts.ingress, before, egressTargets, counts.egress)
 	return counts
 }
 
