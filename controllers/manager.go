@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/http/pprof"
+	"net/netip"
 	"time"
 
 	"github.com/go-logr/logr"
