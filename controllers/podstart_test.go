@@ -12,6 +12,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -194,11 +195,10 @@ func TestPodStartServer(t *testing.T) {
 	}
 }
 
-// TestPodCIDRSource reads the guard's pod CIDRs as the agent does: the
-// given ones first; else the Node's spec.podCIDRs from the API server,
-// asked again (not more often than podCIDRRetry) while it has none, and
-// kept once found.
-func TestPodCIDRSource(t *testing.T) {
+// startControlPlane starts a kube-apiserver and etcd (envtest) for the
+// test, stopped when it ends; it skips or fails (CI) without them.
+func startControlPlane(t *testing.T) *rest.Config {
+	t.Helper()
 	kerneltest.Require(t, kerneltest.ControlPlane)
 	env := &envtest.Environment{}
 	cfg, err := env.Start()
@@ -206,6 +206,15 @@ func TestPodCIDRSource(t *testing.T) {
 		t.Fatalf("starting envtest: %v", err)
 	}
 	t.Cleanup(func() { _ = env.Stop() })
+	return cfg
+}
+
+// TestPodCIDRSource reads the guard's pod CIDRs as the agent does: the
+// given ones first; else the Node's spec.podCIDRs from the API server,
+// asked again (not more often than podCIDRRetry) while it has none, and
+// kept once found.
+func TestPodCIDRSource(t *testing.T) {
+	cfg := startControlPlane(t)
 	c, err := client.New(cfg, client.Options{})
 	if err != nil {
 		t.Fatal(err)
