@@ -99,7 +99,8 @@ func (h *podStartHints) forget(key string) {
 }
 
 // pod returns the pod of key the Builder is to hold: p with the hint's
-// addresses when p has none, else p (nil: the pod is not in the cache).
+// addresses until p shows those very addresses, then p (nil: the pod is
+// not in the cache).
 // Called by the sync for every pod it reads, before it builds the model.
 func (h *podStartHints) pod(key string, p *selectors.Pod) *selectors.Pod {
 	if h == nil {
@@ -120,15 +121,37 @@ func (h *podStartHints) pod(key string, p *selectors.Pod) *selectors.Pod {
 		return nil
 	}
 	hint.seen, hint.applied = true, true
-	if len(p.IPs) > 0 {
+	if sameAddrs(p.IPs, hint.ips) {
 		// The API caught up: the hint is not needed once this state is
 		// committed.
 		hint.shown = true
 		return p
 	}
+	if len(p.IPs) > 0 && h.now().Sub(hint.created) > hintTTL {
+		// Contradicted by the API for this long, the hint is stale (its
+		// DEL was lost, a later sandbox started without the plugin):
+		// the API's addresses win.
+		h.drop(hint)
+		return p
+	}
+	// No addresses yet, or a new sandbox's: the API lags behind the
+	// plugin, which reported the newest ADD.
 	c := *p
 	c.IPs = hint.ips
 	return &c
+}
+
+// sameAddrs reports whether a and b hold the same addresses, in any order.
+func sameAddrs(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
 }
 
 // expired drops the hints whose pod never showed up within hintTTL and

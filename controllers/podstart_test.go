@@ -101,8 +101,28 @@ func TestPodStartHints(t *testing.T) {
 		t.Error("CHECK of addresses in force not answered at once")
 	}
 
-	// The API shows the addresses: the hint goes with the next commit.
-	shown := &selectors.Pod{Namespace: "ns", Name: "p", NodeName: "n", IPs: ips}
+	// The API still shows an earlier sandbox's address: the hint's win.
+	stale := &selectors.Pod{Namespace: "ns", Name: "p", NodeName: "n", IPs: []netip.Addr{netip.MustParseAddr("10.244.0.3")}}
+	if got := h.pod("ns/p", stale); got == stale || !slices.Equal(got.IPs, ips) {
+		t.Fatalf("a stale address replaced the plugin's: %+v", got)
+	}
+	h.committed()
+	if len(h.hints) != 1 {
+		t.Fatal("hint dropped while the API showed other addresses")
+	}
+	// ... but not past hintTTL: then the hint is stale, and the API wins.
+	h.now = func() time.Time { return time.Now().Add(hintTTL + time.Second) }
+	if got := h.pod("ns/p", stale); got != stale || len(h.hints) != 0 {
+		t.Fatalf("a hint contradicted by the API past its TTL kept (pod %+v)", got)
+	}
+	h.now = time.Now
+	h.wait("ns/p", ips)
+	h.pod("ns/p", pending)
+	h.committed()
+
+	// The API shows the addresses (in its own order): the hint goes with
+	// the next commit.
+	shown := &selectors.Pod{Namespace: "ns", Name: "p", NodeName: "n", IPs: []netip.Addr{ip6, ip4}}
 	if h.pod("ns/p", shown) != shown {
 		t.Fatal("the API's addresses were not kept")
 	}
