@@ -19,7 +19,8 @@ func randomRulesets(n int) []*Ruleset {
 		{LookupMinPolicies: 1}, {Deny: DenyReject, LookupMinPolicies: 1}}
 	var out []*Ruleset
 	for _, cfg := range cfgs {
-		out = append(out, Compile(everyKindModel(), cfg), Compile(largeIPv6Model(20, 50, 10, 10), cfg))
+		out = append(out, Compile(everyKindModel(), cfg), Compile(largeIPv6Model(20, 50, 10, 10), cfg),
+			Compile(withPodGuard(everyKindModel()), cfg))
 	}
 	r := rand.New(rand.NewSource(7))
 	for i := 0; i < n; i++ {
@@ -97,7 +98,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 	// Both layouts of the isolation chains: jumps, and lookup maps.
 	var chains []*chainSpec
 	for _, lookupMin := range []int{0, 1} {
-		rs := Compile(everyKindModel(), Config{Deny: DenyReject, LogDenied: true, LookupMinPolicies: lookupMin})
+		rs := Compile(withPodGuard(everyKindModel()), Config{Deny: DenyReject, LogDenied: true, LookupMinPolicies: lookupMin})
 		for _, c := range rs.chains {
 			chains = append(chains, c)
 		}
@@ -131,7 +132,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 		}},
 		{"lookup inverted", func(e expr.Any) bool {
 			if l, ok := e.(*expr.Lookup); ok && !l.IsDestRegSet {
-				l.Invert = true
+				l.Invert = !l.Invert
 				return true
 			}
 			return false
@@ -195,6 +196,20 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 		{"drop for accept", func(e expr.Any) bool {
 			if v, ok := e.(*expr.Verdict); ok && v.Kind == expr.VerdictAccept {
 				v.Kind = expr.VerdictDrop
+				return true
+			}
+			return false
+		}},
+		{"fib of the other address", func(e expr.Any) bool {
+			if f, ok := e.(*expr.Fib); ok {
+				f.FlagSADDR, f.FlagDADDR = f.FlagDADDR, f.FlagSADDR
+				return true
+			}
+			return false
+		}},
+		{"fib result", func(e expr.Any) bool {
+			if f, ok := e.(*expr.Fib); ok {
+				f.ResultADDRTYPE, f.ResultOIF = false, true
 				return true
 			}
 			return false
@@ -278,6 +293,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 			{&expr.Ct{Key: expr.CtKeySTATE}, &expr.Bitwise{}},
 			{&expr.Meta{Key: expr.MetaKeyL4PROTO}, &expr.Cmp{Data: []byte{unix.IPPROTO_ICMPV6}}},
 			{&expr.Limit{Rate: 1 << 40}},
+			{&expr.Fib{ResultADDRTYPE: true}},
 			{&expr.Immediate{Register: 1, Data: []byte{1}}, &expr.Verdict{Kind: expr.VerdictReturn}},
 		} {
 			r := decodeRule(exprs, nil)
