@@ -79,6 +79,7 @@ type agentFlags struct {
 	profiling      bool
 	logDeniedRate  uint
 	logDeniedGroup uint
+	wireFormat     string
 	logConfig      *textlogger.Config
 }
 
@@ -99,6 +100,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.BoolVar(&f.logDenied, "log-denied", false, "log one line per denied flow (rate-limited NFLOG from the deny paths)")
 	fs.UintVar(&f.logDeniedRate, "log-denied-rate", nft.DefaultLogRate, "at most this many denied packets per second and isolation chain reach the log")
 	fs.UintVar(&f.logDeniedGroup, "log-denied-group", nft.DefaultLogGroup, "NFLOG group of the denied-packet log")
+	fs.StringVar(&f.wireFormat, "api-wire-format", string(controllers.WireProtobuf), "encoding of the built-in objects the agent lists and watches: protobuf, or json (larger, slower; for comparison and debugging). ClusterNetworkPolicies are always JSON")
 	f.logConfig.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -117,6 +119,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	}
 	if f.logDeniedGroup > 65535 {
 		return nil, errors.New("--log-denied-group must be at most 65535")
+	}
+	if _, err := controllers.ParseWireFormat(f.wireFormat); err != nil {
+		return nil, err
 	}
 	if f.verifyInterval < 0 {
 		return nil, errors.New("--verify-interval must not be negative")
@@ -176,6 +181,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		LogGroup:               uint16(f.logDeniedGroup),
 		NetNSPath:              f.netns,
 		CutDeniedFlows:         f.cutFlows,
+		WireFormat:             controllers.WireFormat(f.wireFormat),
 		// One agent per table and network namespace: a second one (a
 		// stuck old pod, a second install) waits for the first to exit.
 		Lock: func() (io.Closer, error) { return nft.TryLockTable(f.netns, f.tableName) },

@@ -31,6 +31,8 @@ func TestParseAgentFlags(t *testing.T) {
 		{"stray argument", []string{"--node-name", "n1", "extra"}, "", "unexpected arguments"},
 		{"unknown flag", []string{"--node-name", "n1", "--nope"}, "", "flag provided but not defined"},
 		{"negative verify", []string{"--node-name", "n1", "--verify-interval", "-1s"}, "", "negative"},
+		{"json watches", []string{"--node-name", "n1", "--api-wire-format", "json"}, "", ""},
+		{"bad wire format", []string{"--node-name", "n1", "--api-wire-format", "yaml"}, "", "protobuf or json"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -83,6 +83,13 @@ func bindAgentRole(t *testing.T, admin client.Client, cfg *rest.Config) *rest.Co
 // none when ""), and an agent with the RBAC of config/rbac.
 func startCNPAgent(t *testing.T, node, crdChannel string) (*agentEnv, *rest.Config) {
 	t.Helper()
+	return startCNPAgentWith(t, node, crdChannel, nil)
+}
+
+// startCNPAgentWith is startCNPAgent; change, if set, adjusts the agent's
+// configuration and options before the manager is made.
+func startCNPAgentWith(t *testing.T, node, crdChannel string, change func(*rest.Config, *Options)) (*agentEnv, *rest.Config) {
+	t.Helper()
 	kerneltest.Require(t, kerneltest.ControlPlane)
 	env := &envtest.Environment{}
 	if crdChannel != "" {
@@ -111,12 +118,16 @@ func startCNPAgent(t *testing.T, node, crdChannel string) (*agentEnv, *rest.Conf
 	}
 	t.Cleanup(func() { _ = enforcer.Close() })
 	reg := prometheus.NewRegistry()
-	mgr, syncer, err := NewManager(agentCfg, Options{
+	opts := Options{
 		NodeName: node, MetricsBindAddress: "0", HealthProbeBindAddress: "0",
 		VerifyInterval: time.Second, Enforcer: enforcer, Log: log,
 		SkipNameValidation: true, MetricsRegistry: reg,
 		DiscoveryInterval: 200 * time.Millisecond, StatusSpread: -1,
-	})
+	}
+	if change != nil {
+		change(agentCfg, &opts)
+	}
+	mgr, syncer, err := NewManager(agentCfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,6 +75,57 @@ type Options struct {
 	// agent writes ClusterNetworkPolicy status (see clusterPolicyStatus);
 	// 0 is DefaultStatusSpread, negative is none.
 	StatusSpread time.Duration
+	// WireFormat is how the API server encodes the built-in objects the
+	// agent lists and watches; "" is WireProtobuf.
+	WireFormat WireFormat
+}
+
+// WireFormat is the encoding of the agent's API requests for built-in
+// types (Pods, Namespaces, NetworkPolicies, Nodes, Events).
+type WireFormat string
+
+const (
+	// WireProtobuf asks for protobuf wherever the API server has it: every
+	// built-in type. ClusterNetworkPolicies stay JSON: the API server
+	// serves custom resources in JSON (and CBOR) only.
+	WireProtobuf WireFormat = "protobuf"
+	// WireJSON asks for JSON for everything: larger and slower to encode
+	// and decode; kept to measure the difference (BENCHMARKS.md) and for
+	// debugging with a proxy that shows the bodies.
+	WireJSON WireFormat = "json"
+)
+
+// ParseWireFormat reads a --api-wire-format value.
+func ParseWireFormat(s string) (WireFormat, error) {
+	switch f := WireFormat(s); f {
+	case WireProtobuf, WireJSON:
+		return f, nil
+	}
+	return "", fmt.Errorf("unknown API wire format %q (protobuf or json)", s)
+}
+
+// withWireFormat returns the configuration the agent's clients use.
+// controller-runtime chooses per type when the configuration names no
+// content type: protobuf for the types of client-go's scheme, JSON for
+// the rest (custom resources). So protobuf is that choice, made sure of by
+// clearing a content type the kubeconfig may carry; JSON is asked for
+// explicitly, on every request.
+func withWireFormat(cfg *rest.Config, f WireFormat) (*rest.Config, error) {
+	if f == "" {
+		f = WireProtobuf
+	}
+	if _, err := ParseWireFormat(string(f)); err != nil {
+		return nil, err
+	}
+	cfg = rest.CopyConfig(cfg)
+	switch f {
+	case WireProtobuf:
+		cfg.ContentType, cfg.AcceptContentTypes = "", ""
+	case WireJSON:
+		cfg.ContentType = runtime.ContentTypeJSON
+		cfg.AcceptContentTypes = runtime.ContentTypeJSON
+	}
+	return cfg, nil
 }
 
 // DefaultStatusSpread spreads the status passes of the agents of a cluster.
@@ -108,6 +159,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	}
 	scheme, err := NewScheme()
 	if err != nil {
+		return nil, nil, err
+	}
+	if cfg, err = withWireFormat(cfg, opts.WireFormat); err != nil {
 		return nil, nil, err
 	}
 	metricsOpts := metricsserver.Options{BindAddress: opts.MetricsBindAddress}
