@@ -80,6 +80,7 @@ type agentFlags struct {
 	logDeniedRate  uint
 	logDeniedGroup uint
 	wireFormat     string
+	compression    bool
 	logConfig      *textlogger.Config
 }
 
@@ -101,6 +102,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.UintVar(&f.logDeniedRate, "log-denied-rate", nft.DefaultLogRate, "at most this many denied packets per second and isolation chain reach the log")
 	fs.UintVar(&f.logDeniedGroup, "log-denied-group", nft.DefaultLogGroup, "NFLOG group of the denied-packet log")
 	fs.StringVar(&f.wireFormat, "api-wire-format", string(controllers.WireProtobuf), "encoding of the built-in objects the agent lists and watches: protobuf, or json (larger, slower; for comparison and debugging). ClusterNetworkPolicies are always JSON")
+	fs.BoolVar(&f.compression, "api-compression", true, "ask the API server to gzip lists and watches: fewer bytes on the wire, more API server CPU per event and agent (see BENCHMARKS.md)")
 	f.logConfig.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -182,6 +184,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		NetNSPath:              f.netns,
 		CutDeniedFlows:         f.cutFlows,
 		WireFormat:             controllers.WireFormat(f.wireFormat),
+		DisableCompression:     !f.compression,
 		// One agent per table and network namespace: a second one (a
 		// stuck old pod, a second install) waits for the first to exit.
 		Lock: func() (io.Closer, error) { return nft.TryLockTable(f.netns, f.tableName) },
