@@ -195,7 +195,7 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:                 {Transform: newPodTrimmer().Transform},
 				&corev1.Namespace{}:           {Transform: TrimMeta},
-				&networkingv1.NetworkPolicy{}: {Transform: TrimMeta},
+				&networkingv1.NetworkPolicy{}: {Transform: newPolicyTrimmer().Transform},
 				// Started only while the ClusterNetworkPolicy CRD is served.
 				&corev1.Node{}: {Transform: trimNode},
 			},

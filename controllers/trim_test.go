@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	toolscache "k8s.io/client-go/tools/cache"
 
@@ -129,5 +130,50 @@ func TestPodTrimmerSharesRepeatedParts(t *testing.T) {
 	}
 	if a.Namespace != "prod" || c.NodeName != "n2" || d.Namespace != "dev" {
 		t.Errorf("names became %s/%s, %s, %s", a.Namespace, a.NodeName, c.NodeName, d.Namespace)
+	}
+}
+
+// TestPolicyTrimmerSharesSelectors: equal matchLabels of all policies'
+// selectors become one map; the policy reads the same.
+func TestPolicyTrimmerSharesSelectors(t *testing.T) {
+	tr := newPolicyTrimmer()
+	policy := func(name string) *networkingv1.NetworkPolicy {
+		return &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, Annotations: map[string]string{"a": "b"}},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+					PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "api"}},
+					NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "a"}}}}}},
+				Egress: []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{
+					PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}}}},
+			},
+		}
+	}
+	trim := func(np *networkingv1.NetworkPolicy) *networkingv1.NetworkPolicy {
+		out, err := tr.Transform(np)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.(*networkingv1.NetworkPolicy)
+	}
+	want := policy("a").Spec
+	a, b := trim(policy("a")), trim(policy("b"))
+	if !reflect.DeepEqual(a.Spec, want) || a.Annotations != nil {
+		t.Fatalf("the policy became %+v", a)
+	}
+	same := func(x, y map[string]string) bool { return reflect.ValueOf(x).Pointer() == reflect.ValueOf(y).Pointer() }
+	if !same(a.Spec.PodSelector.MatchLabels, b.Spec.PodSelector.MatchLabels) ||
+		!same(a.Spec.PodSelector.MatchLabels, b.Spec.Egress[0].To[0].PodSelector.MatchLabels) ||
+		!same(a.Spec.Ingress[0].From[0].NamespaceSelector.MatchLabels, b.Spec.Ingress[0].From[0].NamespaceSelector.MatchLabels) {
+		t.Error("equal selectors are not shared")
+	}
+	if same(a.Spec.PodSelector.MatchLabels, a.Spec.Ingress[0].From[0].PodSelector.MatchLabels) {
+		t.Error("different selectors are shared")
+	}
+	// Other types are trimmed as before.
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "x", Annotations: map[string]string{"a": "b"}}}
+	if out, _ := tr.Transform(ns); out.(*corev1.Namespace).Annotations != nil {
+		t.Error("a namespace keeps its annotations")
 	}
 }
