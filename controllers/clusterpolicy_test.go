@@ -158,6 +158,17 @@ func adminDeny(name string, priority int32, nsLabels map[string]string) *cnpv1be
 	}
 }
 
+// webEgressDeny denies the pods labeled app=web egress to 192.0.2.0/24.
+func webEgressDeny(name string, tier cnpv1beta1.Tier, priority int32) *cnpv1beta1.ClusterNetworkPolicy {
+	return &cnpv1beta1.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: tier, Priority: priority,
+			Subject: cnpv1beta1.ClusterNetworkPolicySubject{Pods: &cnpv1beta1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
+			Egress: []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+				To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"192.0.2.0/24"}}}}}},
+	}
+}
+
 // wantConditions checks the status of a policy: the given condition types
 // with the given statuses, each observing the current generation.
 func wantConditions(a *agentEnv, name string, want map[string]metav1.ConditionStatus, messageHas string) func() error {
@@ -323,13 +334,7 @@ func TestClusterPolicyCRDAtStart(t *testing.T) {
 	a.createNamespace(t, "prod", map[string]string{"env": "prod"})
 	a.createPod(t, "prod", "web", "node-1", map[string]string{"app": "web"}, "10.1.0.1")
 	a.createPod(t, "prod", "other-node", "node-2", map[string]string{"app": "web"}, "10.1.0.2")
-	base := &cnpv1beta1.ClusterNetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "baseline-deny"},
-		Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: cnpv1beta1.BaselineTier, Priority: 0,
-			Subject: cnpv1beta1.ClusterNetworkPolicySubject{Pods: &cnpv1beta1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
-			Egress: []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
-				To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"192.0.2.0/24"}}}}}},
-	}
+	base := webEgressDeny("baseline-deny", cnpv1beta1.BaselineTier, 0)
 	if err := a.client.Create(a.ctx, base); err != nil {
 		t.Fatal(err)
 	}

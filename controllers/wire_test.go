@@ -6,7 +6,6 @@ import (
 	"sync"
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
@@ -79,13 +78,7 @@ func TestWireFormat(t *testing.T) {
 			})
 			a.createNamespace(t, "prod", map[string]string{"env": "prod"})
 			a.createPod(t, "prod", "web", "node-1", map[string]string{"app": "web"}, "10.1.0.1")
-			deny := &cnpv1beta1.ClusterNetworkPolicy{
-				ObjectMeta: metav1.ObjectMeta{Name: "deny-docs"},
-				Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: cnpv1beta1.AdminTier, Priority: 1,
-					Subject: cnpv1beta1.ClusterNetworkPolicySubject{Pods: &cnpv1beta1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
-					Egress: []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
-						To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"192.0.2.0/24"}}}}}},
-			}
+			deny := webEgressDeny("deny-docs", cnpv1beta1.AdminTier, 1)
 			if err := a.client.Create(a.ctx, deny); err != nil {
 				t.Fatal(err)
 			}
