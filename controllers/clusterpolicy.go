@@ -227,7 +227,7 @@ func trimNode(obj any) (any, error) {
 func trimClusterPolicy(obj any) (any, error) {
 	if c, ok := obj.(*cnpv1beta1.ClusterNetworkPolicy); ok {
 		c.ManagedFields = nil
-		c.Annotations = nil
+		c.Annotations = selectors.ModeAnnotations(c.Annotations) // audit mode
 	}
 	return obj, nil
 }
