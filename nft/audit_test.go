@@ -3,6 +3,9 @@ package nft
 import (
 	"fmt"
 	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +13,7 @@ import (
 	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/selectors/reference"
 	"github.com/nftpol/nftpol/selectors/selectorstest"
+	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 // withAuditModes annotates some policies of cl for audit mode, and a few
@@ -151,4 +155,130 @@ func FuzzAuditAgreesWithEvaluator(f *testing.F) {
 		checkTablesAgree(t, cl, cfg)
 		checkAuditAgrees(t, cl, cfg)
 	})
+}
+
+// auditModel is everyKindModel with policies in audit mode: a
+// NetworkPolicy on a pod only ClusterNetworkPolicies select (x/c) and on
+// one another NetworkPolicy isolates (x/e, egress), and an Admin
+// ClusterNetworkPolicy on x/a next to the NetworkPolicy (two slots).
+func auditModel() *selectors.Model {
+	m := everyKindModel()
+	m.Policies = append(m.Policies, selectors.PolicyRules{Key: "x/audit-np", HasIngress: true, HasEgress: true, Audit: true,
+		Ingress: []selectors.Rule{{Peers: selectors.PeerMatch{Sets: []string{"pods-b"}},
+			Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 80, Last: 80}}}}},
+		Egress: []selectors.Rule{{Peers: selectors.PeerMatch{All: true}, Ports: selectors.PortMatch{Named: "named"}}}})
+	m.ClusterPolicies = append(m.ClusterPolicies, selectors.ClusterPolicyRules{Name: "audit-admin", Tier: selectors.TierAdmin, Priority: 0, Audit: true,
+		Ingress: []selectors.ClusterRule{
+			{Action: selectors.ActionDeny, Peers: selectors.PeerMatch{Sets: []string{"cidr"}}, Ports: selectors.PortMatch{All: true}},
+			{Index: 1, Action: selectors.ActionPass, Peers: selectors.PeerMatch{All: true}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolUDP, First: 53, Last: 53}}}},
+		}})
+	for i := range m.Pods {
+		switch m.Pods[i].Key {
+		case "x/a":
+			m.Pods[i].Audit[selectors.Ingress] = []string{"audit-admin", "x/audit-np"}
+		case "x/c":
+			m.Pods[i].Audit[selectors.Ingress] = []string{"x/audit-np"}
+		case "x/e":
+			m.Pods[i].Audit[selectors.Egress] = []string{"x/audit-np"}
+		}
+	}
+	return m
+}
+
+// enforcedAuditModel is auditModel with its policies enforced.
+func enforcedAuditModel() *selectors.Model {
+	m := auditModel()
+	for i := range m.Policies {
+		m.Policies[i].Audit = false
+	}
+	for i := range m.ClusterPolicies {
+		m.ClusterPolicies[i].Audit = false
+	}
+	for i := range m.Pods {
+		p := &m.Pods[i]
+		for _, dir := range selectors.Directions {
+			for _, name := range p.Audit[dir] {
+				if strings.Contains(name, "/") {
+					if dir == selectors.Egress {
+						p.Egress = slices.Sorted(slices.Values(append(p.Egress, name)))
+					} else {
+						p.Ingress = slices.Sorted(slices.Values(append(p.Ingress, name)))
+					}
+				} else {
+					p.Cluster[dir].Admin = append([]string{name}, p.Cluster[dir].Admin...) // priority 0: first
+				}
+			}
+			p.Audit[dir] = nil
+		}
+	}
+	return m
+}
+
+// TestAuditTableInKernel commits a table with policies in audit mode to
+// a kernel, reads it back exactly (every audit rule decodes to itself),
+// loads its `nft -f` text as the same table, then switches the policies
+// to enforced and back, one commit each, verified each time.
+func TestAuditTableInKernel(t *testing.T) {
+	for _, cfg := range []Config{{Deny: DenyDrop}, {Deny: DenyReject, LogDenied: true, LogGroup: 5, LogRate: 7}} {
+		t.Run(string(cfg.Deny), func(t *testing.T) {
+			kerneltest.Require(t, kerneltest.NftBinary)
+			ns := kerneltest.Netns(t, netnsPrefix+"au")
+			cfg.Table, cfg.NetNSPath = "nftpol", ns
+			n := newTestNode(t, cfg)
+			audit := n.compiler.Compile(auditModel())
+			auditChains := 0
+			for name, c := range audit.chains {
+				if c.audit == "" && !strings.HasPrefix(name, "audit") && !strings.HasPrefix(name, auditChainPrefix) {
+					continue
+				}
+				auditChains++
+				for _, r := range c.rules {
+					want := r
+					want.comment = ""
+					if got := decodeRule(r.exprs(nil), nil); got != want {
+						t.Fatalf("chain %s: %s decodes as %s", name, want.String(), got.String())
+					}
+				}
+			}
+			if auditChains == 0 {
+				t.Fatal("the audit model compiled no audit chain")
+			}
+			for i, m := range []*selectors.Model{auditModel(), enforcedAuditModel(), auditModel(), &selectors.Model{}, auditModel()} {
+				st, err := n.Sync(m)
+				if err != nil {
+					t.Fatalf("commit %d: %v", i, err)
+				}
+				if err := n.Verify(); err != nil {
+					t.Fatalf("commit %d reads back otherwise: %v", i, err)
+				}
+				t.Logf("commit %d: %d chains, %d rules, %d sets (one transaction)", i, st.Chains, st.Rules, st.Sets)
+			}
+			listing := kerneltest.Nft(t, ns, "list", "table", "inet", "nftpol")
+			for _, want := range []string{"chain audit0-forward-ingress", "chain audit1-forward-ingress", `log prefix "nftpol-would-deny-ingress x/audit-np"`, `comment "audit:audit-admin ingress"`} {
+				if want == `log prefix "nftpol-would-deny-ingress x/audit-np"` && !cfg.LogDenied {
+					continue
+				}
+				if !strings.Contains(listing, want) {
+					t.Errorf("the table lacks %q:\n%s", want, listing)
+				}
+			}
+
+			// The nft text of the same table loads as the same table.
+			ns2 := kerneltest.Netns(t, netnsPrefix+"au")
+			file := filepath.Join(t.TempDir(), "table.nft")
+			if err := os.WriteFile(file, []byte(audit.NftText()), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command("ip", "netns", "exec", filepath.Base(ns2), "nft", "-f", file).CombinedOutput(); err != nil {
+				t.Fatalf("nft -f: %v: %s", err, out)
+			}
+			cfg2 := cfg
+			cfg2.NetNSPath = ns2
+			e2 := newTestNode(t, cfg2)
+			e2.committed = audit
+			if err := e2.Verify(); err != nil {
+				t.Fatalf("the table nft loaded is not the desired one: %v", err)
+			}
+		})
+	}
 }
