@@ -234,3 +234,27 @@ func (cc *clusterCompiler) wouldDeny(m ruleSpec, dir selectors.Direction) []rule
 	m.counter, m.comment, m.verdict = true, auditComment(cc.audit, dir), verdictAccept
 	return append(out, m)
 }
+
+// annotateAuditChains recovers, for a table read from the kernel, which
+// chains are audit hypotheses and for which policy (from the would-deny
+// counters' comments), and keeps the counter-less copies of policy
+// chains from passing for the policies' own.
+func annotateAuditChains(rs *Ruleset) {
+	for _, c := range rs.chains {
+		if !strings.HasPrefix(c.name, auditChainPrefix) {
+			continue
+		}
+		c.policies, c.isolates, c.tier, c.next = nil, false, 0, ""
+		for _, r := range c.rules {
+			label, ok := strings.CutPrefix(r.comment, auditCommentPrefix)
+			if i := strings.LastIndexByte(label, ' '); ok && i > 0 {
+				c.audit = label[:i]
+				c.dir = selectors.Ingress
+				if label[i+1:] == selectors.Egress.String() {
+					c.dir = selectors.Egress
+				}
+				break
+			}
+		}
+	}
+}

@@ -263,6 +263,18 @@ func TestAuditTableInKernel(t *testing.T) {
 				}
 			}
 
+			// `nftpol dump` names the audited policy of each hypothesis.
+			back, err := n.ReadTable()
+			if err != nil {
+				t.Fatal(err)
+			}
+			dump := back.String()
+			for _, p := range []string{"x/audit-np", "audit-admin"} {
+				if !strings.Contains(dump, "# audit mode: what "+p+" would deny") {
+					t.Errorf("the dump does not name %s's hypotheses:\n%s", p, dump)
+				}
+			}
+
 			// The nft text of the same table loads as the same table.
 			ns2 := kerneltest.Netns(t, netnsPrefix+"au")
 			file := filepath.Join(t.TempDir(), "table.nft")
