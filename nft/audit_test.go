@@ -269,6 +269,9 @@ func TestAuditTableInKernel(t *testing.T) {
 				t.Fatal(err)
 			}
 			dump := back.String()
+			if testing.Verbose() {
+				t.Logf("nftpol dump of the audit table:\n%s", dump)
+			}
 			for _, p := range []string{"x/audit-np", "audit-admin"} {
 				if !strings.Contains(dump, "# audit mode: what "+p+" would deny") {
 					t.Errorf("the dump does not name %s's hypotheses:\n%s", p, dump)
