@@ -50,15 +50,21 @@ const (
 	// every base chain of baseChains.
 	auditPrio = 10
 
-	logPrefixWouldDenyIngress = "nftpol-would-deny-ingress"
-	logPrefixWouldDenyEgress  = "nftpol-would-deny-egress"
+	// logPrefixWouldDeny, then the direction, starts the NFLOG prefix of
+	// a would-deny; the policy follows after a space.
+	logPrefixWouldDeny = "nftpol-would-deny-"
 )
 
-func wouldDenyLogPrefix(dir selectors.Direction) string {
-	if dir == selectors.Egress {
-		return logPrefixWouldDenyEgress
+func wouldDenyLogPrefix(dir selectors.Direction) string { return logPrefixWouldDeny + dir.String() }
+
+// wouldDenyDirection reads the direction of a would-deny log prefix.
+func wouldDenyDirection(prefix string) (selectors.Direction, bool) {
+	for _, dir := range selectors.Directions {
+		if prefix == wouldDenyLogPrefix(dir) {
+			return dir, true
+		}
 	}
-	return logPrefixWouldDenyIngress
+	return 0, false
 }
 
 // auditMap names the verdict map of the slot-th audit policies of local

@@ -177,12 +177,12 @@ func parseNflog(m netlink.Message) (DeniedPacket, bool) {
 		p.Direction = selectors.Ingress
 	case logPrefixEgress:
 		p.Direction = selectors.Egress
-	case logPrefixWouldDenyIngress:
-		p.Direction, p.WouldDeny = selectors.Ingress, true
-	case logPrefixWouldDenyEgress:
-		p.Direction, p.WouldDeny = selectors.Egress, true
 	default:
-		return DeniedPacket{}, false
+		dir, ok := wouldDenyDirection(prefix)
+		if !ok {
+			return DeniedPacket{}, false
+		}
+		p.Direction, p.WouldDeny = dir, true
 	}
 	return p, parsePacket(payload, &p)
 }
