@@ -39,3 +39,12 @@ func ModeAnnotations(annotations map[string]string) map[string]string {
 	}
 	return nil
 }
+
+// ModeChanged reports whether an update changed ModeAnnotation (its value
+// or its presence): a watch that ignores metadata-only updates must not
+// ignore this one.
+func ModeChanged(old, new map[string]string) bool {
+	o, okOld := old[ModeAnnotation]
+	n, okNew := new[ModeAnnotation]
+	return okOld != okNew || o != n
+}

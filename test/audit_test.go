@@ -175,7 +175,10 @@ func (m *modelBed) runAuditCase(t *testing.T, c auditCase) {
 	}
 	switchSpec := auditSpecs()[0]
 	enforcedMatrix := testbed.PredictMatrix(enforcedState, m.pods, switchSpec)
-	seen := m.probeDuringSwitch(t, switchSpec, audit[switchSpec], enforcedMatrix)
+	seen, done := m.probeDuringSwitch(t, switchSpec, audit[switchSpec], enforcedMatrix)
+	if !done {
+		t.Errorf("probes did not see %s enforced within 30 s of removing the annotation", c.policy)
+	}
 	enforced := m.convergeToEvaluator(t, c.policy+" enforced")
 	t.Logf("switch to enforced: %d probes during it, each the audit or the enforced value", seen)
 	// Enforcing denies exactly what the evaluator called would-deny.
@@ -290,11 +293,12 @@ func (m *modelBed) setMode(t *testing.T, c auditCase, mode string) {
 }
 
 // probeDuringSwitch probes spec's matrix round after round until it is
-// enforced (at most 20 s) and fails on any cell that is neither its audit
-// nor its enforced value. It returns the number of probes.
-func (m *modelBed) probeDuringSwitch(t *testing.T, spec testbed.ProbeSpec, audit, enforced *testbed.Matrix) int {
+// enforced (at most 30 s) and fails on any cell that is neither its audit
+// nor its enforced value. It returns the number of probes and whether the
+// enforced matrix was seen.
+func (m *modelBed) probeDuringSwitch(t *testing.T, spec testbed.ProbeSpec, audit, enforced *testbed.Matrix) (int, bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	probes := 0
 	for round := 0; round < 200 && time.Now().Before(deadline); round++ {
 		got := testbed.ProbeMatrix(context.Background(), m.pods, spec, auditParallel)
@@ -308,10 +312,10 @@ func (m *modelBed) probeDuringSwitch(t *testing.T, spec testbed.ProbeSpec, audit
 			}
 		}
 		if got.Equal(enforced) {
-			break
+			return probes, true
 		}
 	}
-	return probes
+	return probes, false
 }
 
 func packetOf(from, to *testbed.Pod, spec testbed.ProbeSpec) reference.Packet {
