@@ -131,6 +131,11 @@ func (m *modelBed) runAuditCase(t *testing.T, c auditCase) {
 	// Counters: per node and direction, exactly the packets expected.
 	for node, a := range m.agents {
 		after := scrape(t, "http://"+a.MetricsAddr+"/metrics")
+		for series, v := range after {
+			if strings.HasPrefix(series, "nftpol_policy_audit_would_deny_packets_total") {
+				t.Logf("%s scrape: %s %v", node, series, v)
+			}
+		}
 		for _, dir := range []string{"ingress", "egress"} {
 			series := fmt.Sprintf(`nftpol_policy_audit_would_deny_packets_total{direction=%q,policy=%q}`, dir, c.policy)
 			got := after[series] - before[node][series]
@@ -162,6 +167,14 @@ func (m *modelBed) runAuditCase(t *testing.T, c auditCase) {
 		t.Errorf("would-deny log lines (- evaluator only, + logged only):\n%s", lineDiff(strings.Join(want.all, "\n"), strings.Join(got, "\n")))
 	}
 	t.Logf("%d would-deny log lines, as the evaluator names them", len(got))
+	for node, a := range m.agents {
+		for _, line := range strings.Split(a.Log()[marks[node]:], "\n") {
+			if strings.Contains(line, `"would-deny"`) {
+				t.Logf("%s log: %s", node, line)
+				break
+			}
+		}
+	}
 	if len(want.all) == 0 {
 		t.Fatal("the case has no would-deny cell: it proves nothing")
 	}
