@@ -105,7 +105,7 @@ func compileAudit(rs *Ruleset, m *selectors.Model, cfg Config, u *peerUnions) {
 		for _, bc := range baseChains {
 			name := auditBaseChainName(k, bc)
 			rs.chains[name] = baseChainSpec(name, bc, auditPrio+2*int32(k)+bc.prio,
-				func(dir selectors.Direction, family int) string { return auditMap(k, dir, family) })
+				func(dir selectors.Direction, family int) string { return auditMap(k, dir, family) }, nil)
 		}
 	}
 	a := &auditCompiler{rs: rs, cfg: cfg, unions: u, model: m,

@@ -85,8 +85,10 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 		}
 	}
 	for _, bc := range baseChains {
-		rs.chains[bc.name] = baseChainSpec(bc.name, bc, bc.prio, verdictMap)
+		guard := func(family int) []ruleSpec { return podGuardRules(m.Guard, bc, family) }
+		rs.chains[bc.name] = baseChainSpec(bc.name, bc, bc.prio, verdictMap, guard)
 	}
+	addPodGuardSets(rs, m.Guard)
 
 	compileSets(rs, m, prev, prevSets)
 
@@ -163,8 +165,9 @@ func addVerdictMap(rs *Ruleset, name, comment string, family int) {
 // baseChainSpec is the base chain of bc's hook and direction, named name
 // at priority prio, that sends a pod's new connections where the verdict
 // maps vmap names send them: established traffic and (where bc says so)
-// neighbour discovery are accepted first.
-func baseChainSpec(name string, bc baseChain, prio int32, vmap func(selectors.Direction, int) string) *chainSpec {
+// neighbour discovery are accepted first, then per family the rules
+// before gives (nil: none) ahead of its map.
+func baseChainSpec(name string, bc baseChain, prio int32, vmap func(selectors.Direction, int) string, before func(family int) []ruleSpec) *chainSpec {
 	c := &chainSpec{name: name, hook: bc.hook, prio: prio, typ: chainTypeFilter, policy: chainPolicyAccept,
 		rules: []ruleSpec{{ctEstablished: true, verdict: verdictAccept}}}
 	if bc.nd {
@@ -177,6 +180,9 @@ func baseChainSpec(name string, bc baseChain, prio int32, vmap func(selectors.Di
 		on = fieldSaddr
 	}
 	for _, family := range []int{4, 6} {
+		if before != nil {
+			c.rules = append(c.rules, before(family)...)
+		}
 		c.rules = append(c.rules, ruleSpec{family: family, vmapOn: on, vmap: vmap(bc.dir, family)})
 	}
 	return c
