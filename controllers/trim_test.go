@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	toolscache "k8s.io/client-go/tools/cache"
 
@@ -74,5 +75,22 @@ func TestPodTrimmerSharesEqualLabels(t *testing.T) {
 	}
 	if got := trim(nil); got != nil {
 		t.Fatalf("no labels became %v", got)
+	}
+}
+
+// TestTrimMetaKeepsTheModeAnnotation: the cache drops a policy's
+// annotations but its audit mode, which the model reads.
+func TestTrimMetaKeepsTheModeAnnotation(t *testing.T) {
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "p",
+		Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{...}", selectors.ModeAnnotation: selectors.ModeAudit}}}
+	if _, err := TrimMeta(np); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{selectors.ModeAnnotation: selectors.ModeAudit}; !reflect.DeepEqual(np.Annotations, want) {
+		t.Errorf("annotations after trimming: %v, want %v", np.Annotations, want)
+	}
+	plain := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"a": "b"}}}
+	if _, err := TrimMeta(plain); err != nil || plain.Annotations != nil {
+		t.Errorf("annotations of a policy without a mode after trimming: %v (%v), want none", plain.Annotations, err)
 	}
 }
