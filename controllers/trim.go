@@ -245,7 +245,8 @@ func (t *policyTrimmer) Transform(obj any) (any, error) {
 
 // TrimMeta drops the parts of namespaces and policies the agent never reads:
 // managed fields and annotations (kubectl's last-applied copy doubles the
-// size of every applied object).
+// size of every applied object), but a policy's audit mode
+// (selectors.ModeAnnotation).
 func TrimMeta(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Namespace:
@@ -255,7 +256,7 @@ func TrimMeta(obj any) (any, error) {
 		o.Status = corev1.NamespaceStatus{}
 	case *networkingv1.NetworkPolicy:
 		o.ManagedFields = nil
-		o.Annotations = nil
+		o.Annotations = selectors.ModeAnnotations(o.Annotations)
 	}
 	return obj, nil
 }

@@ -177,3 +177,20 @@ func TestPolicyTrimmerSharesSelectors(t *testing.T) {
 		t.Error("a namespace keeps its annotations")
 	}
 }
+
+// TestTrimMetaKeepsTheModeAnnotation: the cache drops a policy's
+// annotations but its audit mode, which the model reads.
+func TestTrimMetaKeepsTheModeAnnotation(t *testing.T) {
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "p",
+		Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{...}", selectors.ModeAnnotation: selectors.ModeAudit}}}
+	if _, err := TrimMeta(np); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{selectors.ModeAnnotation: selectors.ModeAudit}; !reflect.DeepEqual(np.Annotations, want) {
+		t.Errorf("annotations after trimming: %v, want %v", np.Annotations, want)
+	}
+	plain := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"a": "b"}}}
+	if _, err := TrimMeta(plain); err != nil || plain.Annotations != nil {
+		t.Errorf("annotations of a policy without a mode after trimming: %v (%v), want none", plain.Annotations, err)
+	}
+}
