@@ -33,6 +33,8 @@ import (
 //   - policy-to-enforcement latency: from the API write of a policy that
 //     isolates the server to the first probe the kernel refuses, and from
 //     its deletion to the first probe that connects again (25 each);
+//     at the end again with 100 ClusterNetworkPolicies over the cluster
+//     (cnps-np-*), and the same for a ClusterNetworkPolicy (cnp-*);
 //   - one pod change (a remote pod joining peer sets, relabeled out of
 //     them, deleted): the sync's duration and the elements it changed, from
 //     the agent's own metrics.
@@ -130,7 +132,6 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 	defer func() { <-profileDone }()
 
 	// Policy to enforcement, both ways.
-	var apply, remove []time.Duration
 	pol := &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "lat", Name: "isolate-server"},
 		Spec: networkingv1.NetworkPolicySpec{
@@ -139,31 +140,15 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 		},
 	}
 	policies := cs.NetworkingV1().NetworkPolicies("lat")
-	for rep := 0; rep < 25; rep++ {
-		t0 := time.Now()
-		if _, err := policies.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		if err := waitProbe(client, server, false); err != nil {
-			b.Fatalf("rep %d: the policy did not take effect: %v", rep, err)
-		}
-		apply = append(apply, time.Since(t0))
-		t0 = time.Now()
-		if err := policies.Delete(ctx, pol.Name, metav1.DeleteOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		if err := waitProbe(client, server, true); err != nil {
-			b.Fatalf("rep %d: the deletion did not take effect: %v", rep, err)
-		}
-		remove = append(remove, time.Since(t0))
+	npLatency := enforcementLatency{
+		what: "policy",
+		create: func() error {
+			_, err := policies.Create(ctx, pol, metav1.CreateOptions{})
+			return err
+		},
+		remove: func() error { return policies.Delete(ctx, pol.Name, metav1.DeleteOptions{}) },
 	}
-	b.ReportMetric(ms(percentile(apply, 50)), "apply-p50-ms")
-	b.ReportMetric(ms(percentile(apply, 90)), "apply-p90-ms")
-	b.ReportMetric(ms(percentile(remove, 50)), "delete-p50-ms")
-	b.ReportMetric(ms(percentile(remove, 90)), "delete-p90-ms")
-	b.Logf("policy to enforcement over %d reps: apply p50 %s p90 %s max %s; delete p50 %s p90 %s max %s",
-		len(apply), percentile(apply, 50), percentile(apply, 90), percentile(apply, 100),
-		percentile(remove, 50), percentile(remove, 90), percentile(remove, 100))
+	npLatency.measure(b, client, server, "")
 
 	// One pod change at a time: a remote api pod joins the peer sets of
 	// its team's policies, leaves them by a relabel, comes back, is
@@ -208,6 +193,8 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 		b.ReportMetric(c.elements[len(c.elements)/2], "pod-"+c.name+"-elements")
 		b.Logf("one pod %s: sync p50 %s p90 %s, elements changed %v", c.name, percentile(c.durs, 50), percentile(c.durs, 90), c.elements)
 	}
+	measureWithClusterPolicies(b, cp, metricsURL, client, server, npLatency)
+
 	final := scrape(b, metricsURL)
 	rssEnd, err := agent.RSSBytes()
 	if err != nil {
@@ -217,6 +204,89 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 	b.Logf("table: %v sets, %v elements, %v rules; %v local policies; agent RSS %.1f MiB warm, %.1f MiB at the end; Go heap %.1f MiB warm, %.1f MiB at the end",
 		final["nftpol_sets"], final["nftpol_set_elements"], final["nftpol_rules"], final["nftpol_policies"],
 		float64(rss)/(1<<20), float64(rssEnd)/(1<<20), warm["go_memstats_heap_inuse_bytes"]/(1<<20), final["go_memstats_heap_inuse_bytes"]/(1<<20))
+}
+
+// enforcementLatency is one kind of object whose creation isolates the
+// server and whose deletion lifts the isolation.
+type enforcementLatency struct {
+	what           string // for the log
+	create, remove func() error
+}
+
+// latencyReps is how many times each latency is sampled.
+const latencyReps = 25
+
+// measure times, latencyReps times, from the API write creating the
+// object to the first probe from client to server the kernel refuses, and
+// from its deletion to the first probe that connects again, and reports
+// the percentiles as <prefix>apply-p50-ms etc.
+func (l enforcementLatency) measure(b *testing.B, client, server *testbed.Pod, prefix string) {
+	b.Helper()
+	var apply, remove []time.Duration
+	for rep := 0; rep < latencyReps; rep++ {
+		t0 := time.Now()
+		if err := l.create(); err != nil {
+			b.Fatalf("rep %d: creating the %s: %v", rep, l.what, err)
+		}
+		if err := waitProbe(client, server, false); err != nil {
+			b.Fatalf("rep %d: the %s did not take effect: %v", rep, l.what, err)
+		}
+		apply = append(apply, time.Since(t0))
+		t0 = time.Now()
+		if err := l.remove(); err != nil {
+			b.Fatalf("rep %d: deleting the %s: %v", rep, l.what, err)
+		}
+		if err := waitProbe(client, server, true); err != nil {
+			b.Fatalf("rep %d: the deletion of the %s did not take effect: %v", rep, l.what, err)
+		}
+		remove = append(remove, time.Since(t0))
+	}
+	b.ReportMetric(ms(percentile(apply, 50)), prefix+"apply-p50-ms")
+	b.ReportMetric(ms(percentile(apply, 90)), prefix+"apply-p90-ms")
+	b.ReportMetric(ms(percentile(remove, 50)), prefix+"delete-p50-ms")
+	b.ReportMetric(ms(percentile(remove, 90)), prefix+"delete-p90-ms")
+	b.Logf("%s to enforcement (%sapply-*, %sdelete-*) over %d reps: apply p50 %s p90 %s max %s; delete p50 %s p90 %s max %s",
+		l.what, prefix, prefix, len(apply),
+		percentile(apply, 50), percentile(apply, 90), percentile(apply, 100),
+		percentile(remove, 50), percentile(remove, 90), percentile(remove, 100))
+}
+
+// measureWithClusterPolicies writes the 100 ClusterNetworkPolicies of
+// clusterPolicyMix (issue 14) over the scale cluster, then measures again
+// the NetworkPolicy's latency (reported as cnps-np-*) and that of a
+// ClusterNetworkPolicy: an Admin Deny of all ingress to the server, ahead
+// of the mix (cnp-*).
+func measureWithClusterPolicies(b *testing.B, cp *testbed.ControlPlane, metricsURL string, client, server *testbed.Pod, np enforcementLatency) {
+	b.Helper()
+	ctx := context.Background()
+	mix := clusterPolicyMix(cnpMixSite{
+		serverNS: selPtr("ns", "lat"), serverPod: selPtr("app", "lat-server"),
+		clientNS: selPtr("ns", "lat"), clientPod: selPtr("app", "lat-client"),
+		otherNS:  func(i int) *metav1.LabelSelector { return selPtr("team", fmt.Sprintf("t%d", i%20)) },
+		otherPod: func(i int) *metav1.LabelSelector { return selPtr("app", fmt.Sprintf("app-%d", i%10)) },
+		ports:    []int32{80},
+	})
+	for _, c := range mix.policies {
+		if err := cp.Client.Create(ctx, c); err != nil {
+			b.Fatalf("creating ClusterNetworkPolicy %s: %v", c.Name, err)
+		}
+	}
+	settle(b, metricsURL)
+	selecting := scrape(b, metricsURL)["nftpol_cluster_policies"]
+	b.ReportMetric(selecting, "cnps-local")
+	b.Logf("%d ClusterNetworkPolicies written, %v of them select local pods", len(mix.policies), selecting)
+	if err := waitProbe(client, server, true); err != nil {
+		b.Fatalf("with the ClusterNetworkPolicies: %v", err)
+	}
+	np.measure(b, client, server, "cnps-np-")
+
+	deny := withIngressRules(clusterPolicyOnPods("isolate-server", adminTier, 0, selPtr("ns", "lat"), selPtr("app", "lat-server")),
+		cnpFrom(cnpDeny, fromNamespaces(selPtr())))
+	enforcementLatency{
+		what:   "ClusterNetworkPolicy",
+		create: func() error { return cp.Client.Create(ctx, deny.DeepCopy()) },
+		remove: func() error { return cp.Client.Delete(ctx, deny.DeepCopy()) },
+	}.measure(b, client, server, "cnp-")
 }
 
 // syncSamples are the syncs that followed one kind of change.
