@@ -116,6 +116,8 @@ func rows() []row {
 		{"new connections/s, 100 CNPs + 1k policies vs 1k policies alone (IPv6)", "BenchmarkPacketPath/IPv6", "T/B-conn", 1, "%.2f", "", nil},
 		{"long flow throughput vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "B/A-MB/s", 1, "%.2f", ">= 0.98", atLeast(0.98)},
 		{"long flow throughput vs no table (IPv6)", "BenchmarkPacketPath/IPv6", "B/A-MB/s", 1, "%.2f", ">= 0.98", atLeast(0.98)},
+		{"cut denied flows: one sweep of 100k conntrack entries (off the sync loop)", "BenchmarkFlowCut100k", "ns/op", 1e-6, "%.0f ms", "", nil},
+		{"cut denied flows: what the sync loop waits for that sweep", "BenchmarkFlowCut100k", "sync-wait-us", 1, "%.0f µs", "", nil},
 		{"commit 1k chains / 10k elements: netlink", "BenchmarkCommitNetlink/1k-chains-10k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
 		{"commit 1k chains / 10k elements: nft -f", "BenchmarkCommitNftFile/1k-chains-10k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
 		{"commit 10k chains / 100k elements: netlink", "BenchmarkCommitNetlink/10k-chains-100k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
