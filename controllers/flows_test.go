@@ -14,8 +14,8 @@ import (
 )
 
 // flowsNetnsPrefix names the network namespaces of the sweep tests and
-// benchmark; it
-// does not start with netnsPrefix, whose leftover cleanup would take them.
+// benchmark; it does not start with netnsPrefix, whose leftover cleanup
+// would take them.
 const flowsNetnsPrefix = "nftpol-cbflows"
 
 // The sweep tests' conntrack table: UDP entries to 100 local pods from
