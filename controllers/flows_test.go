@@ -1,16 +1,11 @@
 package controllers
 
 import (
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/conntrack"
-
 	"github.com/nftpol/nftpol/selectors"
-	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 // flowsNetnsPrefix names the network namespaces of the sweep tests and
@@ -25,22 +20,8 @@ const sweepEntries, sweepPods, sweepPeers, sweepDeniedEvery = 2000, 100, 500, 10
 // sweepTable makes a namespace holding the sweep tests' conntrack table.
 func sweepTable(t *testing.T) string {
 	t.Helper()
-	netns := kerneltest.Netns(t, flowsNetnsPrefix)
-	ns, err := os.Open(netns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	conn, err := conntrack.Dial(&netlink.Config{NetNS: int(ns.Fd())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	for i := range sweepEntries {
-		if err := conn.Create(benchFlow(i, sweepPods, sweepPeers, sweepDeniedEvery)); err != nil {
-			t.Fatalf("creating conntrack entry %d: %v", i, err)
-		}
-	}
+	netns, create := flowTable(t, sweepEntries, sweepPods, sweepPeers, sweepDeniedEvery)
+	create(func(int) bool { return true })
 	return netns
 }
 
