@@ -142,13 +142,14 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 	policies := cs.NetworkingV1().NetworkPolicies("lat")
 	npLatency := enforcementLatency{
 		what: "policy",
+		kind: "networkpolicy",
 		create: func() error {
 			_, err := policies.Create(ctx, pol, metav1.CreateOptions{})
 			return err
 		},
 		remove: func() error { return policies.Delete(ctx, pol.Name, metav1.DeleteOptions{}) },
 	}
-	npLatency.measure(b, client, server, "")
+	npLatency.measure(b, metricsURL, client, server, "")
 
 	// One pod change at a time: a remote api pod joins the peer sets of
 	// its team's policies, leaves them by a relabel, comes back, is
@@ -209,7 +210,10 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 // enforcementLatency is one kind of object whose creation isolates the
 // server and whose deletion lifts the isolation.
 type enforcementLatency struct {
-	what           string // for the log
+	what string // for the log
+	// kind is the agent's label for the change in its programming
+	// latency metric.
+	kind           string
 	create, remove func() error
 }
 
@@ -219,9 +223,12 @@ const latencyReps = 25
 // measure times, latencyReps times, from the API write creating the
 // object to the first probe from client to server the kernel refuses, and
 // from its deletion to the first probe that connects again, and reports
-// the percentiles as <prefix>apply-p50-ms etc.
-func (l enforcementLatency) measure(b *testing.B, client, server *testbed.Pod, prefix string) {
+// the percentiles as <prefix>apply-p50-ms etc. It logs what the agent's
+// metrics say of the same time: how many syncs ran, their mean duration,
+// and the mean time from the agent receiving the change to its commit.
+func (l enforcementLatency) measure(b *testing.B, metricsURL string, client, server *testbed.Pod, prefix string) {
 	b.Helper()
+	before := scrape(b, metricsURL)
 	var apply, remove []time.Duration
 	for rep := 0; rep < latencyReps; rep++ {
 		t0 := time.Now()
@@ -249,6 +256,13 @@ func (l enforcementLatency) measure(b *testing.B, client, server *testbed.Pod, p
 		l.what, prefix, prefix, len(apply),
 		percentile(apply, 50), percentile(apply, 90), percentile(apply, 100),
 		percentile(remove, 50), percentile(remove, 90), percentile(remove, 100))
+	after := scrape(b, metricsURL)
+	delta := func(name string) float64 { return after[name] - before[name] }
+	programming := fmt.Sprintf(`nftpol_programming_latency_seconds_%%s{kind=%q}`, l.kind)
+	b.Logf("agent meanwhile: %.0f syncs (%.1f per create or delete), mean sync %.1f ms; %s received to committed mean %.1f ms over %.0f changes",
+		delta("nftpol_syncs_total"), delta("nftpol_syncs_total")/float64(2*latencyReps),
+		1000*delta("nftpol_sync_duration_seconds_sum")/delta("nftpol_sync_duration_seconds_count"),
+		l.kind, 1000*delta(fmt.Sprintf(programming, "sum"))/delta(fmt.Sprintf(programming, "count")), delta(fmt.Sprintf(programming, "count")))
 }
 
 // measureWithClusterPolicies writes the 100 ClusterNetworkPolicies of
@@ -278,15 +292,16 @@ func measureWithClusterPolicies(b *testing.B, cp *testbed.ControlPlane, metricsU
 	if err := waitProbe(client, server, true); err != nil {
 		b.Fatalf("with the ClusterNetworkPolicies: %v", err)
 	}
-	np.measure(b, client, server, "cnps-np-")
+	np.measure(b, metricsURL, client, server, "cnps-np-")
 
 	deny := withIngressRules(clusterPolicyOnPods("isolate-server", adminTier, 0, selPtr("ns", "lat"), selPtr("app", "lat-server")),
 		cnpFrom(cnpDeny, fromNamespaces(selPtr())))
 	enforcementLatency{
 		what:   "ClusterNetworkPolicy",
+		kind:   "clusternetworkpolicy",
 		create: func() error { return cp.Client.Create(ctx, deny.DeepCopy()) },
 		remove: func() error { return cp.Client.Delete(ctx, deny.DeepCopy()) },
-	}.measure(b, client, server, "cnp-")
+	}.measure(b, metricsURL, client, server, "cnp-")
 }
 
 // syncSamples are the syncs that followed one kind of change.
