@@ -149,11 +149,12 @@ func BenchmarkPacketPath(b *testing.B) {
 		r := results[fam]
 		// The measurement ran once above; the sub-benchmarks only report
 		// it, one line per family. A leaf benchmark's log is printed
-		// without -v, but once per run of it: log on the first only.
+		// without -v, but once per run of it: log on the first only. It
+		// keeps only its first ten lines: the table has ten.
 		logged := false
 		b.Run(fmt.Sprintf("IPv%d", fam), func(b *testing.B) {
 			if !logged {
-				b.Logf("\n%s", r.table(fam))
+				b.Logf("%s", r.table(fam))
 				logged = true
 			}
 			a, ten, all := median(r.connRate[phaseNoTable]), median(r.connRate[phaseTen]), median(r.connRate[phaseAll])
@@ -529,6 +530,12 @@ func median(xs []float64) float64 {
 func (r *pathResults) table(family int) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "IPv%d, %s windows, %d connect workers (rounds in run order, then median)\n", family, pathWindow, pathWorkers)
+	a := median(r.connRate[phaseNoTable])
+	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f, I/A %.3f, K/A %.3f, B/K %.3f, T/A %.3f, T/B %.3f; MB/s B/A %.3f\n",
+		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.connRate[phaseBlocks])/a, median(r.connRate[phaseConntrack])/a,
+		median(r.connRate[phaseTen])/median(r.connRate[phaseConntrack]),
+		median(r.connRate[phaseTiers])/a, median(r.connRate[phaseTiers])/median(r.connRate[phaseTen]),
+		median(r.mbps[phaseTen])/median(r.mbps[phaseNoTable]))
 	row := func(name string, xs []float64, unit string) {
 		fmt.Fprintf(&sb, "  %-42s", name+" "+unit)
 		for _, x := range xs {
@@ -542,11 +549,5 @@ func (r *pathResults) table(family int) string {
 	for _, p := range []pathPhase{phaseNoTable, phaseTen} {
 		row(p.String(), r.mbps[p], "MB/s")
 	}
-	a := median(r.connRate[phaseNoTable])
-	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f, I/A %.3f, K/A %.3f, B/K %.3f, T/A %.3f, T/B %.3f; MB/s B/A %.3f\n",
-		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.connRate[phaseBlocks])/a, median(r.connRate[phaseConntrack])/a,
-		median(r.connRate[phaseTen])/median(r.connRate[phaseConntrack]),
-		median(r.connRate[phaseTiers])/a, median(r.connRate[phaseTiers])/median(r.connRate[phaseTen]),
-		median(r.mbps[phaseTen])/median(r.mbps[phaseNoTable]))
 	return sb.String()
 }
