@@ -114,22 +114,15 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 
 	// NFTPOL_SCALE_PROFILE=file saves a heap profile of the warm agent
 	// (file.heap) and a 20 s CPU profile taken while the measurements
-	// below run.
-	profileDone := make(chan struct{})
-	if path := os.Getenv("NFTPOL_SCALE_PROFILE"); path != "" {
-		if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/heap", path+".heap"); err != nil {
+	// below run (and one, file.cnp, while those with ClusterNetworkPolicies
+	// run).
+	profile := os.Getenv("NFTPOL_SCALE_PROFILE")
+	if profile != "" {
+		if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/heap", profile+".heap"); err != nil {
 			b.Errorf("heap profile: %v", err)
 		}
-		go func() {
-			defer close(profileDone)
-			if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/profile?seconds=20", path); err != nil {
-				b.Errorf("profile: %v", err)
-			}
-		}()
-	} else {
-		close(profileDone)
 	}
-	defer func() { <-profileDone }()
+	defer cpuProfile(b, agent.MetricsAddr, profile)()
 
 	// Policy to enforcement, both ways.
 	pol := &networkingv1.NetworkPolicy{
@@ -194,7 +187,7 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 		b.ReportMetric(c.elements[len(c.elements)/2], "pod-"+c.name+"-elements")
 		b.Logf("one pod %s: sync p50 %s p90 %s, elements changed %v", c.name, percentile(c.durs, 50), percentile(c.durs, 90), c.elements)
 	}
-	measureWithClusterPolicies(b, cp, metricsURL, client, server, npLatency)
+	measureWithClusterPolicies(b, cp, agent.MetricsAddr, client, server, npLatency, profile)
 
 	final := scrape(b, metricsURL)
 	rssEnd, err := agent.RSSBytes()
@@ -276,8 +269,9 @@ func (l enforcementLatency) measure(b *testing.B, metricsURL string, client, ser
 // the NetworkPolicy's latency (reported as cnps-np-*) and that of a
 // ClusterNetworkPolicy: an Admin Deny of all ingress to the server, ahead
 // of the mix (cnp-*).
-func measureWithClusterPolicies(b *testing.B, cp *testbed.ControlPlane, metricsURL string, client, server *testbed.Pod, np enforcementLatency) {
+func measureWithClusterPolicies(b *testing.B, cp *testbed.ControlPlane, agentAddr string, client, server *testbed.Pod, np enforcementLatency, profile string) {
 	b.Helper()
+	metricsURL := "http://" + agentAddr + "/metrics"
 	ctx := context.Background()
 	mix := clusterPolicyMix(cnpMixSite{
 		serverNS: selPtr("ns", "lat"), serverPod: selPtr("app", "lat-server"),
@@ -297,6 +291,9 @@ func measureWithClusterPolicies(b *testing.B, cp *testbed.ControlPlane, metricsU
 	b.Logf("%d ClusterNetworkPolicies written, %v of them select local pods", len(mix.policies), selecting)
 	if err := waitProbe(client, server, true); err != nil {
 		b.Fatalf("with the ClusterNetworkPolicies: %v", err)
+	}
+	if profile != "" {
+		defer cpuProfile(b, agentAddr, profile+".cnp")()
 	}
 	np.measure(b, metricsURL, client, server, "cnps-np-")
 
@@ -374,6 +371,23 @@ func waitProbe(client, server *testbed.Pod, wantConnect bool) error {
 		}
 	}
 	return errors.New("probe budget exhausted")
+}
+
+// cpuProfile starts a 20 s CPU profile of the agent at agentAddr, saved to
+// path, unless path is ""; the function it returns waits for the profile.
+func cpuProfile(b *testing.B, agentAddr, path string) (wait func()) {
+	done := make(chan struct{})
+	if path == "" {
+		close(done)
+		return func() {}
+	}
+	go func() {
+		defer close(done)
+		if err := saveProfile("http://"+agentAddr+"/debug/pprof/profile?seconds=20", path); err != nil {
+			b.Errorf("profile: %v", err)
+		}
+	}()
+	return func() { <-done }
 }
 
 func saveProfile(url, path string) error {
