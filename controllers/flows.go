@@ -186,11 +186,12 @@ func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
 
 // sweep reads the conntrack table and deletes every entry whose connection
 // the model latest returns denies; it asks again before each entry, and
-// decides the entries left with a newer model as soon as there is one. A connection is decided on its original direction,
-// as the table decides its first packet: the source address and the
-// destination address and port after destination NAT (the reply tuple's
-// source), protocol. Connections from the node itself are never cut: the
-// table does not judge the node's own traffic to its pods.
+// decides the entries left with a newer model as soon as there is one. A
+// connection is decided on its original direction, as the table decides
+// its first packet: the source address and the destination address and
+// port after destination NAT (the reply tuple's source), protocol.
+// Connections from the node itself are never cut: the table does not
+// judge the node's own traffic to its pods.
 func (c *FlowCutter) sweep(latest func() *selectors.Model) (FlowCutStats, error) {
 	start := time.Now()
 	model := latest()
