@@ -154,7 +154,7 @@ func BenchmarkPacketPath(b *testing.B) {
 		logged := false
 		b.Run(fmt.Sprintf("IPv%d", fam), func(b *testing.B) {
 			if !logged {
-				b.Logf("%s", r.table(fam))
+				b.Logf("%s", strings.TrimSuffix(r.table(fam), "\n"))
 				logged = true
 			}
 			a, ten, all := median(r.connRate[phaseNoTable]), median(r.connRate[phaseTen]), median(r.connRate[phaseAll])
