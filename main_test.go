@@ -36,6 +36,8 @@ func TestParseAgentFlags(t *testing.T) {
 		{"lookup threshold", []string{"--node-name", "n1", "--lookup-min-policies", "1"}, "", ""},
 		{"negative lookup threshold", []string{"--node-name", "n1", "--lookup-min-policies", "-1"}, "", "invalid value"},
 		{"pod CIDRs without guard", []string{"--node-name", "n1", "--pod-address-guard=false", "--pod-cidrs", "10.0.0.0/8"}, "", "--pod-address-guard=false"},
+		{"json watches", []string{"--node-name", "n1", "--api-wire-format", "json"}, "", ""},
+		{"bad wire format", []string{"--node-name", "n1", "--api-wire-format", "yaml"}, "", "protobuf or json"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

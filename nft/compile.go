@@ -81,28 +81,12 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 	rs := newRuleset(cfg.Table)
 	for _, dir := range selectors.Directions {
 		for _, family := range []int{4, 6} {
-			name := verdictMap(dir, family)
-			rs.sets[name] = &setSpec{name: name, kind: vmapKind(family),
-				comment: fmt.Sprintf("local pods isolated for %s (IPv%d)", dir, family), elems: map[string]string{}}
+			addVerdictMap(rs, verdictMap(dir, family), fmt.Sprintf("local pods isolated for %s (IPv%d)", dir, family), family)
 		}
 	}
 	for _, bc := range baseChains {
-		c := &chainSpec{name: bc.name, hook: bc.hook, prio: bc.prio, typ: chainTypeFilter, policy: chainPolicyAccept,
-			rules: []ruleSpec{{ctEstablished: true, verdict: verdictAccept}}}
-		if bc.nd {
-			for _, t := range []uint8{ndNeighborSolicit, ndNeighborAdvert} {
-				c.rules = append(c.rules, ruleSpec{family: 6, icmpv6Type: t, verdict: verdictAccept})
-			}
-		}
-		on := fieldDaddr
-		if bc.dir == selectors.Egress {
-			on = fieldSaddr
-		}
-		for _, family := range []int{4, 6} {
-			c.rules = append(c.rules, podGuardRules(m.Guard, bc, family)...)
-			c.rules = append(c.rules, ruleSpec{family: family, vmapOn: on, vmap: verdictMap(bc.dir, family)})
-		}
-		rs.chains[bc.name] = c
+		guard := func(family int) []ruleSpec { return podGuardRules(m.Guard, bc, family) }
+		rs.chains[bc.name] = baseChainSpec(bc.name, bc, bc.prio, verdictMap, guard)
 	}
 	addPodGuardSets(rs, m.Guard)
 
@@ -118,10 +102,13 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 			if keys := pod.Isolating(dir); len(keys) > 0 {
 				iso = isolationChainName(keys, dir)
 				if _, ok := rs.chains[iso]; !ok {
-					c := &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
+					c := isolationChain(iso, keys, dir, policyChainName, denyRules(cfg, dir))
+					c.policies, c.isolates = keys, true
 					for _, k := range keys {
 						used[policyChainName(k, dir)] = true
 					}
+					// The lookup layout (lookup.go) replaces the jumps
+					// where the chain has enough policies.
 					c.rules = append(lc.isolationRules(iso, keys, dir), denyRules(cfg, dir)...)
 					c.lookups = countLookups(c.rules)
 					rs.chains[iso] = c
@@ -143,13 +130,10 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 			if !used[name] {
 				continue
 			}
-			c := &chainSpec{name: name, policies: []string{p.Key}, dir: dir}
-			for idx, r := range p.Rules(dir) {
-				c.rules = append(c.rules, compileRule(unions, p.Key, dir, idx, r)...)
-			}
-			rs.chains[name] = c
+			rs.chains[name] = &chainSpec{name: name, policies: []string{p.Key}, dir: dir, rules: policyRules(unions, p, dir)}
 		}
 	}
+	compileAudit(rs, m, cfg, unions)
 	// A pod may name a policy the model has no rules for (not from
 	// BuildModel, but a jump to nowhere would fail the whole commit): such
 	// a policy allows nothing.
@@ -176,6 +160,59 @@ func policyOfChain(m *selectors.Model, chain string) (string, selectors.Directio
 		}
 	}
 	return "", selectors.Ingress
+}
+
+// addVerdictMap adds an empty verdict map of local pod addresses.
+func addVerdictMap(rs *Ruleset, name, comment string, family int) {
+	rs.sets[name] = &setSpec{name: name, kind: vmapKind(family), comment: comment, elems: map[string]string{}}
+}
+
+// baseChainSpec is the base chain of bc's hook and direction, named name
+// at priority prio, that sends a pod's new connections where the verdict
+// maps vmap names send them: established traffic and (where bc says so)
+// neighbour discovery are accepted first, then per family the rules
+// before gives (nil: none) ahead of its map.
+func baseChainSpec(name string, bc baseChain, prio int32, vmap func(selectors.Direction, int) string, before func(family int) []ruleSpec) *chainSpec {
+	c := &chainSpec{name: name, hook: bc.hook, prio: prio, typ: chainTypeFilter, policy: chainPolicyAccept,
+		rules: []ruleSpec{{ctEstablished: true, verdict: verdictAccept}}}
+	if bc.nd {
+		for _, t := range []uint8{ndNeighborSolicit, ndNeighborAdvert} {
+			c.rules = append(c.rules, ruleSpec{family: 6, icmpv6Type: t, verdict: verdictAccept})
+		}
+	}
+	on := fieldDaddr
+	if bc.dir == selectors.Egress {
+		on = fieldSaddr
+	}
+	for _, family := range []int{4, 6} {
+		if before != nil {
+			c.rules = append(c.rules, before(family)...)
+		}
+		c.rules = append(c.rules, ruleSpec{family: family, vmapOn: on, vmap: vmap(bc.dir, family)})
+	}
+	return c
+}
+
+// isolationChain is the NetworkPolicy tier of a pod isolated by keys:
+// a jump to each policy's chain (named by polChain), whose rules accept,
+// then deny.
+func isolationChain(name string, keys []string, dir selectors.Direction, polChain func(string, selectors.Direction) string, deny []ruleSpec) *chainSpec {
+	c := &chainSpec{name: name, dir: dir}
+	for _, k := range keys {
+		c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: polChain(k, dir)})
+	}
+	c.rules = append(c.rules, deny...)
+	return c
+}
+
+// policyRules are the rules of p's chain for dir: each accepts what one
+// rule of the policy allows.
+func policyRules(u *peerUnions, p *selectors.PolicyRules, dir selectors.Direction) []ruleSpec {
+	var out []ruleSpec
+	for idx, r := range p.Rules(dir) {
+		out = append(out, compileRule(u, p.Key, dir, idx, r)...)
+	}
+	return out
 }
 
 // compileSets adds the peer address sets and named-port sets of m, taking

@@ -93,6 +93,12 @@ func Diff(committed, desired *Ruleset) *Plan {
 	for _, name := range committed.sortedSetNames() {
 		if _, ok := desired.sets[name]; !ok {
 			p.DelSets = append(p.DelSets, name)
+			if have := committed.sets[name]; have.kind.vmap() && len(have.elems) > 0 {
+				// Its elements jump to chains this plan may delete: they
+				// go first, as a kept map's do (the audit maps come and
+				// go, audit.go).
+				p.DelElems[name] = have.sortedKeys()
+			}
 		}
 	}
 	for _, name := range desired.sortedChainNames() {

@@ -349,6 +349,7 @@ func annotateChains(rs *Ruleset) {
 			}
 		}
 	}
+	annotateAuditChains(rs)
 }
 
 // annotateClusterChain recovers the tier, direction, policies (from the

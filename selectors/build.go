@@ -74,16 +74,19 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 		for _, pr := range cp.problems {
 			b.problem(cp.key, pr)
 		}
-		pr := PolicyRules{Key: cp.key, HasIngress: cp.types[Ingress], HasEgress: cp.types[Egress]}
+		pr := PolicyRules{Key: cp.key, HasIngress: cp.types[Ingress], HasEgress: cp.types[Egress], Audit: cp.audit}
 		for _, dir := range []Direction{Ingress, Egress} {
 			if !cp.types[dir] {
 				continue
 			}
 			for _, pod := range selected {
 				pr := podRules(pod)
-				if dir == Egress {
+				switch {
+				case cp.audit:
+					pr.Audit[dir] = append(pr.Audit[dir], cp.key)
+				case dir == Egress:
 					pr.Egress = append(pr.Egress, cp.key)
-				} else {
+				default:
 					pr.Ingress = append(pr.Ingress, cp.key)
 				}
 			}
@@ -103,6 +106,9 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 	b.clusterPolicies(s, localByNamespace, model, podRules)
 
 	for _, pr := range isolation {
+		for _, dir := range Directions {
+			sort.Strings(pr.Audit[dir]) // NetworkPolicy keys and ClusterNetworkPolicy names mixed
+		}
 		model.Pods = append(model.Pods, *pr)
 	}
 	sort.Slice(model.Pods, func(i, j int) bool { return model.Pods[i].Key < model.Pods[j].Key })
