@@ -3,6 +3,7 @@ package selectors
 import (
 	"maps"
 	"net/netip"
+	"slices"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -453,36 +454,70 @@ func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 		memo.byNamespace[ns] = addrs
 		fresh = append(fresh, addrs...)
 	}
-	// One pass over the sorted set: drop what the stale namespaces gave,
-	// merge in what they give now. Namespaces own distinct addresses, so
-	// an address is in gone at most once.
+	// What the stale namespaces gave before and give now differ by the
+	// addresses of the pods that changed: the set's new content is the old
+	// one with that difference applied, found by binary search and copied
+	// in runs, and the compiler gets the difference itself (Delta).
+	// Namespaces own distinct addresses, so an address is in gone at most
+	// once and the old set holds no address of fresh but those of gone.
 	gone, fresh = sortAddrs(gone), sortAddrs(fresh)
-	old := memo.set.Addrs
-	merged := make([]netip.Addr, 0, len(old)-len(gone)+len(fresh))
-	g, j := 0, 0
-	for _, a := range old {
-		for g < len(gone) && gone[g].Less(a) {
-			g++
-		}
-		if g < len(gone) && gone[g] == a {
-			g++
-			continue
-		}
-		for j < len(fresh) && fresh[j].Less(a) {
-			merged = append(merged, fresh[j])
-			j++
-		}
-		if j < len(fresh) && fresh[j] == a {
-			j++ // an address another namespace gave too
-		}
-		merged = append(merged, a)
+	removed, added := addrsMinus(gone, fresh), addrsMinus(fresh, gone)
+	if len(removed) == 0 && len(added) == 0 {
+		return memo.set // same content, same Version: the compiler skips it
 	}
-	merged = append(merged, fresh[j:]...)
+	merged := applyAddrDelta(memo.set.Addrs, removed, added)
 	if len(merged) == 0 {
 		merged = nil // as a set made from scratch
 	}
-	memo.set = &AddrSet{ID: memo.set.ID, Description: memo.set.Description, Addrs: merged, Version: &SetVersion{}}
+	memo.set = &AddrSet{ID: memo.set.ID, Description: memo.set.Description, Addrs: merged, Version: &SetVersion{},
+		Delta: &AddrSetDelta{From: memo.set.Version, Added: added, Removed: removed}}
 	return memo.set
+}
+
+// addrsMinus returns the addresses of a that are not in b, both ascending.
+func addrsMinus(a, b []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	j := 0
+	for _, x := range a {
+		for j < len(b) && b[j].Less(x) {
+			j++
+		}
+		if j < len(b) && b[j] == x {
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
+// applyAddrDelta returns set (ascending) without removed and with added
+// (both ascending): each change is found by binary search and the runs
+// between changes are copied whole, so it costs a copy of the set, not a
+// comparison per address. An added address already in set is kept once.
+func applyAddrDelta(set, removed, added []netip.Addr) []netip.Addr {
+	out := make([]netip.Addr, 0, len(set)-len(removed)+len(added))
+	i, r, a := 0, 0, 0
+	for r < len(removed) || a < len(added) {
+		if a == len(added) || r < len(removed) && removed[r].Less(added[a]) {
+			k, found := slices.BinarySearchFunc(set[i:], removed[r], netip.Addr.Compare)
+			out = append(out, set[i:i+k]...)
+			i += k
+			if found {
+				i++
+			}
+			r++
+			continue
+		}
+		k, found := slices.BinarySearchFunc(set[i:], added[a], netip.Addr.Compare)
+		out = append(out, set[i:i+k]...)
+		out = append(out, added[a])
+		i += k
+		if found {
+			i++
+		}
+		a++
+	}
+	return append(out, set[i:]...)
 }
 
 // parse returns the parsed np, from the last build when it is the same
