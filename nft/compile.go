@@ -17,6 +17,11 @@ type Compiler struct {
 	cfg      Config
 	prev     *Ruleset
 	prevSets *selectors.Model // the sets of the model prev was compiled from
+	// serial numbers the set specs it makes (see setSpec.serial).
+	serial uint64
+	// chains are the policy chains of prev, by name, with the rules they
+	// were compiled from (see compiledChain).
+	chains map[string]*compiledChain
 }
 
 // NewCompiler returns a compiler for cfg (defaults filled in).
@@ -32,15 +37,21 @@ func NewCompiler(cfg Config) (*Compiler, error) {
 // the previous call's table. Compiled specs are never modified, so sharing
 // them is safe.
 func (c *Compiler) Compile(m *selectors.Model) *Ruleset {
-	rs := compile(m, c.cfg, c.prev, c.prevSets)
+	rs := compile(m, c.cfg, c)
 	c.prev, c.prevSets = rs, setsOf(m)
 	return rs
+}
+
+// nextSerial returns a serial no spec of c has had.
+func (c *Compiler) nextSerial() uint64 {
+	c.serial++
+	return c.serial
 }
 
 // Compile returns the table that enforces m, from scratch. Unset fields of
 // cfg take their defaults; an invalid deny action compiles as drop.
 func Compile(m *selectors.Model, cfg Config) *Ruleset {
-	return compile(m, cfg.filled(), nil, nil)
+	return compile(m, cfg.filled(), nil)
 }
 
 // filled is WithDefaults without validation, for callers that cannot fail.
@@ -77,7 +88,9 @@ func setsOf(m *selectors.Model) *selectors.Model {
 	return out
 }
 
-func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.Model) *Ruleset {
+// compile makes the table of m; c, when not nil, is the Compiler whose
+// last table it may share sets and chains with.
+func compile(m *selectors.Model, cfg Config, c *Compiler) *Ruleset {
 	rs := newRuleset(cfg.Table)
 	for _, dir := range selectors.Directions {
 		for _, family := range []int{4, 6} {
@@ -104,7 +117,7 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 		rs.chains[bc.name] = c
 	}
 
-	compileSets(rs, m, prev, prevSets)
+	compileSets(rs, m, c)
 
 	used := map[string]bool{} // policy chains that some pod jumps to
 	unions := newPeerUnions(rs, m)
@@ -134,6 +147,10 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 			}
 		}
 	}
+	var chains map[string]*compiledChain
+	if c != nil {
+		chains = make(map[string]*compiledChain, len(c.chains))
+	}
 	for i := range m.Policies {
 		p := &m.Policies[i]
 		for _, dir := range selectors.Directions {
@@ -141,12 +158,20 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 			if !used[name] {
 				continue
 			}
-			c := &chainSpec{name: name, policies: []string{p.Key}, dir: dir}
-			for idx, r := range p.Rules(dir) {
-				c.rules = append(c.rules, compileRule(unions, p.Key, dir, idx, r)...)
+			if c != nil {
+				pc := c.chains[name].reuse(unions, p, dir)
+				if pc == nil {
+					pc = compilePolicyChain(unions, name, p, dir)
+				}
+				chains[name] = pc
+				rs.chains[name] = pc.chain
+				continue
 			}
-			rs.chains[name] = c
+			rs.chains[name] = compilePolicyChain(unions, name, p, dir).chain
 		}
+	}
+	if c != nil {
+		c.chains = chains
 	}
 	// A pod may name a policy the model has no rules for (not from
 	// BuildModel, but a jump to nowhere would fail the whole commit): such
@@ -159,6 +184,76 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 	}
 	unions.dropMerged()
 	return rs
+}
+
+// compiledChain is a policy chain with what it was compiled from: the
+// policy's key and rules (a copy: a caller may change the model it
+// passed) and, for each peer set its rules name, whether unions merged
+// it. The chain's rules are a function of these alone, so a later model
+// with equal ones shares the chain, and Diff skips it by identity: a pod
+// change no longer compiles every rule of the table again.
+type compiledChain struct {
+	chain     *chainSpec
+	key       string
+	rules     []selectors.Rule
+	mergeable []bool
+	// unions are the peer sets each union the chain looks up was made of,
+	// made again in a table that shares the chain.
+	unions [][]string
+}
+
+// compilePolicyChain compiles the chain of policy p for dir.
+func compilePolicyChain(u *peerUnions, name string, p *selectors.PolicyRules, dir selectors.Direction) *compiledChain {
+	cc := &compiledChain{chain: &chainSpec{name: name, policies: []string{p.Key}, dir: dir}, key: p.Key}
+	u.recorded = &cc.unions
+	for idx, r := range p.Rules(dir) {
+		cc.chain.rules = append(cc.chain.rules, compileRule(u, p.Key, dir, idx, r)...)
+		cc.rules = append(cc.rules, cloneRule(r))
+		for _, id := range r.Peers.Sets {
+			cc.mergeable = append(cc.mergeable, u.mergeable(id))
+		}
+	}
+	u.recorded = nil
+	return cc
+}
+
+// reuse returns cc when p's rules for dir compile to its chain in u's
+// table (adding the unions it looks up there), else nil.
+func (cc *compiledChain) reuse(u *peerUnions, p *selectors.PolicyRules, dir selectors.Direction) *compiledChain {
+	rules := p.Rules(dir)
+	if cc == nil || cc.key != p.Key || len(cc.rules) != len(rules) {
+		return nil
+	}
+	n := 0
+	for i := range rules {
+		if !sameRule(&cc.rules[i], &rules[i]) {
+			return nil
+		}
+		for _, id := range rules[i].Peers.Sets {
+			if u.mergeable(id) != cc.mergeable[n] {
+				return nil
+			}
+			n++
+		}
+	}
+	for _, ids := range cc.unions {
+		u.union(ids)
+		for _, id := range ids {
+			u.merged[id] = true
+		}
+	}
+	return cc
+}
+
+func sameRule(a, b *selectors.Rule) bool {
+	return a.Peers.All == b.Peers.All && slices.Equal(a.Peers.Sets, b.Peers.Sets) &&
+		a.Ports.All == b.Ports.All && a.Ports.Named == b.Ports.Named && slices.Equal(a.Ports.Ranges, b.Ports.Ranges)
+}
+
+func cloneRule(r selectors.Rule) selectors.Rule {
+	r.Peers.Sets = slices.Clone(r.Peers.Sets)
+	r.Ports.Ranges = slices.Clone(r.Ports.Ranges)
+	return r
 }
 
 // policyOfChain finds the policy key and direction a pod's isolation names
@@ -177,11 +272,15 @@ func policyOfChain(m *selectors.Model, chain string) (string, selectors.Directio
 }
 
 // compileSets adds the peer address sets and named-port sets of m, taking
-// from prev every set whose model content is unchanged.
-func compileSets(rs *Ruleset, m *selectors.Model, prev *Ruleset, prevSets *selectors.Model) {
+// from c's last table every set whose model content is unchanged and
+// applying to it the Delta of a set that changed since (c may be nil).
+func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler) {
+	var prev *Ruleset
 	var prevAddr map[string]*selectors.AddrSet
 	var prevPort map[string]*selectors.PortSet
-	if prev != nil && prevSets != nil {
+	if c != nil && c.prev != nil && c.prevSets != nil {
+		prev = c.prev
+		prevSets := c.prevSets
 		prevAddr = make(map[string]*selectors.AddrSet, len(prevSets.AddrSets))
 		for i := range prevSets.AddrSets {
 			prevAddr[prevSets.AddrSets[i].ID] = &prevSets.AddrSets[i]
@@ -209,7 +308,17 @@ func compileSets(rs *Ruleset, m *selectors.Model, prev *Ruleset, prevSets *selec
 			reuse(addrSetName(s.ID, 4), addrSetName(s.ID, 6)) {
 			continue
 		}
-		for _, spec := range addrSetSpecs(s) {
+		specs, ok := [2]*setSpec{}, false
+		if p := prevAddr[s.ID]; p != nil && s.Delta != nil && p.Version != nil && p.Version == s.Delta.From {
+			specs, ok = addrSetFromDelta(prev, s, c.nextSerial)
+		}
+		if !ok {
+			specs = addrSetSpecs(s)
+			if c != nil {
+				specs[0].serial, specs[1].serial = c.nextSerial(), c.nextSerial()
+			}
+		}
+		for _, spec := range specs {
 			rs.sets[spec.name] = spec
 		}
 	}
