@@ -61,16 +61,10 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 
 	for _, np := range policies {
 		cp := changes.parse(np)
-		var selected []*Pod
-		for _, pod := range localByNamespace[np.Namespace] {
-			if cp.selectsPod(pod) {
-				selected = append(selected, pod)
-			}
-		}
+		selected := changes.selected(np, cp, localByNamespace[np.Namespace])
 		if len(selected) == 0 {
 			continue
 		}
-		sort.Slice(selected, func(i, j int) bool { return selected[i].Name < selected[j].Name })
 		for _, pr := range cp.problems {
 			b.problem(cp.key, pr)
 		}
@@ -102,19 +96,34 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 
 	b.clusterPolicies(s, localByNamespace, model, podRules)
 
+	model.Pods = make([]PodRules, 0, len(isolation))
 	for _, pr := range isolation {
 		model.Pods = append(model.Pods, *pr)
 	}
-	sort.Slice(model.Pods, func(i, j int) bool { return model.Pods[i].Key < model.Pods[j].Key })
+	slices.SortFunc(model.Pods, func(a, b PodRules) int { return strings.Compare(a.Key, b.Key) })
+	model.AddrSets = make([]AddrSet, 0, len(b.addrSets))
 	for _, set := range b.addrSets {
 		model.AddrSets = append(model.AddrSets, *set)
 	}
-	sort.Slice(model.AddrSets, func(i, j int) bool { return model.AddrSets[i].ID < model.AddrSets[j].ID })
+	slices.SortFunc(model.AddrSets, func(a, b AddrSet) int { return strings.Compare(a.ID, b.ID) })
 	for _, set := range b.portSets {
 		model.PortSets = append(model.PortSets, *set)
 	}
-	sort.Slice(model.PortSets, func(i, j int) bool { return model.PortSets[i].ID < model.PortSets[j].ID })
+	slices.SortFunc(model.PortSets, func(a, b PortSet) int { return strings.Compare(a.ID, b.ID) })
 	return model, b.problems
+}
+
+// selectPods returns the pods of local (one namespace's) that cp selects,
+// by name.
+func selectPods(cp *policy, local []*Pod) []*Pod {
+	var selected []*Pod
+	for _, pod := range local {
+		if cp.selectsPod(pod) {
+			selected = append(selected, pod)
+		}
+	}
+	slices.SortFunc(selected, func(a, b *Pod) int { return strings.Compare(a.Name, b.Name) })
+	return selected
 }
 
 type modelBuilder struct {
@@ -308,6 +317,18 @@ func (b *modelBuilder) portSet(cp *policy, dir Direction, r *rule, named []port,
 			b.problem(cp.key, reason)
 		}
 		return id
+	}
+	if dir == Ingress {
+		// Resolved on the selected pods alone: the set of the last build
+		// holds while they are the same (see buildChanges.selected).
+		if set, problems, ok := b.changes.ingressPortSet(id, selected); ok {
+			b.portSets[id], b.portSetProblems[id] = set, problems
+			for _, reason := range problems {
+				b.problem(cp.key, reason)
+			}
+			return id
+		}
+		defer func() { b.changes.rememberIngressPortSet(id, selected, b.portSets[id], b.portSetProblems[id]) }()
 	}
 	set := &PortSet{ID: id, Description: fmt.Sprintf("named ports %s of %s", strings.Join(names, ","), describeCandidates(dir, cp, r))}
 	for _, p := range named {

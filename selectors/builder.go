@@ -3,7 +3,9 @@ package selectors
 import (
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
+	"unsafe"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -66,6 +68,8 @@ type Builder struct {
 	policies map[*networkingv1.NetworkPolicy]*policyMemo
 	// clusterPolicies are the parsed ClusterNetworkPolicies by object.
 	clusterPolicies map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo
+	// ingressPortSets are the ingress named-port sets by ID.
+	ingressPortSets map[string]*portSetMemo
 }
 
 type podKey struct{ namespace, name string }
@@ -83,6 +87,18 @@ type policyMemo struct {
 	parsed          *policy
 	resourceVersion string
 	gen             uint64
+	// selected are the pods parsed selects of local, the endpoint pods of
+	// the node in its namespace at the build that resolved them.
+	local, selected []*Pod
+}
+
+// portSetMemo is an ingress named-port set with the pods it was resolved
+// on and the names none of them defines.
+type portSetMemo struct {
+	candidates []*Pod
+	set        *PortSet
+	problems   []string
+	gen        uint64
 }
 
 type peerSetMemo struct {
@@ -110,6 +126,7 @@ func NewBuilder() *Builder {
 		policies:    map[*networkingv1.NetworkPolicy]*policyMemo{},
 
 		clusterPolicies: map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo{},
+		ingressPortSets: map[string]*portSetMemo{},
 	}
 }
 
@@ -304,6 +321,11 @@ func (bl *Builder) BuildFromPods(node string, s *State) (*Model, []Problem) {
 			delete(bl.clusterPolicies, cnp)
 		}
 	}
+	for id, memo := range bl.ingressPortSets {
+		if memo.gen != bl.gen {
+			delete(bl.ingressPortSets, id)
+		}
+	}
 	return m, problems
 }
 
@@ -376,7 +398,7 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 				nsChanged = true
 				break
 			}
-			if old, ok := bl.nsObjects[ns.Name]; !ok || !maps.Equal(old, ns.Labels) {
+			if old, ok := bl.nsObjects[ns.Name]; !ok || !sameLabels(old, ns.Labels) {
 				nsChanged = true
 				break
 			}
@@ -407,6 +429,18 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 		ix.namespaceLabels, ix.namespaceNames = fresh.namespaceLabels, fresh.namespaceNames
 	}
 	return ch
+}
+
+// sameLabels reports whether two label maps are equal: at once when they
+// are the same map (an unchanged object of the agent's cache hands the
+// same one to every sync), else by comparing them.
+func sameLabels(a, b map[string]string) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() || maps.Equal(a, b)
+}
+
+// sameSlice reports whether a and b are the same slice (not only equal).
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && unsafe.SliceData(a) == unsafe.SliceData(b)
 }
 
 // buildChanges is what one build may reuse from the one before.
@@ -533,6 +567,48 @@ func (ch *buildChanges) parse(np *networkingv1.NetworkPolicy) *policy {
 	}
 	memo.gen = ch.builder.gen
 	return memo.parsed
+}
+
+// selected returns the pods np (parsed: cp) selects of local, the node's
+// endpoint pods of its namespace, sorted by name: those of the last build
+// when local is the same slice, which the Builder replaces whenever a pod
+// of the namespace changes.
+func (ch *buildChanges) selected(np *networkingv1.NetworkPolicy, cp *policy, local []*Pod) []*Pod {
+	if ch == nil {
+		return selectPods(cp, local)
+	}
+	memo := ch.builder.policies[np] // made by parse in this build
+	if memo == nil {
+		return selectPods(cp, local)
+	}
+	if !sameSlice(memo.local, local) {
+		memo.local, memo.selected = local, selectPods(cp, local)
+	}
+	return memo.selected
+}
+
+// ingressPortSet returns the ingress named-port set id of the last build
+// and its problems when it was resolved on the same selected pods (the
+// same slice, see selected).
+func (ch *buildChanges) ingressPortSet(id string, selected []*Pod) (*PortSet, []string, bool) {
+	if ch == nil {
+		return nil, nil, false
+	}
+	memo := ch.builder.ingressPortSets[id]
+	if memo == nil || !sameSlice(memo.candidates, selected) {
+		return nil, nil, false
+	}
+	memo.gen = ch.builder.gen
+	return memo.set, memo.problems, true
+}
+
+// rememberIngressPortSet keeps an ingress named-port set for the next
+// build.
+func (ch *buildChanges) rememberIngressPortSet(id string, selected []*Pod, set *PortSet, problems []string) {
+	if ch == nil {
+		return
+	}
+	ch.builder.ingressPortSets[id] = &portSetMemo{candidates: selected, set: set, problems: problems, gen: ch.builder.gen}
 }
 
 // remember keeps the set of a selector peer for the next build, with the
