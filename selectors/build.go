@@ -1,6 +1,7 @@
 package selectors
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -52,11 +53,8 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 			policies = append(policies, np)
 		}
 	}
-	sort.Slice(policies, func(i, j int) bool {
-		if policies[i].Namespace != policies[j].Namespace {
-			return policies[i].Namespace < policies[j].Namespace
-		}
-		return policies[i].Name < policies[j].Name
+	slices.SortFunc(policies, func(a, b *networkingv1.NetworkPolicy) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
 
 	for _, np := range policies {
@@ -146,9 +144,41 @@ func (b *modelBuilder) problem(policy, reason string) {
 	}
 }
 
+// resolvedRule is a rule as the model holds it, with what resolving it
+// found: whether its peers can match at all, and its named ports.
+type resolvedRule struct {
+	rule    Rule
+	ok      bool
+	peersOK bool
+	named   []port
+}
+
 // rule resolves one policy rule. It returns false when the rule can match
 // nothing whatever pods come and go (every peer or every port invalid).
+// The model's rule (IDs and port ranges) is worked out once per parsed
+// policy; later builds only make or update the sets it names, in the
+// same order and under the same conditions as the first. The Rule's
+// slices are shared by the models of those builds: no one changes a
+// model.
 func (b *modelBuilder) rule(cp *policy, dir Direction, r *rule, selected []*Pod) (Rule, bool) {
+	if rr := r.resolved; rr != nil {
+		if !r.allPeers {
+			for i := range r.peers {
+				b.addrSet(cp.namespace, &r.peers[i])
+			}
+		}
+		if rr.peersOK && len(rr.named) > 0 {
+			b.portSet(cp, dir, r, rr.named, selected)
+		}
+		return rr.rule, rr.ok
+	}
+	out, ok := b.resolveRule(cp, dir, r, selected)
+	return out, ok
+}
+
+func (b *modelBuilder) resolveRule(cp *policy, dir Direction, r *rule, selected []*Pod) (Rule, bool) {
+	rr := &resolvedRule{}
+	r.resolved = rr
 	var out Rule
 	if r.allPeers {
 		out.Peers.All = true
@@ -165,26 +195,28 @@ func (b *modelBuilder) rule(cp *policy, dir Direction, r *rule, selected []*Pod)
 			return Rule{}, false
 		}
 	}
+	rr.peersOK = true
 
 	if r.allPorts {
 		out.Ports.All = true
+		rr.rule, rr.ok = out, true
 		return out, true
 	}
-	var named []port
 	for _, p := range r.ports {
 		if p.name != "" {
-			named = append(named, p)
+			rr.named = append(rr.named, p)
 			continue
 		}
 		out.Ports.Ranges = append(out.Ports.Ranges, PortRange{Protocol: p.protocol, First: p.first, Last: p.last})
 	}
 	sortPortRanges(&out.Ports.Ranges)
-	if len(named) > 0 {
-		out.Ports.Named = b.portSet(cp, dir, r, named, selected)
+	if len(rr.named) > 0 {
+		out.Ports.Named = b.portSet(cp, dir, r, rr.named, selected)
 	}
 	if len(out.Ports.Ranges) == 0 && out.Ports.Named == "" {
 		return Rule{}, false
 	}
+	rr.rule, rr.ok = out, true
 	return out, true
 }
 
