@@ -3,6 +3,7 @@ package nft
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/nftpol/nftpol/selectors"
 )
@@ -20,8 +21,68 @@ type Compiler struct {
 	// serial numbers the set specs it makes (see setSpec.serial).
 	serial uint64
 	// chains are the policy chains of prev, by name, with the rules they
-	// were compiled from (see compiledChain).
-	chains map[string]*compiledChain
+	// were compiled from (see compiledChain); isoChains its isolation
+	// chains, which are a function of their policies' keys.
+	chains    map[string]*compiledChain
+	isoChains map[string]*chainSpec
+	names     names
+}
+
+// isolationChain returns the isolation chain name of the last table when
+// it jumps to the policies keys, else nil (also for a nil c).
+func (c *Compiler) isolationChain(name string, keys []string, dir selectors.Direction) *chainSpec {
+	if c == nil {
+		return nil
+	}
+	if prev := c.isoChains[name]; prev != nil && prev.dir == dir && slices.Equal(prev.policies, keys) {
+		return prev
+	}
+	return nil
+}
+
+// names keeps the derived names of one Compiler's objects (table.go): a
+// hash of what names the object, the same from compile to compile, and
+// hashing every name again was a good part of a compile after one pod
+// change. A compile keeps the names it used for the next (next becomes
+// cur). A nil *names derives every name.
+type names struct {
+	cur, next map[nameKey]string
+}
+
+type nameKey struct {
+	kind byte // 'p' policy chain, 'i' isolation chain, 'a' address set
+	s    string
+	n    int // direction or family
+}
+
+func (n *names) name(k nameKey, derive func() string) string {
+	if n == nil {
+		return derive()
+	}
+	if v, ok := n.next[k]; ok {
+		return v
+	}
+	v, ok := n.cur[k]
+	if !ok {
+		v = derive()
+	}
+	n.next[k] = v
+	return v
+}
+
+func (n *names) policyChain(key string, dir selectors.Direction) string {
+	return n.name(nameKey{'p', key, int(dir)}, func() string { return policyChainName(key, dir) })
+}
+
+func (n *names) isolationChain(keys []string, dir selectors.Direction) string {
+	if len(keys) == 1 {
+		return n.name(nameKey{'i', keys[0], int(dir)}, func() string { return isolationChainName(keys, dir) })
+	}
+	return n.name(nameKey{'i', strings.Join(keys, "\n"), int(dir)}, func() string { return isolationChainName(keys, dir) })
+}
+
+func (n *names) addrSet(id string, family int) string {
+	return n.name(nameKey{'a', id, family}, func() string { return addrSetName(id, family) })
 }
 
 // NewCompiler returns a compiler for cfg (defaults filled in).
@@ -88,9 +149,10 @@ func setsOf(m *selectors.Model) *selectors.Model {
 	return out
 }
 
-// compile makes the table of m; c, when not nil, is the Compiler whose
-// last table it may share sets and chains with.
-func compile(m *selectors.Model, cfg Config, c *Compiler) *Ruleset {
+// compile makes the table of m; comp, when not nil, is the Compiler whose
+// last table it may share sets and chains with, and whose derived names
+// it reuses.
+func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 	rs := newRuleset(cfg.Table)
 	for _, dir := range selectors.Directions {
 		for _, family := range []int{4, 6} {
@@ -117,7 +179,13 @@ func compile(m *selectors.Model, cfg Config, c *Compiler) *Ruleset {
 		rs.chains[bc.name] = c
 	}
 
-	compileSets(rs, m, c)
+	var names *names
+	if comp != nil {
+		names = &comp.names
+		names.next = make(map[nameKey]string, len(names.cur))
+		defer func() { names.cur, names.next = names.next, nil }()
+	}
+	compileSets(rs, m, comp, names)
 
 	used := map[string]bool{} // policy chains that some pod jumps to
 	unions := newPeerUnions(rs, m)
@@ -126,15 +194,21 @@ func compile(m *selectors.Model, cfg Config, c *Compiler) *Ruleset {
 		for _, dir := range selectors.Directions {
 			var iso string
 			if keys := pod.Isolating(dir); len(keys) > 0 {
-				iso = isolationChainName(keys, dir)
+				iso = names.isolationChain(keys, dir)
 				if _, ok := rs.chains[iso]; !ok {
-					c := &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
-					for _, k := range keys {
-						target := policyChainName(k, dir)
-						used[target] = true
-						c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: target})
+					c := comp.isolationChain(iso, keys, dir)
+					if c == nil {
+						c = &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
+						for _, k := range keys {
+							c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: names.policyChain(k, dir)})
+						}
+						c.rules = append(c.rules, denyRules(cfg, dir)...)
 					}
-					c.rules = append(c.rules, denyRules(cfg, dir)...)
+					for _, r := range c.rules {
+						if r.verdict == verdictJump {
+							used[r.target] = true
+						}
+					}
 					rs.chains[iso] = c
 				}
 			}
@@ -148,18 +222,18 @@ func compile(m *selectors.Model, cfg Config, c *Compiler) *Ruleset {
 		}
 	}
 	var chains map[string]*compiledChain
-	if c != nil {
-		chains = make(map[string]*compiledChain, len(c.chains))
+	if comp != nil {
+		chains = make(map[string]*compiledChain, len(comp.chains))
 	}
 	for i := range m.Policies {
 		p := &m.Policies[i]
 		for _, dir := range selectors.Directions {
-			name := policyChainName(p.Key, dir)
+			name := names.policyChain(p.Key, dir)
 			if !used[name] {
 				continue
 			}
-			if c != nil {
-				pc := c.chains[name].reuse(unions, p, dir)
+			if comp != nil {
+				pc := comp.chains[name].reuse(unions, p, dir)
 				if pc == nil {
 					pc = compilePolicyChain(unions, name, p, dir)
 				}
@@ -170,8 +244,14 @@ func compile(m *selectors.Model, cfg Config, c *Compiler) *Ruleset {
 			rs.chains[name] = compilePolicyChain(unions, name, p, dir).chain
 		}
 	}
-	if c != nil {
-		c.chains = chains
+	if comp != nil {
+		comp.chains = chains
+		comp.isoChains = make(map[string]*chainSpec)
+		for name, c := range rs.chains {
+			if c.isolates {
+				comp.isoChains[name] = c
+			}
+		}
 	}
 	// A pod may name a policy the model has no rules for (not from
 	// BuildModel, but a jump to nowhere would fail the whole commit): such
@@ -274,7 +354,7 @@ func policyOfChain(m *selectors.Model, chain string) (string, selectors.Directio
 // compileSets adds the peer address sets and named-port sets of m, taking
 // from c's last table every set whose model content is unchanged and
 // applying to it the Delta of a set that changed since (c may be nil).
-func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler) {
+func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler, names *names) {
 	var prev *Ruleset
 	var prevAddr map[string]*selectors.AddrSet
 	var prevPort map[string]*selectors.PortSet
@@ -305,7 +385,7 @@ func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler) {
 		s := &m.AddrSets[i]
 		if p := prevAddr[s.ID]; p != nil && (s.Version != nil && p.Version == s.Version ||
 			p.Description == s.Description && slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges)) &&
-			reuse(addrSetName(s.ID, 4), addrSetName(s.ID, 6)) {
+			reuse(names.addrSet(s.ID, 4), names.addrSet(s.ID, 6)) {
 			continue
 		}
 		specs, ok := [2]*setSpec{}, false
