@@ -50,7 +50,7 @@ type names struct {
 }
 
 type nameKey struct {
-	kind byte // 'p' policy chain, 'i' isolation chain, 'a' address set
+	kind byte // 'p' policy chain, 'i' isolation chain, 'a' address set, 'n' named-port set
 	s    string
 	n    int // direction or family
 }
@@ -83,6 +83,10 @@ func (n *names) isolationChain(keys []string, dir selectors.Direction) string {
 
 func (n *names) addrSet(id string, family int) string {
 	return n.name(nameKey{'a', id, family}, func() string { return addrSetName(id, family) })
+}
+
+func (n *names) portSet(id string, family int) string {
+	return n.name(nameKey{'n', id, family}, func() string { return portSetName(id, family) })
 }
 
 // NewCompiler returns a compiler for cfg (defaults filled in).
@@ -406,7 +410,7 @@ func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler, names *names) {
 		s := &m.PortSets[i]
 		if p := prevPort[s.ID]; p != nil && p.Description == s.Description &&
 			slices.Equal(p.Entries, s.Entries) &&
-			reuse(portSetName(s.ID, 4), portSetName(s.ID, 6)) {
+			reuse(names.portSet(s.ID, 4), names.portSet(s.ID, 6)) {
 			continue
 		}
 		for _, spec := range portSetSpecs(s) {
