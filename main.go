@@ -5,6 +5,8 @@
 //	nftpol cleanup [--table-name] [--netns] [--wait]  remove the agent's table
 //	nftpol dump [--table-name] [--netns]  print the table as the kernel holds it
 //	nftpol explain --from NS/POD --to NS/POD|IP --port PORT[/PROTO]  why a connection passes or not
+//	nftpol cni                          the chained CNI plugin (also when run as nftpol-cni)
+//	nftpol cni-install|cni-uninstall [--bin-dir] [--conf-dir]  chain the plugin into the node's conflist, or take it out
 //	nftpol explain --policy NS/NAME --node NODE [--table-name] [--netns]  which pieces of a policy the node's table holds
 package main
 
@@ -14,8 +16,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -29,6 +33,7 @@ import (
 
 	"github.com/nftpol/nftpol/controllers"
 	"github.com/nftpol/nftpol/nft"
+	"github.com/nftpol/nftpol/podstart"
 )
 
 // version is set at build time (-ldflags "-X main.version=..."; the
@@ -36,6 +41,11 @@ import (
 var version = "dev"
 
 func main() {
+	// The runtime runs the plugin by its type name, without arguments.
+	if filepath.Base(os.Args[0]) == podstart.PluginType {
+		runCNIPlugin()
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -54,11 +64,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runExplain(ctx, args[1:], stdout, stderr)
 		case "dump":
 			return runDump(args[1:], stdout, stderr)
+		case "cni":
+			runCNIPlugin()
+			return nil
+		case "cni-install":
+			return runCNIInstall(args[1:], stdout, stderr, false)
+		case "cni-uninstall":
+			return runCNIInstall(args[1:], stdout, stderr, true)
 		case "version":
 			_, err := fmt.Fprintln(stdout, version)
 			return err
 		default:
-			return fmt.Errorf("unknown command %q (commands: cleanup, dump, explain, version)", args[0])
+			return fmt.Errorf("unknown command %q (commands: cleanup, cni, cni-install, cni-uninstall, dump, explain, version)", args[0])
 		}
 	}
 	return runAgent(ctx, args, stderr)
@@ -79,6 +96,9 @@ type agentFlags struct {
 	profiling      bool
 	logDeniedRate  uint
 	logDeniedGroup uint
+	cniSocket      string
+	podAddrGuard   bool
+	podCIDRs       []netip.Prefix
 	logConfig      *textlogger.Config
 }
 
@@ -99,6 +119,18 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.BoolVar(&f.logDenied, "log-denied", false, "log one line per denied flow (rate-limited NFLOG from the deny paths)")
 	fs.UintVar(&f.logDeniedRate, "log-denied-rate", nft.DefaultLogRate, "at most this many denied packets per second and isolation chain reach the log")
 	fs.UintVar(&f.logDeniedGroup, "log-denied-group", nft.DefaultLogGroup, "NFLOG group of the denied-packet log")
+	fs.StringVar(&f.cniSocket, "cni-socket", "", "unix socket on which to answer the nftpol CNI plugin (e.g. "+podstart.DefaultSocket+"); empty: off")
+	fs.BoolVar(&f.podAddrGuard, "pod-address-guard", true, "drop the traffic of an address of this node's pod CIDRs until the agent has committed the rules of the pod that holds it (no window at pod start); off without pod CIDRs")
+	fs.Func("pod-cidrs", "comma-separated pod CIDRs of this node for the pod address guard (default: the Node's spec.podCIDRs; give them for an IPAM that does not use those)", func(v string) error {
+		for _, s := range strings.Split(v, ",") {
+			p, err := netip.ParsePrefix(strings.TrimSpace(s))
+			if err != nil {
+				return fmt.Errorf("pod CIDR %q: %w", s, err)
+			}
+			f.podCIDRs = append(f.podCIDRs, p.Masked())
+		}
+		return nil
+	})
 	f.logConfig.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -120,6 +152,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	}
 	if f.verifyInterval < 0 {
 		return nil, errors.New("--verify-interval must not be negative")
+	}
+	if len(f.podCIDRs) > 0 && !f.podAddrGuard {
+		return nil, errors.New("--pod-cidrs is for the pod address guard, which --pod-address-guard=false turns off")
 	}
 	return f, nil
 }
@@ -175,6 +210,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		LogDenied:              f.logDenied,
 		LogGroup:               uint16(f.logDeniedGroup),
 		NetNSPath:              f.netns,
+		CNISocket:              f.cniSocket,
+		PodAddrGuard:           f.podAddrGuard,
+		PodCIDRs:               f.podCIDRs,
 		CutDeniedFlows:         f.cutFlows,
 		// One agent per table and network namespace: a second one (a
 		// stuck old pod, a second install) waits for the first to exit.

@@ -31,6 +31,9 @@ func TestParseAgentFlags(t *testing.T) {
 		{"stray argument", []string{"--node-name", "n1", "extra"}, "", "unexpected arguments"},
 		{"unknown flag", []string{"--node-name", "n1", "--nope"}, "", "flag provided but not defined"},
 		{"negative verify", []string{"--node-name", "n1", "--verify-interval", "-1s"}, "", "negative"},
+		{"pod CIDRs", []string{"--node-name", "n1", "--pod-cidrs", "10.244.1.0/24, fd00:10:244:1::/64"}, "", ""},
+		{"bad pod CIDR", []string{"--node-name", "n1", "--pod-cidrs", "10.244.1.0/33"}, "", "pod CIDR"},
+		{"pod CIDRs without guard", []string{"--node-name", "n1", "--pod-address-guard=false", "--pod-cidrs", "10.0.0.0/8"}, "", "--pod-address-guard=false"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -51,6 +51,9 @@ type cacheState struct {
 	// could run the sync before this handler heard of the event).
 	handler toolscache.ResourceEventHandlerRegistration
 	podSync chan event.GenericEvent
+	// podStart, when the CNI plugin's socket is served, puts the
+	// addresses of starting pods on them (podstart.go); nil does nothing.
+	podStart *podStartHints
 }
 
 func newCacheState(c cache.Cache) *cacheState {
@@ -78,6 +81,12 @@ func (c *cacheState) podChanged(obj any) {
 	if err != nil {
 		return // not an object: nothing the store could hold either
 	}
+	c.podKeyChanged(key)
+}
+
+// podKeyChanged records a pod key for the next sync to read, then asks
+// for that sync.
+func (c *cacheState) podKeyChanged(key string) {
 	c.mu.Lock()
 	c.pending[key] = struct{}{}
 	c.mu.Unlock()
@@ -154,6 +163,9 @@ func (c *cacheState) applyPodChanges(ctx context.Context) error {
 	keys := c.pending
 	c.pending = make(map[string]struct{}, min(len(keys), 1024))
 	c.mu.Unlock()
+	for _, key := range c.podStart.expired() {
+		keys[key] = struct{}{}
+	}
 
 	c.ownersMu.Lock()
 	defer c.ownersMu.Unlock()
@@ -164,7 +176,11 @@ func (c *cacheState) applyPodChanges(ctx context.Context) error {
 			c.requeue(keys)
 			return fmt.Errorf("reading pod %s from the cache: %w", key, err)
 		}
-		if p, ok := modelPod(obj); exists && ok {
+		var p *selectors.Pod
+		if mp, ok := modelPod(obj); exists && ok {
+			p = mp
+		}
+		if p = c.podStart.pod(key, p); p != nil {
 			c.builder.SetPod(p)
 			continue
 		}

@@ -4,6 +4,7 @@
 // discovery: clusterpolicy.go), the cache transform that trims pods, the
 // coalescing of events into syncs of this node, Kubernetes Events about
 // policies it cannot fully enforce, the status conditions of
-// ClusterNetworkPolicies, and the health and readiness checks (ready after
-// the first committed sync).
+// ClusterNetworkPolicies, the CNI plugin's socket and the pod CIDRs of the
+// guard of pod addresses (podstart.go, podstart_guard.go), and the health
+// and readiness checks (ready after the first committed sync).
 package controllers

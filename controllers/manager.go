@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -75,6 +76,15 @@ type Options struct {
 	// agent writes ClusterNetworkPolicy status (see clusterPolicyStatus);
 	// 0 is DefaultStatusSpread, negative is none.
 	StatusSpread time.Duration
+	// CNISocket, when set, is the unix socket on which the agent answers
+	// the nftpol CNI plugin (podstart.go).
+	CNISocket string
+	// PodAddrGuard drops the traffic of this node's pod CIDR addresses
+	// that no local pod has yet, until the commit that installs the
+	// pod's rules (podstart_guard.go). PodCIDRs are the ranges; none:
+	// the Node's spec.podCIDRs.
+	PodAddrGuard bool
+	PodCIDRs     []netip.Prefix
 }
 
 // DefaultStatusSpread spreads the status passes of the agents of a cluster.
@@ -219,6 +229,10 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		return nil, nil, err
 	}
 	cnpWatch.changed = syncer.latency.received
+	if opts.PodAddrGuard {
+		syncer.podCIDRs = &podCIDRSource{node: opts.NodeName, reader: mgr.GetAPIReader(), explicit: opts.PodCIDRs,
+			log: opts.Log.WithName("podguard")}
+	}
 	if opts.CutDeniedFlows {
 		syncer.flows = &FlowCutter{NetNSPath: opts.NetNSPath, Log: opts.Log.WithName("flows")}
 	}
@@ -234,6 +248,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	toNodeSync := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{syncKey}
 	})
+	if err := addPodStartServer(mgr, cached, opts.CNISocket, opts.Log.WithName("podstart")); err != nil {
+		return nil, nil, err
+	}
 	changed := syncer.latency.enqueueChange
 	err = builder.ControllerManagedBy(mgr).
 		Named("nftpol").

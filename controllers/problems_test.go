@@ -14,10 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftpol/nftpol/selectors"
-	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
 func TestEventName(t *testing.T) {
@@ -59,13 +57,7 @@ func TestEventName(t *testing.T) {
 // When the problem comes back on a node, the Event's series counts it,
 // at most once per refresh interval.
 func TestOneEventPerPolicyAndProblemAcrossNodes(t *testing.T) {
-	kerneltest.Require(t, kerneltest.ControlPlane)
-	env := &envtest.Environment{}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("starting envtest: %v", err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	cfg := startControlPlane(t)
 	scheme, err := NewScheme()
 	if err != nil {
 		t.Fatal(err)

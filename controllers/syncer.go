@@ -66,6 +66,9 @@ type Syncer struct {
 	// latency measures how long changes take to be committed; nil
 	// measures nothing.
 	latency *latencyTracker
+	// podCIDRs, when set, turns on the guard of pod addresses
+	// (podstart_guard.go).
+	podCIDRs *podCIDRSource
 	// flows, when set, deletes after a commit the conntrack entries of
 	// the connections the committed rules deny.
 	flows *FlowCutter
@@ -114,6 +117,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 		}
 	}
 	model, problems := s.cached.builder.BuildFromPods(s.NodeName, state)
+	model.Guard = s.podAddrGuard(ctx)
 	desired := s.compiler.Compile(model)
 	compute := time.Since(start)
 	s.Problems.Report(ctx, problems)
@@ -123,6 +127,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("committing the ruleset: %w", err)
 	}
+	s.cached.podStart.committed()
 	s.latency.committed()
 	if s.flows != nil && mayDenyMore(stats) {
 		s.cutDeniedFlows(model)

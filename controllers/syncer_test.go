@@ -20,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/klog/v2/textlogger"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/nftpol/nftpol/nft"
@@ -132,13 +131,7 @@ func startAgent(t *testing.T, node string) *agentEnv {
 // (and may wrap its Enforcer) before the manager is made.
 func startAgentWith(t *testing.T, node string, change func(*Options)) *agentEnv {
 	t.Helper()
-	kerneltest.Require(t, kerneltest.ControlPlane)
-	env := &envtest.Environment{}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("starting envtest: %v", err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	cfg := startControlPlane(t)
 
 	netns := kerneltest.Netns(t, netnsPrefix)
 	log := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(testWriter{t})))

@@ -178,10 +178,12 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 			on = fieldSaddr
 		}
 		for _, family := range []int{4, 6} {
+			c.rules = append(c.rules, podGuardRules(m.Guard, bc, family)...)
 			c.rules = append(c.rules, ruleSpec{family: family, vmapOn: on, vmap: verdictMap(bc.dir, family)})
 		}
 		rs.chains[bc.name] = c
 	}
+	addPodGuardSets(rs, m.Guard)
 
 	var names *names
 	if comp != nil {

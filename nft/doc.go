@@ -18,6 +18,9 @@
 //	unions.go   the ipBlocks of one rule merged into one interval set
 //	cluster.go  the ClusterNetworkPolicy tiers: one chain per combination
 //	            of tiers, rules inline, Pass as goto
+//	podguard.go the guard of pod addresses: the node's pod CIDRs and known
+//	            pod addresses as sets, one drop rule per base chain and
+//	            family before the verdict map
 //	plan.go     Diff → Plan: one list of steps drives both the netlink
 //	            batch and Plan.String() in nft syntax
 //	commit.go   the Enforcer: the kernel handle; commits a Ruleset in one

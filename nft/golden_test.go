@@ -2,6 +2,7 @@ package nft
 
 import (
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,6 +69,11 @@ func lineDiff(want, got string) string {
 // `nft -f` input: a change in what we program shows as a reviewable diff.
 func TestGoldenTables(t *testing.T) {
 	batch, _ := selectors.BuildModel("node-a", batchCluster())
+	guarded := *batch
+	guarded.Guard = selectors.PodAddrGuard{
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00:10:244::/64")},
+		Known:    mustAddrs("10.244.0.7", "10.244.0.9", "fd00:10:244::7"),
+	}
 	for _, tc := range []struct {
 		name  string
 		cfg   Config
@@ -77,6 +83,7 @@ func TestGoldenTables(t *testing.T) {
 		{"server-with-clients", Config{}, batch},
 		{"server-with-clients-reject-logged", Config{Deny: DenyReject, LogDenied: true}, batch},
 		{"every-kind", Config{}, everyKindModel()},
+		{"server-with-clients-pod-guard", Config{}, &guarded},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			golden(t, filepath.Join("tables", tc.name+".nft"), Compile(tc.model, tc.cfg).NftText())

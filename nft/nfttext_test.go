@@ -90,6 +90,7 @@ func TestNftTextLoadsAsTheSameTable(t *testing.T) {
 		{"every-kind/drop-logged", Config{Deny: DenyDrop, LogDenied: true, LogGroup: 7, LogRate: 5}, everyKindModel()},
 		{"every-kind/reject-logged", Config{Deny: DenyReject, LogDenied: true, LogGroup: 3}, everyKindModel()},
 		{"empty", Config{Deny: DenyDrop}, &selectors.Model{}},
+		{"every-kind/pod-guard", Config{Deny: DenyDrop}, withPodGuard(everyKindModel())},
 		{"scale-1k-chains-10k-elems", Config{Deny: DenyDrop}, scaleModel(1_000, 10_000)},
 	}
 	r := rand.New(rand.NewSource(1))
@@ -146,4 +147,15 @@ func TestNftTextReplaces(t *testing.T) {
 	if err := e.Verify(); !errors.Is(err, ErrDrift) {
 		t.Fatalf("verify against the replaced table: %v, want ErrDrift", err)
 	}
+}
+
+// withPodGuard adds a guard of pod addresses (two CIDRs per family, one
+// inside the other, and the model's pods as known) to m.
+func withPodGuard(m *selectors.Model) *selectors.Model {
+	m.Guard.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16"), netip.MustParsePrefix("10.0.1.0/24"),
+		netip.MustParsePrefix("fd00::/64"), netip.MustParsePrefix("fd00:1::/64")}
+	for _, p := range m.Pods {
+		m.Guard.Known = append(m.Guard.Known, p.IPs...)
+	}
+	return m
 }

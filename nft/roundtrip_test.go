@@ -18,7 +18,8 @@ func randomRulesets(n int) []*Ruleset {
 	cfgs := []Config{{}, {Deny: DenyReject}, {LogDenied: true, LogGroup: 9, LogRate: 3}, {Deny: DenyReject, LogDenied: true}}
 	var out []*Ruleset
 	for _, cfg := range cfgs {
-		out = append(out, Compile(everyKindModel(), cfg), Compile(largeIPv6Model(20, 50, 10, 10), cfg))
+		out = append(out, Compile(everyKindModel(), cfg), Compile(largeIPv6Model(20, 50, 10, 10), cfg),
+			Compile(withPodGuard(everyKindModel()), cfg))
 	}
 	r := rand.New(rand.NewSource(7))
 	for i := 0; i < n; i++ {
@@ -93,7 +94,7 @@ func appendAttr(b []byte, typ uint16, data []byte) []byte {
 // checks the rule no longer decodes as the committed one: each is the
 // tampering the issue names, at the level of the expressions.
 func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
-	rs := Compile(everyKindModel(), Config{Deny: DenyReject, LogDenied: true})
+	rs := Compile(withPodGuard(everyKindModel()), Config{Deny: DenyReject, LogDenied: true})
 	mutations := []struct {
 		name  string
 		apply func(e expr.Any) bool // reports whether it changed e
@@ -123,7 +124,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 		}},
 		{"lookup inverted", func(e expr.Any) bool {
 			if l, ok := e.(*expr.Lookup); ok && !l.IsDestRegSet {
-				l.Invert = true
+				l.Invert = !l.Invert
 				return true
 			}
 			return false
@@ -187,6 +188,20 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 		{"drop for accept", func(e expr.Any) bool {
 			if v, ok := e.(*expr.Verdict); ok && v.Kind == expr.VerdictAccept {
 				v.Kind = expr.VerdictDrop
+				return true
+			}
+			return false
+		}},
+		{"fib of the other address", func(e expr.Any) bool {
+			if f, ok := e.(*expr.Fib); ok {
+				f.FlagSADDR, f.FlagDADDR = f.FlagDADDR, f.FlagSADDR
+				return true
+			}
+			return false
+		}},
+		{"fib result", func(e expr.Any) bool {
+			if f, ok := e.(*expr.Fib); ok {
+				f.ResultADDRTYPE, f.ResultOIF = false, true
 				return true
 			}
 			return false
@@ -270,6 +285,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 			{&expr.Ct{Key: expr.CtKeySTATE}, &expr.Bitwise{}},
 			{&expr.Meta{Key: expr.MetaKeyL4PROTO}, &expr.Cmp{Data: []byte{unix.IPPROTO_ICMPV6}}},
 			{&expr.Limit{Rate: 1 << 40}},
+			{&expr.Fib{ResultADDRTYPE: true}},
 			{&expr.Immediate{Register: 1, Data: []byte{1}}, &expr.Verdict{Kind: expr.VerdictReturn}},
 		} {
 			r := decodeRule(exprs, nil)

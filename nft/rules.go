@@ -46,6 +46,11 @@ type ruleSpec struct {
 	icmpv6Type uint8
 	setOn      addrField
 	set        string
+	// notSet: the same address is in no element of this set (an
+	// inverted lookup).
+	notSet string
+	// notLocal: fib on this address says it is not local to the node.
+	notLocal addrField
 	// portFirst..portLast on th dport, when portLast > 0.
 	portFirst, portLast uint16
 	// portSet: (daddr . l4proto . th dport) lookup.
@@ -131,6 +136,15 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 	if r.set != "" {
 		e = append(e, loadAddr(r.family, r.setOn, reg1),
 			&expr.Lookup{SourceRegister: reg1, SetName: r.set, SetID: setIDs[r.set]})
+	}
+	if r.notSet != "" {
+		e = append(e, loadAddr(r.family, r.setOn, reg1),
+			&expr.Lookup{SourceRegister: reg1, SetName: r.notSet, SetID: setIDs[r.notSet], Invert: true})
+	}
+	if r.notLocal != fieldNone {
+		e = append(e,
+			&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: r.notLocal == fieldSaddr, FlagDADDR: r.notLocal == fieldDaddr},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)})
 	}
 	if r.l4proto != 0 {
 		e = append(e,
@@ -240,6 +254,12 @@ func (r *ruleSpec) String() string {
 	}
 	if r.set != "" {
 		parts = append(parts, fmt.Sprintf("%s %s @%s", ipKw(), field(r.setOn), r.set))
+	}
+	if r.notSet != "" {
+		parts = append(parts, fmt.Sprintf("%s %s != @%s", ipKw(), field(r.setOn), r.notSet))
+	}
+	if r.notLocal != fieldNone {
+		parts = append(parts, fmt.Sprintf("fib %s type != local", field(r.notLocal)))
 	}
 	// Like nft: "tcp dport 80" when the protocol is known, "th dport"
 	// otherwise, and "meta l4proto udp" for a protocol without ports.
@@ -408,9 +428,12 @@ func recognizeRule(exprs []expr.Any) (ruleSpec, bool) {
 			}
 			switch m := at(i + 1).(type) {
 			case *expr.Lookup:
-				if m.IsDestRegSet {
+				switch {
+				case m.IsDestRegSet:
 					r.vmapOn, r.vmap = field, m.SetName
-				} else {
+				case m.Invert:
+					r.setOn, r.notSet = field, m.SetName
+				default:
 					r.setOn, r.set = field, m.SetName
 				}
 				i++
@@ -428,6 +451,15 @@ func recognizeRule(exprs []expr.Any) (ruleSpec, bool) {
 			default:
 				return r, false
 			}
+		case *expr.Fib:
+			if _, ok := at(i + 1).(*expr.Cmp); !ok {
+				return r, false
+			}
+			r.notLocal = fieldDaddr
+			if x.FlagSADDR {
+				r.notLocal = fieldSaddr
+			}
+			i++
 		case *expr.Counter:
 			r.counter = true
 		case *expr.Limit:

@@ -265,6 +265,8 @@ func (r *dumpedRule) addExpr(family byte, ex *netlink.AttributeDecoder) error {
 		e = &expr.Counter{}
 	case "reject":
 		e = &expr.Reject{}
+	case "fib":
+		e = &expr.Fib{}
 	case "immediate":
 		// A verdict is an immediate into the verdict register; nftpol
 		// writes no other immediate.

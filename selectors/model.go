@@ -27,6 +27,9 @@ type Model struct {
 	// Their peers and named ports use AddrSets and PortSets like the
 	// rules of Policies, sharing a set where the membership is the same.
 	ClusterPolicies []ClusterPolicyRules
+	// Guard drops the traffic of this node's pod addresses no pod here
+	// has yet; zero: no guard. The agent fills it (BuildModel does not).
+	Guard PodAddrGuard
 }
 
 // PodRules says which policies decide the traffic of one local pod.

@@ -3,9 +3,12 @@
 package manifests
 
 import (
+	"slices"
+
 	"bytes"
 	"context"
 	"fmt"
+	"k8s.io/utils/ptr"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,6 +121,17 @@ func TestDaemonSetProperties(t *testing.T) {
 		{"requests", !c.Resources.Requests.Cpu().IsZero() && !c.Resources.Requests.Memory().IsZero()},
 		{"rolling update, maxUnavailable 1", ds.Spec.UpdateStrategy.RollingUpdate != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable.IntValue() == 1},
 		{"image set by kustomize", c.Image == "nftpol:dev"},
+		// The CNI plugin (README, "No window at pod start"): installed by
+		// an init container of the same image, with no capability, and
+		// the agent answers on the socket it writes into the conflist.
+		{"init container installs the CNI plugin", len(spec.InitContainers) == 1 && spec.InitContainers[0].Image == c.Image &&
+			slices.Contains(spec.InitContainers[0].Args, "cni-install") && slices.Contains(spec.InitContainers[0].Args, "--socket=/run/nftpol/cni.sock")},
+		{"init container: no capability, read-only root", len(spec.InitContainers) == 1 && spec.InitContainers[0].SecurityContext != nil &&
+			spec.InitContainers[0].SecurityContext.Capabilities != nil && len(spec.InitContainers[0].SecurityContext.Capabilities.Add) == 0 &&
+			fmt.Sprint(spec.InitContainers[0].SecurityContext.Capabilities.Drop) == "[ALL]" &&
+			ptr.Deref(spec.InitContainers[0].SecurityContext.ReadOnlyRootFilesystem, false)},
+		{"agent answers the plugin on /run/nftpol/cni.sock", slices.Contains(c.Args, "--cni-socket=/run/nftpol/cni.sock") &&
+			len(c.VolumeMounts) == 1 && c.VolumeMounts[0].MountPath == "/run/nftpol"},
 	}
 	for _, ch := range checks {
 		if !ch.ok {

@@ -3,10 +3,12 @@ package netnskubelet
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -21,17 +23,23 @@ import (
 // the node's pod CIDR for eth0, the setup the kubelet's CRI runtime would
 // run from /etc/cni/net.d. The plugins run in the node's namespace, so the
 // host ends of the pod links land there.
+//
+// The pod network's conflist is the first one of the node's CNI
+// configuration directory (root.confDir()), read again at every ADD and
+// DEL as a CRI runtime watches it: a DaemonSet may chain a plugin into it
+// (nftpol's, for one), whose binary it puts into the node's own plugin
+// directory. The kubelet writes its own as 10-netnskubelet.conflist.
 type cniNetwork struct {
 	cni      *libcni.CNIConfig
 	loopback *libcni.NetworkConfigList
-	pod      *libcni.NetworkConfigList
+	root     nodeRoot
 	stderr   *os.File
 }
 
 // close closes the plugin log; call it once no plugin runs any more.
 func (n *cniNetwork) close() { _ = n.stderr.Close() }
 
-func newCNINetwork(binDir, stateDir, plugin string, podCIDRs []netip.Prefix) (*cniNetwork, error) {
+func newCNINetwork(binDir, stateDir string, root nodeRoot, plugin string, podCIDRs []netip.Prefix) (*cniNetwork, error) {
 	if plugin == "" {
 		plugin = "ptp"
 	}
@@ -86,16 +94,16 @@ func newCNINetwork(binDir, stateDir, plugin string, podCIDRs []netip.Prefix) (*c
 	if err != nil {
 		return nil, fmt.Errorf("encoding the CNI configuration: %w", err)
 	}
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating the CNI state directory: %w", err)
+	for _, dir := range []string{stateDir, root.confDir(), root.binDir()} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("creating the CNI directories: %w", err)
+		}
 	}
-	// Written out so an operator can read what the pods run with.
-	if err := os.WriteFile(filepath.Join(stateDir, "10-netnskubelet.conflist"), data, 0o644); err != nil {
-		return nil, fmt.Errorf("writing the CNI configuration: %w", err)
-	}
-	pod, err := libcni.ConfListFromBytes(data)
-	if err != nil {
+	if _, err := libcni.ConfListFromBytes(data); err != nil {
 		return nil, fmt.Errorf("parsing the CNI configuration: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(root.confDir(), "10-netnskubelet.conflist"), data, 0o644); err != nil {
+		return nil, fmt.Errorf("writing the CNI configuration: %w", err)
 	}
 	loopback, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.0.0","name":"cni-loopback","plugins":[{"type":"loopback"}]}`))
 	if err != nil {
@@ -109,13 +117,31 @@ func newCNINetwork(binDir, stateDir, plugin string, podCIDRs []netip.Prefix) (*c
 	}
 	// An explicit exec: libcni creates its default one lazily, which
 	// races when pods are set up in parallel.
-	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: stderr}, PluginDecoder: version.PluginDecoder{}}
+	exec := &rootedExec{Exec: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: stderr}, PluginDecoder: version.PluginDecoder{}}, root: root}
 	return &cniNetwork{
-		cni:      libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(stateDir, "cache"), exec),
+		cni:      libcni.NewCNIConfigWithCacheDir([]string{root.binDir(), binDir}, filepath.Join(stateDir, "cache"), exec),
 		loopback: loopback,
-		pod:      pod,
+		root:     root,
 		stderr:   stderr,
 	}, nil
+}
+
+// podNetwork reads the node's conflist: the first of its configuration
+// directory in lexical order.
+func (n *cniNetwork) podNetwork() (*libcni.NetworkConfigList, error) {
+	files, err := libcni.ConfFiles(n.root.confDir(), []string{".conflist"})
+	if err != nil {
+		return nil, fmt.Errorf("reading the CNI configuration directory: %w", err)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("no .conflist in %s", n.root.confDir())
+	}
+	sort.Strings(files)
+	list, err := libcni.ConfListFromFile(files[0])
+	if err != nil {
+		return nil, fmt.Errorf("reading the CNI configuration: %w", err)
+	}
+	return list, nil
 }
 
 // PodIPsAnnotation on a pod asks for its addresses (comma-separated, one
@@ -153,9 +179,13 @@ func (n *cniNetwork) add(ctx context.Context, nodeNetns string, rt *libcni.Runti
 		if _, err := n.cni.AddNetworkList(ctx, n.loopback, &lo); err != nil {
 			return fmt.Errorf("CNI ADD loopback: %w", err)
 		}
-		res, err := n.cni.AddNetworkList(ctx, n.pod, rt)
+		pod, err := n.podNetwork()
 		if err != nil {
-			return fmt.Errorf("CNI ADD %s: %w", n.pod.Name, err)
+			return err
+		}
+		res, err := n.cni.AddNetworkList(ctx, pod, rt)
+		if err != nil {
+			return fmt.Errorf("CNI ADD %s: %w", pod.Name, err)
 		}
 		cur, err := cnitypes100.NewResultFromResult(res)
 		if err != nil {
@@ -169,7 +199,7 @@ func (n *cniNetwork) add(ctx context.Context, nodeNetns string, rt *libcni.Runti
 		return nil
 	})
 	if err == nil && len(addrs) == 0 {
-		err = fmt.Errorf("CNI ADD %s returned no address", n.pod.Name)
+		err = errors.New("CNI ADD returned no address")
 	}
 	return addrs, err
 }
@@ -178,8 +208,12 @@ func (n *cniNetwork) add(ctx context.Context, nodeNetns string, rt *libcni.Runti
 // namespace is already gone.
 func (n *cniNetwork) del(ctx context.Context, nodeNetns string, rt *libcni.RuntimeConf) error {
 	return onThreadIn(nodeNetns, "", func() error {
-		if err := n.cni.DelNetworkList(ctx, n.pod, rt); err != nil {
-			return fmt.Errorf("CNI DEL %s: %w", n.pod.Name, err)
+		pod, err := n.podNetwork()
+		if err != nil {
+			return err
+		}
+		if err := n.cni.DelNetworkList(ctx, pod, rt); err != nil {
+			return fmt.Errorf("CNI DEL %s: %w", pod.Name, err)
 		}
 		lo := *rt
 		lo.IfName = "lo"

@@ -9,7 +9,10 @@
 //     daemon endpoint) and the heartbeat (a Lease in kube-node-lease plus
 //     periodic status);
 //   - the pods bound to the node: a network namespace per pod set up and
-//     torn down by CNI plugins through libcni (ptp, or bridge), each
+//     torn down by CNI plugins through libcni (ptp, or bridge, and what a
+//     DaemonSet chains into the node's conflist, read again at every ADD
+//     and DEL; the node's /etc/cni, /opt/cni and /run are its own, see
+//     noderoot.go), each
 //     container's command started inside it (sandbox.go: its own UTS
 //     namespace named after the pod, and a mount namespace with its
 //     volumes bound in — the projected ServiceAccount token, configMap,

@@ -60,8 +60,9 @@ type Config struct {
 	// CNI is the plugin that links pods to the node: "ptp" (the default)
 	// or "bridge".
 	CNI string
-	// StateDir holds the CNI configuration, IPAM state and container
-	// logs of this node.
+	// StateDir holds the CNI state, IPAM state and container logs of this
+	// node, and its root (StateDir/root): the node's own /etc/cni,
+	// /opt/cni and /run (see nodeOwnDirs).
 	StateDir string
 	// NetnsPrefix names pod namespaces "<NetnsPrefix>-<pod uid prefix>".
 	NetnsPrefix string
@@ -117,7 +118,7 @@ func New(cfg Config) (*Kubelet, error) {
 	if cfg.Log.GetSink() == nil {
 		cfg.Log = logr.Discard()
 	}
-	cni, err := newCNINetwork(cfg.CNIBinDir, filepath.Join(cfg.StateDir, "cni"), cfg.CNI, cfg.PodCIDRs)
+	cni, err := newCNINetwork(cfg.CNIBinDir, filepath.Join(cfg.StateDir, "cni"), nodeRoot(filepath.Join(cfg.StateDir, "root")), cfg.CNI, cfg.PodCIDRs)
 	if err != nil {
 		return nil, err
 	}

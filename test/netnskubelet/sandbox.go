@@ -149,11 +149,6 @@ func (s *sandbox) enterMounts() error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 		return fmt.Errorf("making the container's mounts a slave of the host's: %w", err)
 	}
-	if s.readOnlyRoot {
-		if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
-			return fmt.Errorf("making the root read-only: %w", err)
-		}
-	}
 	for _, m := range s.mounts {
 		if err := unix.Mount(m.src, m.dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("binding %s at %s: %w", m.src, m.dst, err)
@@ -162,6 +157,14 @@ func (s *sandbox) enterMounts() error {
 			if err := unix.Mount("", m.dst, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
 				return fmt.Errorf("making %s read-only: %w", m.dst, err)
 			}
+		}
+	}
+	// The root last: a bind mount takes the flags of the mount its source
+	// is on, so volumes bound from a read-only root (a state directory
+	// under /tmp on the root file system) would be read-only too.
+	if s.readOnlyRoot {
+		if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("making the root read-only: %w", err)
 		}
 	}
 	return nil

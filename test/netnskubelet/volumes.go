@@ -18,9 +18,10 @@ import (
 // directory and returns them by volume name: projected volumes (the
 // ServiceAccount token the ServiceAccount admission plugin adds to every
 // pod — token, ca.crt, namespace — and any other projection), configMap,
-// secret, downwardAPI, emptyDir, and hostPath as the host's path. Another
-// kind of volume is left out with a warning Event: its mounts are not
-// made. The token is requested once (TokenRequest, bound to the pod) and
+// secret, downwardAPI, emptyDir, and hostPath as the host's path (the
+// node's own directory for /etc/cni, /opt/cni and /run, see nodeOwnDirs).
+// Another kind of volume is left out with a warning Event: its mounts are
+// not made. The token is requested once (TokenRequest, bound to the pod) and
 // never refreshed: the API server extends the admission plugin's
 // one-hour tokens to a year.
 func (k *Kubelet) prepareVolumes(ctx context.Context, pod *corev1.Pod, rt *podRuntime, env *envResolver) (map[string]string, error) {
@@ -30,7 +31,15 @@ func (k *Kubelet) prepareVolumes(ctx context.Context, pod *corev1.Pod, rt *podRu
 		var err error
 		switch {
 		case v.HostPath != nil:
-			dirs[v.Name] = v.HostPath.Path
+			path, own := k.cni.root.path(v.HostPath.Path)
+			if own {
+				// The node's own directory exists on a real node;
+				// here it is made on first use.
+				if err := os.MkdirAll(path, 0o755); err != nil {
+					return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+				}
+			}
+			dirs[v.Name] = path
 			continue
 		case v.EmptyDir != nil:
 			err = os.MkdirAll(dir, 0o777)
