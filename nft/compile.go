@@ -18,8 +18,6 @@ type Compiler struct {
 	cfg      Config
 	prev     *Ruleset
 	prevSets *selectors.Model // the sets of the model prev was compiled from
-	// serial numbers the set specs it makes (see setSpec.serial).
-	serial uint64
 	// chains are the policy chains of prev, by name, with the rules they
 	// were compiled from (see compiledChain); isoChains its isolation
 	// chains, which are a function of their policies' keys.
@@ -107,11 +105,8 @@ func (c *Compiler) Compile(m *selectors.Model) *Ruleset {
 	return rs
 }
 
-// nextSerial returns a serial no spec of c has had.
-func (c *Compiler) nextSerial() uint64 {
-	c.serial++
-	return c.serial
-}
+// newSerial returns a serial no other spec has (see setSpec.serial).
+func newSerial() *setSerial { return &setSerial{} }
 
 // Compile returns the table that enforces m, from scratch. Unset fields of
 // cfg take their defaults; an invalid deny action compiles as drop.
@@ -396,12 +391,12 @@ func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler, names *names) {
 		}
 		specs, ok := [2]*setSpec{}, false
 		if p := prevAddr[s.ID]; p != nil && s.Delta != nil && p.Version != nil && p.Version == s.Delta.From {
-			specs, ok = addrSetFromDelta(prev, s, c.nextSerial)
+			specs, ok = addrSetFromDelta(prev, s)
 		}
 		if !ok {
 			specs = addrSetSpecs(s)
 			if c != nil {
-				specs[0].serial, specs[1].serial = c.nextSerial(), c.nextSerial()
+				specs[0].serial, specs[1].serial = newSerial(), newSerial()
 			}
 		}
 		for _, spec := range specs {

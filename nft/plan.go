@@ -66,7 +66,7 @@ func Diff(committed, desired *Ruleset) *Plan {
 			continue // shared by the Compiler: unchanged
 		case have.kind != want.kind || have.comment != want.comment:
 			return fullPlan(desired)
-		case want.base != 0 && want.base == have.serial:
+		case want.base != nil && want.base == have.serial:
 			// Made from have by the Compiler: the change is known.
 			if len(want.added) > 0 {
 				p.AddElems[name] = want.added

@@ -233,15 +233,22 @@ type setSpec struct {
 	// elems maps an element's key (see the key functions below) to its
 	// value: the jump target for a verdict map, else "".
 	elems map[string]string
-	// serial tells apart the specs one Compiler made (0: made by none).
-	// base, when not 0, is the serial of the spec this one was made from
-	// by deleting the keys removed and adding the keys added (both
-	// ascending, disjoint): Diff against that spec takes them as they
-	// are instead of comparing every element. Made only by
-	// addrSetFromDelta.
-	serial, base   uint64
+	// serial, when not nil, tells this spec apart from every other one
+	// (a Compiler gives one to each address set spec it makes). base,
+	// when not nil, is the serial of the spec this one was made from by
+	// deleting the keys removed and adding the keys added (both
+	// ascending, disjoint): Diff against that spec takes them as they are
+	// instead of comparing every element. Made only by addrSetFromDelta.
+	// Serials are pointers, not numbers: unique across Compilers (a
+	// table committed by one and diffed against another's never matches
+	// by accident), and a spec holds its base's serial, not the spec, so
+	// no chain of old versions stays reachable.
+	serial, base   *setSerial
 	added, removed []string
 }
+
+// setSerial identifies one set spec (see setSpec.serial).
+type setSerial struct{ _ byte } // not zero-sized: every one has its own address
 
 func (s *setSpec) sortedKeys() []string {
 	keys := make([]string, 0, len(s.elems))
@@ -295,7 +302,7 @@ func addrSetSpecs(s *selectors.AddrSet) [2]*setSpec {
 // other gets a copy of the elements with the delta applied and keeps the
 // delta's keys for Diff. It returns false when prev holds no hash set of
 // that name for a family (then s is compiled in full).
-func addrSetFromDelta(prev *Ruleset, s *selectors.AddrSet, next func() uint64) ([2]*setSpec, bool) {
+func addrSetFromDelta(prev *Ruleset, s *selectors.AddrSet) ([2]*setSpec, bool) {
 	var out [2]*setSpec
 	for i, fam := range []int{4, 6} {
 		kind := kindAddr4
@@ -303,7 +310,7 @@ func addrSetFromDelta(prev *Ruleset, s *selectors.AddrSet, next func() uint64) (
 			kind = kindAddr6
 		}
 		old := prev.sets[addrSetName(s.ID, fam)]
-		if old == nil || old.serial == 0 || old.kind != kind {
+		if old == nil || old.serial == nil || old.kind != kind {
 			return out, false
 		}
 		added, removed := addrKeysOf(s.Delta.Added, fam), addrKeysOf(s.Delta.Removed, fam)
@@ -312,7 +319,7 @@ func addrSetFromDelta(prev *Ruleset, s *selectors.AddrSet, next func() uint64) (
 			continue
 		}
 		spec := &setSpec{name: old.name, kind: old.kind, comment: old.comment, elems: maps.Clone(old.elems),
-			serial: next(), base: old.serial, added: added, removed: removed}
+			serial: newSerial(), base: old.serial, added: added, removed: removed}
 		for _, k := range removed {
 			delete(spec.elems, k)
 		}
