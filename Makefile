@@ -58,13 +58,18 @@ demo: envtest-assets build
 # targets. BENCH_SCALE_SIZES=10000 skips the 100k-pod run (the longest).
 BENCH_OUT         ?= $(CURDIR)/.cache/bench
 BENCH_SCALE_SIZES ?= 10000,100000
+# Agents of the fleet run (test/ BenchmarkFleet); the table's rows are those
+# of 50.
+BENCH_FLEET_AGENTS ?= 50
 bench: envtest-assets build
 	@mkdir -p $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 10x ./selectors/ | tee $(BENCH_OUT)/selectors.txt
 	$(GO) test -run '^$$' -bench 'FullSyncCompute|OnePodChange|Compile|Diff|Sync|Commit|Counters' -benchmem -benchtime 5x -timeout 30m ./nft/ | tee $(BENCH_OUT)/nft.txt
 	NFTPOL_SCALE_SIZES=$(BENCH_SCALE_SIZES) $(GO) test -run '^$$' -bench 'Scale|PacketPath' -benchtime 1x -timeout 90m ./test/ | tee $(BENCH_OUT)/e2e.txt
+	$(GO) test -run '^$$' -bench AgentMemory -benchtime 1x ./controllers/ | tee $(BENCH_OUT)/memory.txt
+	NFTPOL_FLEET_AGENTS=$(BENCH_FLEET_AGENTS) $(GO) test -run '^$$' -bench Fleet -benchtime 1x -timeout 60m ./test/ | tee $(BENCH_OUT)/fleet.txt
 	@echo
-	@$(GO) run ./test/benchtable $(BENCH_OUT)/selectors.txt $(BENCH_OUT)/nft.txt $(BENCH_OUT)/e2e.txt
+	@$(GO) run ./test/benchtable $(BENCH_OUT)/selectors.txt $(BENCH_OUT)/nft.txt $(BENCH_OUT)/e2e.txt $(BENCH_OUT)/memory.txt $(BENCH_OUT)/fleet.txt
 
 # Longer fuzz runs; new failing inputs land in <package>/testdata/fuzz.
 fuzz:

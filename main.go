@@ -99,6 +99,8 @@ type agentFlags struct {
 	cniSocket      string
 	podAddrGuard   bool
 	podCIDRs       []netip.Prefix
+	wireFormat     string
+	compression    bool
 	logConfig      *textlogger.Config
 }
 
@@ -131,6 +133,8 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 		}
 		return nil
 	})
+	fs.StringVar(&f.wireFormat, "api-wire-format", string(controllers.WireProtobuf), "encoding of the built-in objects the agent lists and watches: protobuf, or json (larger, slower; for comparison and debugging). ClusterNetworkPolicies are always JSON")
+	fs.BoolVar(&f.compression, "api-compression", true, "ask the API server to gzip lists and watches: fewer bytes on the wire, more API server CPU per event and agent (see BENCHMARKS.md)")
 	f.logConfig.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -149,6 +153,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	}
 	if f.logDeniedGroup > 65535 {
 		return nil, errors.New("--log-denied-group must be at most 65535")
+	}
+	if _, err := controllers.ParseWireFormat(f.wireFormat); err != nil {
+		return nil, err
 	}
 	if f.verifyInterval < 0 {
 		return nil, errors.New("--verify-interval must not be negative")
@@ -214,6 +221,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		PodAddrGuard:           f.podAddrGuard,
 		PodCIDRs:               f.podCIDRs,
 		CutDeniedFlows:         f.cutFlows,
+		WireFormat:             controllers.WireFormat(f.wireFormat),
+		DisableCompression:     !f.compression,
 		// One agent per table and network namespace: a second one (a
 		// stuck old pod, a second install) waits for the first to exit.
 		Lock: func() (io.Closer, error) { return nft.TryLockTable(f.netns, f.tableName) },

@@ -159,7 +159,7 @@ func (w *clusterPolicyWatch) startInformers(ctx context.Context) error {
 		UpdateFunc: func(o, n any) {
 			oc, ok1 := o.(*cnpv1beta1.ClusterNetworkPolicy)
 			nc, ok2 := n.(*cnpv1beta1.ClusterNetworkPolicy)
-			if !ok1 || !ok2 || !reflect.DeepEqual(oc.Spec, nc.Spec) {
+			if !ok1 || !ok2 || !reflect.DeepEqual(oc.Spec, nc.Spec) || selectors.ModeChanged(oc.Annotations, nc.Annotations) {
 				w.requestSync(ChangeClusterPolicy)
 				w.requestStatus()
 				return
@@ -227,7 +227,7 @@ func trimNode(obj any) (any, error) {
 func trimClusterPolicy(obj any) (any, error) {
 	if c, ok := obj.(*cnpv1beta1.ClusterNetworkPolicy); ok {
 		c.ManagedFields = nil
-		c.Annotations = nil
+		c.Annotations = selectors.ModeAnnotations(c.Annotations) // audit mode
 	}
 	return obj, nil
 }

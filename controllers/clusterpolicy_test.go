@@ -83,6 +83,13 @@ func bindAgentRole(t *testing.T, admin client.Client, cfg *rest.Config) *rest.Co
 // none when ""), and an agent with the RBAC of config/rbac.
 func startCNPAgent(t *testing.T, node, crdChannel string) (*agentEnv, *rest.Config) {
 	t.Helper()
+	return startCNPAgentWith(t, node, crdChannel, nil)
+}
+
+// startCNPAgentWith is startCNPAgent; change, if set, adjusts the agent's
+// configuration and options before the manager is made.
+func startCNPAgentWith(t *testing.T, node, crdChannel string, change func(*rest.Config, *Options)) (*agentEnv, *rest.Config) {
+	t.Helper()
 	kerneltest.Require(t, kerneltest.ControlPlane)
 	env := &envtest.Environment{}
 	if crdChannel != "" {
@@ -111,12 +118,16 @@ func startCNPAgent(t *testing.T, node, crdChannel string) (*agentEnv, *rest.Conf
 	}
 	t.Cleanup(func() { _ = enforcer.Close() })
 	reg := prometheus.NewRegistry()
-	mgr, syncer, err := NewManager(agentCfg, Options{
+	opts := Options{
 		NodeName: node, MetricsBindAddress: "0", HealthProbeBindAddress: "0",
 		VerifyInterval: time.Second, Enforcer: enforcer, Log: log,
 		SkipNameValidation: true, MetricsRegistry: reg,
 		DiscoveryInterval: 200 * time.Millisecond, StatusSpread: -1,
-	})
+	}
+	if change != nil {
+		change(agentCfg, &opts)
+	}
+	mgr, syncer, err := NewManager(agentCfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +155,17 @@ func adminDeny(name string, priority int32, nsLabels map[string]string) *cnpv1be
 			Subject: cnpv1beta1.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: nsLabels}},
 			Ingress: []cnpv1beta1.ClusterNetworkPolicyIngressRule{{Name: "deny-all", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
 				From: []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}}},
+	}
+}
+
+// webEgressDeny denies the pods labeled app=web egress to 192.0.2.0/24.
+func webEgressDeny(name string, tier cnpv1beta1.Tier, priority int32) *cnpv1beta1.ClusterNetworkPolicy {
+	return &cnpv1beta1.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: tier, Priority: priority,
+			Subject: cnpv1beta1.ClusterNetworkPolicySubject{Pods: &cnpv1beta1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
+			Egress: []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+				To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"192.0.2.0/24"}}}}}},
 	}
 }
 
@@ -312,13 +334,7 @@ func TestClusterPolicyCRDAtStart(t *testing.T) {
 	a.createNamespace(t, "prod", map[string]string{"env": "prod"})
 	a.createPod(t, "prod", "web", "node-1", map[string]string{"app": "web"}, "10.1.0.1")
 	a.createPod(t, "prod", "other-node", "node-2", map[string]string{"app": "web"}, "10.1.0.2")
-	base := &cnpv1beta1.ClusterNetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "baseline-deny"},
-		Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: cnpv1beta1.BaselineTier, Priority: 0,
-			Subject: cnpv1beta1.ClusterNetworkPolicySubject{Pods: &cnpv1beta1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
-			Egress: []cnpv1beta1.ClusterNetworkPolicyEgressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
-				To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"192.0.2.0/24"}}}}}},
-	}
+	base := webEgressDeny("baseline-deny", cnpv1beta1.BaselineTier, 0)
 	if err := a.client.Create(a.ctx, base); err != nil {
 		t.Fatal(err)
 	}

@@ -51,10 +51,15 @@ type flowKey struct {
 	src, dst netip.Addr
 	proto    selectors.Protocol
 	port     uint16
+	// wouldDeny and policy tell a policy in audit mode apart: one flow
+	// can be would-deny for several.
+	wouldDeny bool
+	policy    string
 }
 
 // DeniedLogger writes one log line per denied flow, from the NFLOG group
-// the deny paths log to (nftpol --log-denied).
+// the deny paths log to (nftpol --log-denied), and one "would-deny" line
+// per flow and policy in audit mode that would have denied it.
 type DeniedLogger struct {
 	NetNSPath string
 	Group     uint16
@@ -88,7 +93,7 @@ func (d *DeniedLogger) Start(ctx context.Context) error {
 }
 
 func (d *DeniedLogger) handle(p nft.DeniedPacket) {
-	key := flowKey{p.Direction, p.Src, p.Dst, p.Protocol, p.Port}
+	key := flowKey{p.Direction, p.Src, p.Dst, p.Protocol, p.Port, p.WouldDeny, p.Policy}
 	now := time.Now()
 	d.mu.Lock()
 	if d.seen == nil || len(d.seen) >= maxFlows {
@@ -108,6 +113,13 @@ func (d *DeniedLogger) handle(p nft.DeniedPacket) {
 	local := p.Dst
 	if p.Direction == selectors.Egress {
 		local = p.Src
+	}
+	if p.WouldDeny {
+		// Allowed: a policy in audit mode would have denied it.
+		d.Log.Info("would-deny", "direction", p.Direction.String(), "src", lookup.name(p.Src), "dst", lookup.name(p.Dst),
+			"srcIP", p.Src.String(), "dstIP", p.Dst.String(), "protocol", p.Protocol.String(), "port", p.Port,
+			"policy", p.Policy)
+		return
 	}
 	if p.Policy != "" {
 		d.Log.Info("denied", "direction", p.Direction.String(), "src", lookup.name(p.Src), "dst", lookup.name(p.Dst),

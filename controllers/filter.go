@@ -17,7 +17,7 @@ import (
 // so an update that leaves everything the model reads of the object as it
 // was (a condition, an annotation, a container status, a periodic resync)
 // must not cost one. It compares exactly what selectors reads: the
-// converted pod and namespace, the policy's spec. Creates and deletes
+// converted pod and namespace, the policy's spec and audit mode. Creates and deletes
 // always pass.
 func modelInputChanged() predicate.Predicate {
 	return predicate.Funcs{
@@ -36,7 +36,7 @@ func modelInputDiffers(old, new client.Object) bool {
 		return !ok || !reflect.DeepEqual(selectors.NamespaceFromObject(o), selectors.NamespaceFromObject(n))
 	case *networkingv1.NetworkPolicy:
 		n, ok := new.(*networkingv1.NetworkPolicy)
-		return !ok || !equality.Semantic.DeepEqual(o.Spec, n.Spec)
+		return !ok || !equality.Semantic.DeepEqual(o.Spec, n.Spec) || selectors.ModeChanged(o.Annotations, n.Annotations)
 	}
 	return true
 }

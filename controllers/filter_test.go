@@ -9,6 +9,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpol/nftpol/selectors"
 )
 
 func TestModelInputDiffers(t *testing.T) {
@@ -56,6 +58,13 @@ func TestModelInputDiffers(t *testing.T) {
 		{"policy spec", pol(func(*networkingv1.NetworkPolicy) {}), pol(func(p *networkingv1.NetworkPolicy) {
 			p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
 		}), true},
+		{"policy other annotation", pol(func(*networkingv1.NetworkPolicy) {}), pol(func(p *networkingv1.NetworkPolicy) { p.Annotations = map[string]string{"a": "b"} }), false},
+		{"policy put in audit mode", pol(func(*networkingv1.NetworkPolicy) {}), pol(func(p *networkingv1.NetworkPolicy) {
+			p.Annotations = map[string]string{selectors.ModeAnnotation: selectors.ModeAudit}
+		}), true},
+		{"policy audit mode removed", pol(func(p *networkingv1.NetworkPolicy) {
+			p.Annotations = map[string]string{selectors.ModeAnnotation: selectors.ModeAudit}
+		}), pol(func(*networkingv1.NetworkPolicy) {}), true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := modelInputDiffers(tt.old, tt.new); got != tt.want {

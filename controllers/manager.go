@@ -85,6 +85,63 @@ type Options struct {
 	// the Node's spec.podCIDRs.
 	PodAddrGuard bool
 	PodCIDRs     []netip.Prefix
+	// WireFormat is how the API server encodes the built-in objects the
+	// agent lists and watches; "" is WireProtobuf.
+	WireFormat WireFormat
+	// DisableCompression stops asking the API server to gzip responses.
+	// It gzips the stream of a watch-list request (the informers' initial
+	// list and every event after it), each event on its own, for every
+	// watching agent: bytes saved, API server CPU spent per event and
+	// agent (BENCHMARKS.md, "Wire, memory and the fleet").
+	DisableCompression bool
+}
+
+// WireFormat is the encoding of the agent's API requests for built-in
+// types (Pods, Namespaces, NetworkPolicies, Nodes, Events).
+type WireFormat string
+
+const (
+	// WireProtobuf asks for protobuf wherever the API server has it: every
+	// built-in type. ClusterNetworkPolicies stay JSON: the API server
+	// serves custom resources in JSON (and CBOR) only.
+	WireProtobuf WireFormat = "protobuf"
+	// WireJSON asks for JSON for everything: larger and slower to encode
+	// and decode; kept to measure the difference (BENCHMARKS.md) and for
+	// debugging with a proxy that shows the bodies.
+	WireJSON WireFormat = "json"
+)
+
+// ParseWireFormat reads a --api-wire-format value.
+func ParseWireFormat(s string) (WireFormat, error) {
+	switch f := WireFormat(s); f {
+	case WireProtobuf, WireJSON:
+		return f, nil
+	}
+	return "", fmt.Errorf("unknown API wire format %q (protobuf or json)", s)
+}
+
+// withWireFormat returns the configuration the agent's clients use.
+// controller-runtime chooses per type when the configuration names no
+// content type: protobuf for the types of client-go's scheme, JSON for
+// the rest (custom resources). So protobuf is that choice, made sure of by
+// clearing a content type the kubeconfig may carry; JSON is asked for
+// explicitly, on every request.
+func withWireFormat(cfg *rest.Config, f WireFormat) (*rest.Config, error) {
+	if f == "" {
+		f = WireProtobuf
+	}
+	if _, err := ParseWireFormat(string(f)); err != nil {
+		return nil, err
+	}
+	cfg = rest.CopyConfig(cfg)
+	switch f {
+	case WireProtobuf:
+		cfg.ContentType, cfg.AcceptContentTypes = "", ""
+	case WireJSON:
+		cfg.ContentType = runtime.ContentTypeJSON
+		cfg.AcceptContentTypes = runtime.ContentTypeJSON
+	}
+	return cfg, nil
 }
 
 // DefaultStatusSpread spreads the status passes of the agents of a cluster.
@@ -120,6 +177,10 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	if err != nil {
 		return nil, nil, err
 	}
+	if cfg, err = withWireFormat(cfg, opts.WireFormat); err != nil {
+		return nil, nil, err
+	}
+	cfg.DisableCompression = opts.DisableCompression
 	metricsOpts := metricsserver.Options{BindAddress: opts.MetricsBindAddress}
 	if opts.Profiling {
 		metricsOpts.ExtraHandlers = map[string]http.Handler{
@@ -144,7 +205,7 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:                 {Transform: newPodTrimmer().Transform},
 				&corev1.Namespace{}:           {Transform: TrimMeta},
-				&networkingv1.NetworkPolicy{}: {Transform: TrimMeta},
+				&networkingv1.NetworkPolicy{}: {Transform: newPolicyTrimmer().Transform},
 				// Started only while the ClusterNetworkPolicy CRD is served.
 				&corev1.Node{}: {Transform: trimNode},
 			},

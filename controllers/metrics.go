@@ -137,6 +137,9 @@ type policyCollector struct {
 	log     logr.Logger
 	packets *prometheus.Desc
 	bytes   *prometheus.Desc
+	// wouldDeny counts, for a policy in audit mode, the packets it would
+	// deny if enforced (nft/audit.go).
+	wouldDeny *prometheus.Desc
 }
 
 func newPolicyCollector(source CounterSource, log logr.Logger) *policyCollector {
@@ -146,12 +149,16 @@ func newPolicyCollector(source CounterSource, log logr.Logger) *policyCollector 
 		log:     log,
 		packets: prometheus.NewDesc("nftpol_policy_packets_total", "Packets a policy allowed, or denied at a pod it isolates (new connections only: established traffic is accepted earlier).", labels, nil),
 		bytes:   prometheus.NewDesc("nftpol_policy_bytes_total", "Bytes of those packets.", labels, nil),
+		wouldDeny: prometheus.NewDesc("nftpol_policy_audit_would_deny_packets_total",
+			"Packets a policy in audit mode (annotation nftpol.io/mode: audit) would deny: allowed with every audit policy left out, denied with this one enforced (new connections only; counted on each side, egress or ingress, where it would be denied).",
+			[]string{"policy", "direction"}, nil),
 	}
 }
 
 func (c *policyCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.packets
 	ch <- c.bytes
+	ch <- c.wouldDeny
 }
 
 func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
@@ -162,6 +169,9 @@ func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, pc := range counters {
 		dir := pc.Direction.String()
+		if pc.Audited {
+			ch <- prometheus.MustNewConstMetric(c.wouldDeny, prometheus.CounterValue, float64(pc.WouldDenyPackets), pc.Policy, dir)
+		}
 		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(pc.AllowedPackets), pc.Policy, dir, "allowed")
 		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(pc.DeniedPackets), pc.Policy, dir, "denied")
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(pc.AllowedBytes), pc.Policy, dir, "allowed")

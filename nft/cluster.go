@@ -42,6 +42,10 @@ type clusterCompiler struct {
 	cfg      Config
 	policies map[string]*selectors.ClusterPolicyRules
 	unions   *peerUnions
+	// audit, when set, makes the chains of the hypothesis that policy
+	// in audit mode is enforced (audit.go): named for it, their denies
+	// counted for it and accepted.
+	audit string
 }
 
 func newClusterCompiler(rs *Ruleset, m *selectors.Model, cfg Config, u *peerUnions) *clusterCompiler {
@@ -62,7 +66,7 @@ func clusterChainName(prefix string, dir selectors.Direction, parts ...string) s
 func (cc *clusterCompiler) podChain(t selectors.ClusterTiers, iso string, dir selectors.Direction) string {
 	next := iso
 	if next == "" && len(t.Baseline) > 0 {
-		next = clusterChainName(baselineChainPrefix, dir, t.Baseline...)
+		next = cc.chainName(clusterChainName(baselineChainPrefix, dir, t.Baseline...))
 		if _, ok := cc.rs.chains[next]; !ok {
 			cc.rs.chains[next] = cc.tierChain(next, selectors.TierBaseline, t.Baseline, dir, "")
 		}
@@ -70,7 +74,7 @@ func (cc *clusterCompiler) podChain(t selectors.ClusterTiers, iso string, dir se
 	if len(t.Admin) == 0 {
 		return next
 	}
-	name := clusterChainName(adminChainPrefix, dir, append(append([]string{}, t.Admin...), "then "+next)...)
+	name := cc.chainName(clusterChainName(adminChainPrefix, dir, append(append([]string{}, t.Admin...), "then "+next)...))
 	if _, ok := cc.rs.chains[name]; !ok {
 		cc.rs.chains[name] = cc.tierChain(name, selectors.TierAdmin, t.Admin, dir, next)
 	}
@@ -96,6 +100,10 @@ func (cc *clusterCompiler) tierChain(name string, tier selectors.Tier, policies 
 	if tier == selectors.TierAdmin && next != "" {
 		c.rules = append(c.rules, ruleSpec{verdict: verdictGoto, target: next})
 	}
+	if cc.audit != "" {
+		c.audit = cc.audit
+		quiet(c)
+	}
 	return c
 }
 
@@ -115,6 +123,9 @@ func (cc *clusterCompiler) actionRules(m ruleSpec, a selectors.Action, tier sele
 			m.verdict = verdictAccept // Pass from the last tier: the default allows
 		}
 		return []ruleSpec{m}
+	}
+	if cc.audit != "" {
+		return cc.wouldDeny(m, dir)
 	}
 	var out []ruleSpec
 	if cc.cfg.LogDenied {
@@ -148,7 +159,13 @@ func (cc *clusterCompiler) actionRules(m ruleSpec, a selectors.Action, tier sele
 // deny prefix, a space, and the rule's label. NFLOG carries at most 127
 // bytes of prefix: a longer label is cut (ReadDenied reports what came).
 func clusterLogPrefix(dir selectors.Direction, comment string) string {
-	s := logPrefix(dir) + " " + strings.TrimPrefix(comment, clusterCommentPrefix)
+	return joinLogPrefix(logPrefix(dir), strings.TrimPrefix(comment, clusterCommentPrefix))
+}
+
+// joinLogPrefix is an NFLOG prefix: base, a space, and label, cut to what
+// NFLOG carries.
+func joinLogPrefix(base, label string) string {
+	s := base + " " + label
 	const max = 127
 	if len(s) > max {
 		cut := max

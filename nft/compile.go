@@ -155,28 +155,12 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 	rs := newRuleset(cfg.Table)
 	for _, dir := range selectors.Directions {
 		for _, family := range []int{4, 6} {
-			name := verdictMap(dir, family)
-			rs.sets[name] = &setSpec{name: name, kind: vmapKind(family),
-				comment: fmt.Sprintf("local pods isolated for %s (IPv%d)", dir, family), elems: map[string]string{}}
+			addVerdictMap(rs, verdictMap(dir, family), fmt.Sprintf("local pods isolated for %s (IPv%d)", dir, family), family)
 		}
 	}
 	for _, bc := range baseChains {
-		c := &chainSpec{name: bc.name, hook: bc.hook, prio: bc.prio, typ: chainTypeFilter, policy: chainPolicyAccept,
-			rules: []ruleSpec{{ctEstablished: true, verdict: verdictAccept}}}
-		if bc.nd {
-			for _, t := range []uint8{ndNeighborSolicit, ndNeighborAdvert} {
-				c.rules = append(c.rules, ruleSpec{family: 6, icmpv6Type: t, verdict: verdictAccept})
-			}
-		}
-		on := fieldDaddr
-		if bc.dir == selectors.Egress {
-			on = fieldSaddr
-		}
-		for _, family := range []int{4, 6} {
-			c.rules = append(c.rules, podGuardRules(m.Guard, bc, family)...)
-			c.rules = append(c.rules, ruleSpec{family: family, vmapOn: on, vmap: verdictMap(bc.dir, family)})
-		}
-		rs.chains[bc.name] = c
+		guard := func(family int) []ruleSpec { return podGuardRules(m.Guard, bc, family) }
+		rs.chains[bc.name] = baseChainSpec(bc.name, bc, bc.prio, verdictMap, guard)
 	}
 	addPodGuardSets(rs, m.Guard)
 
@@ -199,11 +183,8 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 				if _, ok := rs.chains[iso]; !ok {
 					c := comp.isolationChain(iso, keys, dir)
 					if c == nil {
-						c = &chainSpec{name: iso, policies: keys, dir: dir, isolates: true}
-						for _, k := range keys {
-							c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: names.policyChain(k, dir)})
-						}
-						c.rules = append(c.rules, denyRules(cfg, dir)...)
+						c = isolationChain(iso, keys, dir, names.policyChain, denyRules(cfg, dir))
+						c.policies, c.isolates = keys, true
 					}
 					for _, r := range c.rules {
 						if r.verdict == verdictJump {
@@ -242,7 +223,7 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 				rs.chains[name] = pc.chain
 				continue
 			}
-			rs.chains[name] = compilePolicyChain(unions, name, p, dir).chain
+			rs.chains[name] = &chainSpec{name: name, policies: []string{p.Key}, dir: dir, rules: policyRules(unions, p, dir)}
 		}
 	}
 	if comp != nil {
@@ -254,6 +235,7 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 			}
 		}
 	}
+	compileAudit(rs, m, cfg, unions)
 	// A pod may name a policy the model has no rules for (not from
 	// BuildModel, but a jump to nowhere would fail the whole commit): such
 	// a policy allows nothing.
@@ -287,14 +269,14 @@ type compiledChain struct {
 func compilePolicyChain(u *peerUnions, name string, p *selectors.PolicyRules, dir selectors.Direction) *compiledChain {
 	cc := &compiledChain{chain: &chainSpec{name: name, policies: []string{p.Key}, dir: dir}, key: p.Key}
 	u.recorded = &cc.unions
-	for idx, r := range p.Rules(dir) {
-		cc.chain.rules = append(cc.chain.rules, compileRule(u, p.Key, dir, idx, r)...)
+	cc.chain.rules = policyRules(u, p, dir)
+	u.recorded = nil
+	for _, r := range p.Rules(dir) {
 		cc.rules = append(cc.rules, cloneRule(r))
 		for _, id := range r.Peers.Sets {
 			cc.mergeable = append(cc.mergeable, u.mergeable(id))
 		}
 	}
-	u.recorded = nil
 	return cc
 }
 
@@ -350,6 +332,59 @@ func policyOfChain(m *selectors.Model, chain string) (string, selectors.Directio
 		}
 	}
 	return "", selectors.Ingress
+}
+
+// addVerdictMap adds an empty verdict map of local pod addresses.
+func addVerdictMap(rs *Ruleset, name, comment string, family int) {
+	rs.sets[name] = &setSpec{name: name, kind: vmapKind(family), comment: comment, elems: map[string]string{}}
+}
+
+// baseChainSpec is the base chain of bc's hook and direction, named name
+// at priority prio, that sends a pod's new connections where the verdict
+// maps vmap names send them: established traffic and (where bc says so)
+// neighbour discovery are accepted first, then per family the rules
+// before gives (nil: none) ahead of its map.
+func baseChainSpec(name string, bc baseChain, prio int32, vmap func(selectors.Direction, int) string, before func(family int) []ruleSpec) *chainSpec {
+	c := &chainSpec{name: name, hook: bc.hook, prio: prio, typ: chainTypeFilter, policy: chainPolicyAccept,
+		rules: []ruleSpec{{ctEstablished: true, verdict: verdictAccept}}}
+	if bc.nd {
+		for _, t := range []uint8{ndNeighborSolicit, ndNeighborAdvert} {
+			c.rules = append(c.rules, ruleSpec{family: 6, icmpv6Type: t, verdict: verdictAccept})
+		}
+	}
+	on := fieldDaddr
+	if bc.dir == selectors.Egress {
+		on = fieldSaddr
+	}
+	for _, family := range []int{4, 6} {
+		if before != nil {
+			c.rules = append(c.rules, before(family)...)
+		}
+		c.rules = append(c.rules, ruleSpec{family: family, vmapOn: on, vmap: vmap(bc.dir, family)})
+	}
+	return c
+}
+
+// isolationChain is the NetworkPolicy tier of a pod isolated by keys:
+// a jump to each policy's chain (named by polChain), whose rules accept,
+// then deny.
+func isolationChain(name string, keys []string, dir selectors.Direction, polChain func(string, selectors.Direction) string, deny []ruleSpec) *chainSpec {
+	c := &chainSpec{name: name, dir: dir}
+	for _, k := range keys {
+		c.rules = append(c.rules, ruleSpec{verdict: verdictJump, target: polChain(k, dir)})
+	}
+	c.rules = append(c.rules, deny...)
+	return c
+}
+
+// policyRules are the rules of p's chain for dir: each accepts what one
+// rule of the policy allows.
+func policyRules(u *peerUnions, p *selectors.PolicyRules, dir selectors.Direction) []ruleSpec {
+	var out []ruleSpec
+	for idx, r := range p.Rules(dir) {
+		out = append(out, compileRule(u, p.Key, dir, idx, r)...)
+	}
+	return out
 }
 
 // compileSets adds the peer address sets and named-port sets of m, taking

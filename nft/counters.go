@@ -24,6 +24,10 @@ type PolicyCounter struct {
 	Direction                    selectors.Direction
 	AllowedPackets, AllowedBytes uint64
 	DeniedPackets, DeniedBytes   uint64
+	// Audited is set for a policy in audit mode: WouldDeny counts the
+	// packets it would have denied (audit.go).
+	Audited                          bool
+	WouldDenyPackets, WouldDenyBytes uint64
 }
 
 // Counters returns, per policy and direction, what the policy's rules
@@ -72,6 +76,7 @@ type chainCount struct {
 	policies []string
 	dir      selectors.Direction
 	isolates bool
+	audit    bool // a would-deny counter
 }
 
 func (c chainCount) addTo(sums map[policyDir]*PolicyCounter) {
@@ -82,10 +87,15 @@ func (c chainCount) addTo(sums map[policyDir]*PolicyCounter) {
 			pc = &PolicyCounter{Policy: p, Direction: c.dir}
 			sums[k] = pc
 		}
-		if c.isolates {
+		switch {
+		case c.audit:
+			pc.Audited = true
+			pc.WouldDenyPackets += c.packets
+			pc.WouldDenyBytes += c.bytes
+		case c.isolates:
 			pc.DeniedPackets += c.packets
 			pc.DeniedBytes += c.bytes
-		} else {
+		default:
 			pc.AllowedPackets += c.packets
 			pc.AllowedBytes += c.bytes
 		}
@@ -122,6 +132,10 @@ func (cs *counterState) update(committed *Ruleset, perChain map[string]counterSu
 	for name, sum := range perChain {
 		chain, comment, perRule := strings.Cut(name, ruleUnitSep)
 		spec := committed.chains[chain]
+		if perRule && spec != nil && spec.audit != "" && strings.HasPrefix(comment, auditCommentPrefix) {
+			now[name] = chainCount{counterSum: sum, policies: []string{spec.audit}, dir: spec.dir, audit: true}
+			continue
+		}
 		if perRule {
 			if spec == nil || spec.tier == 0 {
 				continue
@@ -203,8 +217,9 @@ func (e *Enforcer) chainCounters() (map[string]counterSum, error) {
 		if err != nil {
 			return nil, fmt.Errorf("decoding a rule of table %s: %w", e.table.Name, err)
 		}
-		if strings.HasPrefix(comment, clusterCommentPrefix) {
-			// ClusterNetworkPolicy rules count one by one.
+		if strings.HasPrefix(comment, clusterCommentPrefix) || strings.HasPrefix(comment, auditCommentPrefix) {
+			// ClusterNetworkPolicy rules and would-deny counters count
+			// one by one.
 			chain += ruleUnitSep + comment
 		}
 		sum := out[chain]

@@ -62,7 +62,12 @@ type DeniedPacket struct {
 	// Policy names the ClusterNetworkPolicy rule that denied the packet
 	// ("name ingress[0]", see selectors.ClusterRule.Label; cut when the
 	// log prefix could not hold it), "" for a NetworkPolicy isolation.
+	// With WouldDeny, the policy in audit mode that would have denied it
+	// (a NetworkPolicy key or a ClusterNetworkPolicy name, cut alike).
 	Policy string
+	// WouldDeny is set for a packet that was allowed and that Policy, in
+	// audit mode, would deny (see audit.go).
+	WouldDeny bool
 }
 
 // ReadDenied subscribes to the NFLOG group of the deny paths in the
@@ -173,7 +178,11 @@ func parseNflog(m netlink.Message) (DeniedPacket, bool) {
 	case logPrefixEgress:
 		p.Direction = selectors.Egress
 	default:
-		return DeniedPacket{}, false
+		dir, ok := wouldDenyDirection(prefix)
+		if !ok {
+			return DeniedPacket{}, false
+		}
+		p.Direction, p.WouldDeny = dir, true
 	}
 	return p, parsePacket(payload, &p)
 }

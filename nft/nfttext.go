@@ -59,7 +59,9 @@ func (r *Ruleset) writeTable(b *strings.Builder, annotated bool) {
 	}
 	for _, name := range r.sortedChainNames() {
 		c := r.chains[name]
-		if annotated && c.tier != 0 {
+		if annotated && c.audit != "" {
+			fmt.Fprintf(b, "\t# audit mode: what %s would deny (%s) is counted and logged, then accepted\n", c.audit, c.dir)
+		} else if annotated && c.tier != 0 {
 			fmt.Fprintf(b, "\t# ClusterNetworkPolicy %s tier: %s (%s)", c.tier, strings.Join(c.policies, ", "), c.dir)
 			if c.next != "" {
 				fmt.Fprintf(b, ", then %s", c.next)

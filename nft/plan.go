@@ -103,6 +103,12 @@ func Diff(committed, desired *Ruleset) *Plan {
 	for name := range committed.sets {
 		if _, ok := desired.sets[name]; !ok {
 			p.DelSets = append(p.DelSets, name)
+			if have := committed.sets[name]; have.kind.vmap() && len(have.elems) > 0 {
+				// Its elements jump to chains this plan may delete: they
+				// go first, as a kept map's do (the audit maps come and
+				// go, audit.go).
+				p.DelElems[name] = have.sortedKeys()
+			}
 		}
 	}
 	for name, want := range desired.chains {

@@ -250,6 +250,9 @@ type chainSpec struct {
 	// counters are per rule, by comment (see counters.go).
 	tier selectors.Tier
 	next string
+	// audit names the policy in audit mode whose hypothesis the chain is
+	// (audit.go): its would-deny counters count for that policy.
+	audit string
 }
 
 // sameKernelChain reports whether two chains are the same in the kernel:

@@ -343,6 +343,7 @@ func annotateChains(rs *Ruleset) {
 			c.policies = append(c.policies, name)
 		}
 	}
+	annotateAuditChains(rs)
 }
 
 // annotateClusterChain recovers the tier, direction, policies (from the

@@ -66,16 +66,19 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 		for _, pr := range cp.problems {
 			b.problem(cp.key, pr)
 		}
-		pr := PolicyRules{Key: cp.key, HasIngress: cp.types[Ingress], HasEgress: cp.types[Egress]}
+		pr := PolicyRules{Key: cp.key, HasIngress: cp.types[Ingress], HasEgress: cp.types[Egress], Audit: cp.audit}
 		for _, dir := range []Direction{Ingress, Egress} {
 			if !cp.types[dir] {
 				continue
 			}
 			for _, pod := range selected {
 				pr := podRules(pod)
-				if dir == Egress {
+				switch {
+				case cp.audit:
+					pr.Audit[dir] = append(pr.Audit[dir], cp.key)
+				case dir == Egress:
 					pr.Egress = append(pr.Egress, cp.key)
-				} else {
+				default:
 					pr.Ingress = append(pr.Ingress, cp.key)
 				}
 			}
@@ -96,6 +99,9 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 
 	model.Pods = make([]PodRules, 0, len(isolation))
 	for _, pr := range isolation {
+		for _, dir := range Directions {
+			sort.Strings(pr.Audit[dir]) // NetworkPolicy keys and ClusterNetworkPolicy names mixed
+		}
 		model.Pods = append(model.Pods, *pr)
 	}
 	slices.SortFunc(model.Pods, func(a, b PodRules) int { return strings.Compare(a.Key, b.Key) })

@@ -43,6 +43,7 @@ type clusterPolicy struct {
 	subjectID             string
 	rules                 [2][]clusterRule // by Direction
 	problems              []string
+	audit                 bool // ModeAnnotation says audit
 }
 
 type clusterRule struct {
@@ -65,6 +66,11 @@ func ParseClusterPolicyProblems(cnp *cnpv1beta1.ClusterNetworkPolicy) []string {
 
 func parseClusterPolicy(cnp *cnpv1beta1.ClusterNetworkPolicy) *clusterPolicy {
 	cp := &clusterPolicy{name: cnp.Name, priority: cnp.Spec.Priority}
+	audit, problem := policyMode(cnp.Annotations)
+	cp.audit = audit
+	if problem != "" {
+		cp.problem("%s", problem)
+	}
 	switch cnp.Spec.Tier {
 	case cnpv1beta1.AdminTier:
 		cp.tier = TierAdmin

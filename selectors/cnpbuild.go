@@ -57,14 +57,16 @@ func (b *modelBuilder) clusterPolicies(s *State, localByNamespace map[string][]*
 		for _, pr := range cp.problems {
 			b.clusterProblem(cp.name, pr)
 		}
-		out := ClusterPolicyRules{Name: cp.name, Tier: cp.tier, Priority: cp.priority}
+		out := ClusterPolicyRules{Name: cp.name, Tier: cp.tier, Priority: cp.priority, Audit: cp.audit}
 		for _, dir := range Directions {
 			if len(cp.rules[dir]) == 0 {
 				continue
 			}
 			for _, pod := range selected {
 				t := &podRules(pod).Cluster[dir]
-				if cp.tier == TierAdmin {
+				if cp.audit {
+					podRules(pod).Audit[dir] = append(podRules(pod).Audit[dir], cp.name)
+				} else if cp.tier == TierAdmin {
 					t.Admin = append(t.Admin, cp.name)
 				} else {
 					t.Baseline = append(t.Baseline, cp.name)

@@ -50,6 +50,13 @@ type PodRules struct {
 	// only ClusterNetworkPolicies select is in Pods with nil Ingress and
 	// Egress: the NetworkPolicy tier does not decide its traffic.
 	Cluster [2]ClusterTiers
+	// Audit lists, by Direction, the policies in audit mode (see
+	// ModeAnnotation) that select the pod and have rules in that
+	// direction, ascending: NetworkPolicy keys ("namespace/name") and
+	// ClusterNetworkPolicy names (which hold no "/"). They are in no list
+	// above: they do not decide the pod's traffic. A pod only audit
+	// policies select is in Pods with nothing else set.
+	Audit [2][]string
 }
 
 // ClusterTiers are the ClusterNetworkPolicies of one pod and direction,
@@ -124,6 +131,9 @@ type ClusterPolicyRules struct {
 	// others keep their position in Index.
 	Ingress []ClusterRule
 	Egress  []ClusterRule
+	// Audit is set when the policy is in audit mode: no pod's Cluster
+	// tiers name it, the pods' Audit lists do.
+	Audit bool
 }
 
 // Rules returns the policy's rules for dir.
@@ -195,6 +205,9 @@ type PolicyRules struct {
 	Ingress []Rule
 	// Egress rules match on the destination address and destination port.
 	Egress []Rule
+	// Audit is set when the policy is in audit mode: no pod's Ingress or
+	// Egress names it, the pods' Audit lists do.
+	Audit bool
 }
 
 // Rules returns the policy's rules for dir.

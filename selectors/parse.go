@@ -27,6 +27,7 @@ type policy struct {
 	types     [2]bool         // by Direction
 	rules     [2][]rule       // by Direction
 	problems  []string
+	audit     bool // ModeAnnotation says audit
 }
 
 type rule struct {
@@ -84,6 +85,11 @@ type port struct {
 // enforced are recorded as problems and match nothing.
 func parsePolicy(np *networkingv1.NetworkPolicy) *policy {
 	p := &policy{key: np.Namespace + "/" + np.Name, namespace: np.Namespace}
+	audit, problem := policyMode(np.Annotations)
+	p.audit = audit
+	if problem != "" {
+		p.problem("%s", problem)
+	}
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
 		p.problem("podSelector is invalid, the policy selects no pod: %v", err)

@@ -103,8 +103,13 @@ type Verdict struct {
 	Ingress Side
 }
 
-// Evaluate decides one packet.
+// Evaluate decides one packet. Policies in audit mode decide nothing
+// (see Audit).
 func Evaluate(c *Cluster, p Packet) Verdict {
+	return evaluate(c.enforcing(""), p)
+}
+
+func evaluate(c *Cluster, p Packet) Verdict {
 	p.Src, p.Dst = p.Src.Unmap(), p.Dst.Unmap()
 	v := Verdict{Packet: p}
 	srcPod, dstPod := c.OwnerOf(p.Src), c.OwnerOf(p.Dst)

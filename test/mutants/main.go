@@ -39,45 +39,63 @@ type mutant struct {
 	// real packets (test/, as root, with the agent built from the
 	// mutated copy): the proof that the bug shows on the wire.
 	packets bool
+	// property and fuzz, when set, are the tests in pkg that should
+	// catch it instead of targetsOf's.
+	property, fuzz string
 }
 
 // mutations are the injected bugs, in the order they run.
 func mutations() []mutant {
 	return []mutant{
 		{"policyTypes default: every policy isolates egress", "selectors/parse.go",
-			"p.types[Egress] = len(np.Spec.Egress) > 0", "p.types[Egress] = len(np.Spec.Egress) >= 0", "selectors", false},
+			"p.types[Egress] = len(np.Spec.Egress) > 0", "p.types[Egress] = len(np.Spec.Egress) >= 0", "selectors", false, "", ""},
 		{"ipBlock except not subtracted", "selectors/parse.go",
-			"ranges = subtractRange(ranges, prefixRange(ex))", "_ = subtractRange(ranges, prefixRange(ex))", "selectors", false},
+			"ranges = subtractRange(ranges, prefixRange(ex))", "_ = subtractRange(ranges, prefixRange(ex))", "selectors", false, "", ""},
 		{"endPort off by one (exclusive)", "selectors/parse.go",
-			"last = int(*np.EndPort)", "last = int(*np.EndPort) - 1", "selectors", false},
+			"last = int(*np.EndPort)", "last = int(*np.EndPort) - 1", "selectors", false, "", ""},
 		{"egress named port resolved on the source pods", "selectors/build.go",
-			"candidates = b.egressCandidates(cp, r)", "candidates = selected", "selectors", false},
+			"candidates = b.egressCandidates(cp, r)", "candidates = selected", "selectors", false, "", ""},
 		{"namespaceSelector with podSelector: podSelector dropped", "selectors/parse.go",
-			"pe.podSel = podSel", "_ = podSel", "selectors", false},
+			"pe.podSel = podSel", "_ = podSel", "selectors", false, "", ""},
 		{"IPv6 ipBlock ignored", "selectors/parse.go",
-			"cidr = cidr.Masked()", "cidr = cidr.Masked()\n\tif cidr.Addr().Is6() {\n\t\treturn ipBlock{}, \"cidr=\" + cidr.String(), nil\n\t}", "selectors", false},
+			"cidr = cidr.Masked()", "cidr = cidr.Masked()\n\tif cidr.Addr().Is6() {\n\t\treturn ipBlock{}, \"cidr=\" + cidr.String(), nil\n\t}", "selectors", false, "", ""},
 		{"shared address: the older pod wins", "selectors/state.go",
-			"return p.Created.After(q.Created)", "return p.Created.Before(q.Created)", "selectors", false},
+			"return p.Created.After(q.Created)", "return p.Created.Before(q.Created)", "selectors", false, "", ""},
 		{"plain init containers' named ports count", "selectors/state.go",
-			"if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "if c.RestartPolicy == nil || *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "selectors", false},
+			"if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "if c.RestartPolicy == nil || *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {", "selectors", false, "", ""},
 		{"terminal pods are endpoints", "selectors/state.go",
-			"return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0", "return !p.HostNetwork && len(p.IPs) > 0", "selectors", false},
+			"return !p.HostNetwork && !p.Terminal && len(p.IPs) > 0", "return !p.HostNetwork && len(p.IPs) > 0", "selectors", false, "", ""},
 		{"compiler: IPv4 daddr read at the saddr offset", "nft/rules.go",
-			"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft", false},
+			"\t\treturn 16, 4\n", "\t\treturn 12, 4\n", "nft", false, "", ""},
 		{"compiler: port range ends one early", "nft/rules.go",
-			"Data: be16(r.portLast)})", "Data: be16(r.portLast - 1)})", "nft", false},
+			"Data: be16(r.portLast)})", "Data: be16(r.portLast - 1)})", "nft", false, "", ""},
 		{"compiler: interval end element at last, not last+1", "nft/sets.go",
-			"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft", false},
+			"if end, ok := increment(last); ok {", "if end, ok := last, true; ok {", "nft", false, "", ""},
 		{"CNP: Pass treated as Accept", "selectors/cnp.go",
-			"r.action = ActionPass", "r.action = ActionAccept", "selectors", true},
+			"r.action = ActionPass", "r.action = ActionAccept", "selectors", true, "", ""},
 		{"CNP: priority order reversed", "selectors/model.go",
-			"return aPriority < bPriority", "return aPriority > bPriority", "selectors", true},
+			"return aPriority < bPriority", "return aPriority > bPriority", "selectors", true, "", ""},
 		{"CNP: pods subject ignores its podSelector", "selectors/cnpbuild.go",
-			"cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels))", "cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels)) || true", "selectors", true},
+			"cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels))", "cp.subjectPod == nil || cp.subjectPod.Matches(labels.Set(pod.Labels)) || true", "selectors", true, "", ""},
 		{"CNP compiler: Baseline applied over a NetworkPolicy", "nft/cluster.go",
-			`if next == "" && len(t.Baseline) > 0 {`, "if len(t.Baseline) > 0 {", "nft", true},
+			`if next == "" && len(t.Baseline) > 0 {`, "if len(t.Baseline) > 0 {", "nft", true, "", ""},
+		{"audit: a NetworkPolicy in audit mode is enforced", "selectors/build.go",
+			"case cp.audit:", "case cp.audit && false:", "nft", false, auditProperty, auditFuzz},
+		{"audit compiler: would-deny counted before the real chains decide", "nft/audit.go",
+			"auditPrio+2*int32(k)+bc.prio", "-auditPrio+2*int32(k)+bc.prio", "nft", false, auditProperty, auditFuzz},
+		{"audit compiler: the hypothesis leaves the audited NetworkPolicy out", "nft/audit.go",
+			"keys = slices.Sorted(slices.Values(append(slices.Clone(keys), p)))", "keys = slices.Clone(keys)", "nft", false, auditProperty, auditFuzz},
+		{"audit compiler: an audited ClusterNetworkPolicy inserted last in its tier", "nft/audit.go",
+			"if q != nil && selectors.ClusterPolicyBefore(cp.Priority, cp.Name, q.Priority, q.Name) {", "if q == nil {", "nft", false, auditProperty, auditFuzz},
 	}
 }
+
+// The tests that hold the audit mode (nft/audit_test.go) against the
+// evaluator.
+const (
+	auditProperty = "TestAuditAgreesWithEvaluator"
+	auditFuzz     = "FuzzAuditAgreesWithEvaluator"
+)
 
 // targetsOf returns the tests that hold pkg's compiled form against the
 // reference evaluator, cheapest first.
@@ -153,6 +171,9 @@ func try(dir string, m mutant, fuzztime time.Duration) (string, error) {
 	defer os.WriteFile(path, orig, 0o644)
 
 	property, fuzz := targetsOf(m.pkg)
+	if m.property != "" {
+		property, fuzz = m.property, m.fuzz
+	}
 	corpus := filepath.Join(dir, m.pkg, "testdata", "fuzz", fuzz)
 	seeds, err := os.ReadDir(corpus)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +27,9 @@ type APIProxy struct {
 
 	addr     string
 	upstream string
+
+	// sent counts the bytes relayed from the API server to the agents.
+	sent atomic.Int64
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -107,9 +111,9 @@ func (p *APIProxy) relay(client net.Conn) {
 	}
 	p.conns[client], p.conns[server] = struct{}{}, struct{}{}
 	p.mu.Unlock()
-	pipe := func(dst, src net.Conn) {
+	pipe := func(dst, src net.Conn, w io.Writer) {
 		defer p.wg.Done()
-		_, _ = io.Copy(dst, src)
+		_, _ = io.Copy(w, src)
 		// One direction ended: end both, as a peer going away would.
 		dst.Close()
 		src.Close()
@@ -119,9 +123,27 @@ func (p *APIProxy) relay(client net.Conn) {
 		p.mu.Unlock()
 	}
 	p.wg.Add(2)
-	go pipe(server, client)
-	go pipe(client, server)
+	go pipe(server, client, server)
+	// Counted as it flows: a watch is one long response.
+	go pipe(client, server, countingWriter{client, &p.sent})
 }
+
+// countingWriter counts what it writes.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// BytesSent returns how many bytes the proxy relayed from the API server
+// to its clients so far (TLS records: the encoded objects plus a few
+// percent of framing and HTTP/2 headers).
+func (p *APIProxy) BytesSent() int64 { return p.sent.Load() }
 
 // Cut closes the listener and every relayed connection: from now on the
 // agents' connections to the API server are refused.
