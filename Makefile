@@ -65,11 +65,12 @@ bench: envtest-assets build
 	@mkdir -p $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 10x ./selectors/ | tee $(BENCH_OUT)/selectors.txt
 	$(GO) test -run '^$$' -bench 'FullSyncCompute|OnePodChange|Compile|Diff|Sync|Commit|Counters' -benchmem -benchtime 5x -timeout 30m ./nft/ | tee $(BENCH_OUT)/nft.txt
+	$(GO) test -run '^$$' -bench 'FlowCut' -benchtime 3x -timeout 30m ./controllers/ | tee $(BENCH_OUT)/controllers.txt
 	NFTPOL_SCALE_SIZES=$(BENCH_SCALE_SIZES) $(GO) test -run '^$$' -bench 'Scale|PacketPath' -benchtime 1x -timeout 90m ./test/ | tee $(BENCH_OUT)/e2e.txt
 	$(GO) test -run '^$$' -bench AgentMemory -benchtime 1x ./controllers/ | tee $(BENCH_OUT)/memory.txt
 	NFTPOL_FLEET_AGENTS=$(BENCH_FLEET_AGENTS) $(GO) test -run '^$$' -bench Fleet -benchtime 1x -timeout 60m ./test/ | tee $(BENCH_OUT)/fleet.txt
 	@echo
-	@$(GO) run ./test/benchtable $(BENCH_OUT)/selectors.txt $(BENCH_OUT)/nft.txt $(BENCH_OUT)/e2e.txt $(BENCH_OUT)/memory.txt $(BENCH_OUT)/fleet.txt
+	@$(GO) run ./test/benchtable $(BENCH_OUT)/selectors.txt $(BENCH_OUT)/nft.txt $(BENCH_OUT)/controllers.txt $(BENCH_OUT)/e2e.txt $(BENCH_OUT)/memory.txt $(BENCH_OUT)/fleet.txt
 
 # Longer fuzz runs; new failing inputs land in <package>/testdata/fuzz.
 fuzz:

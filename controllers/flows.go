@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -25,6 +26,15 @@ import (
 // commit, the flow cutter deletes the conntrack entries of this node whose
 // connections the committed rules deny; their next packet is then judged
 // as a new connection, and denied.
+//
+// A sweep of a large conntrack table takes seconds (BenchmarkFlowCut100k),
+// so it runs off the sync loop: Sweep hands the committed model to one
+// sweeping goroutine and returns. At most one sweep runs and one waits; a
+// newer commit supersedes both: the waiting sweep will read the newest
+// model, and the running one decides the entries it has not reached yet
+// with the newest model (the rules now in force), then one more sweep
+// follows for the entries it decided before. A burst of commits costs at
+// most two sweeps, and every sweep finishes, however fast commits come.
 
 // FlowCutStats say what one sweep of the conntrack table did.
 type FlowCutStats struct {
@@ -33,8 +43,10 @@ type FlowCutStats struct {
 	Entries, Considered, Cut int
 	// Gone counts entries the kernel no longer held when deleted (they
 	// ended between the dump and the delete).
-	Gone     int
-	Duration time.Duration
+	Gone int
+	// Superseded counts the newer models the sweep took up midway.
+	Superseded int
+	Duration   time.Duration
 }
 
 // FlowCutter deletes the conntrack entries a Model denies, in one network
@@ -54,6 +66,18 @@ type FlowCutter struct {
 	// noPickups skips the pickup rounds (the benchmark measures the
 	// sweep alone).
 	noPickups bool
+
+	// newest is the model of the last commit handed to Sweep.
+	newest atomic.Pointer[selectors.Model]
+	// sweepMu guards wanted, sweeping and report.
+	sweepMu sync.Mutex
+	// wanted is set when newest has not been swept from the start yet;
+	// sweeping while the sweeping goroutine runs.
+	wanted, sweeping bool
+	// report receives the outcome of every sweep Sweep started.
+	report func(FlowCutStats, error)
+	// sweeps waits for the sweeping goroutine.
+	sweeps sync.WaitGroup
 }
 
 // tcpLooseSysctl is where conntrack is told whether to pick up TCP
@@ -118,14 +142,59 @@ func inNetns(path string, fn func() error) error {
 // 200 ms), come within them.
 var pickupRounds = []time.Duration{5 * time.Millisecond, 50 * time.Millisecond, 250 * time.Millisecond, 750 * time.Millisecond, 2 * time.Second}
 
+// Sweep starts a sweep for model, the model just committed, in the
+// background and returns at once; report receives the outcome of each
+// sweep (called from the sweeping goroutine, one call at a time). A newer
+// call supersedes the sweeps of older ones (see above). The model must not
+// change afterwards.
+func (c *FlowCutter) Sweep(model *selectors.Model, report func(FlowCutStats, error)) {
+	c.newest.Store(model)
+	c.sweepMu.Lock()
+	defer c.sweepMu.Unlock()
+	c.wanted, c.report = true, report
+	if c.sweeping {
+		return
+	}
+	c.sweeping = true
+	c.sweeps.Add(1)
+	go c.sweepWanted()
+}
+
+// sweepWanted sweeps while a sweep is wanted; it ends when none is.
+func (c *FlowCutter) sweepWanted() {
+	defer c.sweeps.Done()
+	for {
+		c.sweepMu.Lock()
+		if !c.wanted {
+			c.sweeping = false
+			c.sweepMu.Unlock()
+			return
+		}
+		c.wanted = false
+		report := c.report
+		c.sweepMu.Unlock()
+		st, err := c.sweep(c.newest.Load)
+		report(st, err)
+	}
+}
+
 // Cut reads the conntrack table and deletes every entry whose connection
-// the model denies. A connection is decided on its original direction,
-// as the table decides its first packet: the source address and the
-// destination address and port after destination NAT (the reply tuple's
-// source), protocol. Connections from the node itself are never cut: the
-// table does not judge the node's own traffic to its pods.
+// the model denies, in the caller's goroutine.
 func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
+	return c.sweep(func() *selectors.Model { return model })
+}
+
+// sweep reads the conntrack table and deletes every entry whose connection
+// the model latest returns denies; it asks again before each entry, and
+// decides the entries left with a newer model as soon as there is one. A
+// connection is decided on its original direction, as the table decides
+// its first packet: the source address and the destination address and
+// port after destination NAT (the reply tuple's source), protocol.
+// Connections from the node itself are never cut: the table does not
+// judge the node's own traffic to its pods.
+func (c *FlowCutter) sweep(latest func() *selectors.Model) (FlowCutStats, error) {
 	start := time.Now()
+	model := latest()
 	var st FlowCutStats
 	if !c.strictTried {
 		// Cutting goes on without it (UDP, and TCP connections whose
@@ -158,6 +227,10 @@ func (c *FlowCutter) Cut(model *selectors.Model) (FlowCutStats, error) {
 	var errs []error
 	var reverse []conntrack.Tuple
 	for i := range flows {
+		if m := latest(); m != model {
+			model, d = m, selectors.NewDecider(m)
+			st.Superseded++
+		}
 		f := &flows[i]
 		if !involves(d, f) {
 			continue
@@ -194,8 +267,12 @@ func inverse(t conntrack.Tuple) conntrack.Tuple {
 	return r
 }
 
-// Wait waits for the pickup rounds of past sweeps to end.
-func (c *FlowCutter) Wait() { c.pickups.Wait() }
+// Wait waits for the sweeps Sweep started and for the pickup rounds of
+// past sweeps to end.
+func (c *FlowCutter) Wait() {
+	c.sweeps.Wait()
+	c.pickups.Wait()
+}
 
 // cutPickups deletes, in a few rounds, the entries whose original tuple
 // is the reply tuple of a connection just cut. conntrack picks up a TCP

@@ -130,7 +130,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	s.cached.podStart.committed()
 	s.latency.committed()
 	if s.flows != nil && mayDenyMore(stats) {
-		s.cutDeniedFlows(model)
+		s.flows.Sweep(model, s.reportFlowCut)
 	}
 	if s.keepLookup {
 		s.lookup.Store(newPodLookup(s.cached.ownerName, model))
@@ -144,18 +144,18 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
 }
 
-// cutDeniedFlows deletes the conntrack entries the committed model denies.
-// A failure is logged, never fails the sync: the rules are committed, and
-// the next sweep (after the next change) tries again.
-func (s *Syncer) cutDeniedFlows(model *selectors.Model) {
-	st, err := s.flows.Cut(model)
+// reportFlowCut logs and counts one sweep of the conntrack table, which
+// deleted the entries the committed model denies (FlowCutter.Sweep). A
+// failure is logged, never fails a sync: the rules are committed, and the
+// next sweep (after the next change) tries again.
+func (s *Syncer) reportFlowCut(st FlowCutStats, err error) {
 	s.metrics.flowsCut(st)
 	if err != nil {
 		s.Log.Error(err, "cutting established flows the new rules deny", "cut", st.Cut)
 		return
 	}
 	s.Log.Info("cut established flows the new rules deny", "cut", st.Cut, "considered", st.Considered,
-		"entries", st.Entries, "gone", st.Gone, "duration", st.Duration)
+		"entries", st.Entries, "gone", st.Gone, "superseded", st.Superseded, "duration", st.Duration)
 }
 
 // recordOutcome tells the probes and the metrics how a sync ended.

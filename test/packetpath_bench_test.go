@@ -14,6 +14,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+
 	"github.com/nftpol/nftpol/test/testbed"
 )
 
@@ -25,6 +27,9 @@ import (
 // accepted. The worst case selects the server by all 1,000. Phase I
 // selects it by one more policy instead, whose one rule has 1,000 ipBlock
 // peers and 5 ports; the client's addresses are the last two blocks.
+// Phase T adds 100 ClusterNetworkPolicies (clusterPolicyMix) to B: the
+// server's connections walk its Admin tier, pass on to B's 10 policies and
+// are accepted there.
 const (
 	pathPrefix   = e2ePrefix + "path"
 	pathPolicies = 1000
@@ -55,12 +60,15 @@ const (
 	// I: the server selected only by one policy of 1,000 ipBlocks × 5
 	// ports (the 1,000 policies still select the API-only pods).
 	phaseBlocks
+	// T: B plus 100 ClusterNetworkPolicies in both tiers, 21 of them
+	// Admin on the server (issue 14).
+	phaseTiers
 	pathPhases
 )
 
 func (p pathPhase) String() string {
 	return [...]string{"A no table", "B 1k policies, 10 on the server", "C 1k policies, all on the server", "K no table, conntrack on",
-		"I 1 policy, 1k ipBlocks x 5 ports"}[p]
+		"I 1 policy, 1k ipBlocks x 5 ports", "T B + 100 ClusterNetworkPolicies"}[p]
 }
 
 // conntrackTable is phase K's foreign table: connection tracking on in the
@@ -89,6 +97,8 @@ type pathBench struct {
 	agents         []*testbed.Agent
 	agentsUp       bool
 	serverSelected pathPhase // whose labels the server has
+	tiers          cnpMix    // phase T's ClusterNetworkPolicies
+	tiersWritten   bool      // whether they are in the API
 }
 
 // BenchmarkPacketPath measures new TCP connections per second and a long
@@ -107,9 +117,9 @@ func BenchmarkPacketPath(b *testing.B) {
 	// The rounds interleave the phases (ABC CBA ABC) so a drift of the
 	// machine over the run weighs on every phase alike.
 	orders := [][]pathPhase{
-		{phaseNoTable, phaseConntrack, phaseTen, phaseAll, phaseBlocks},
-		{phaseBlocks, phaseAll, phaseTen, phaseConntrack, phaseNoTable},
-		{phaseNoTable, phaseConntrack, phaseTen, phaseAll, phaseBlocks},
+		{phaseNoTable, phaseConntrack, phaseTen, phaseTiers, phaseAll, phaseBlocks},
+		{phaseBlocks, phaseAll, phaseTiers, phaseTen, phaseConntrack, phaseNoTable},
+		{phaseNoTable, phaseConntrack, phaseTen, phaseTiers, phaseAll, phaseBlocks},
 	}
 	for round, order := range orders {
 		for _, phase := range order {
@@ -122,7 +132,7 @@ func BenchmarkPacketPath(b *testing.B) {
 				}
 				r := results[fam]
 				r.connRate[phase] = append(r.connRate[phase], float64(conns)/pathWindow.Seconds())
-				if phase == phaseAll || phase == phaseConntrack || phase == phaseBlocks {
+				if phase == phaseAll || phase == phaseConntrack || phase == phaseBlocks || phase == phaseTiers {
 					// An established flow never reaches the policy
 					// chains; B already measures the table's cost on it.
 					continue
@@ -139,11 +149,12 @@ func BenchmarkPacketPath(b *testing.B) {
 		r := results[fam]
 		// The measurement ran once above; the sub-benchmarks only report
 		// it, one line per family. A leaf benchmark's log is printed
-		// without -v, but once per run of it: log on the first only.
+		// without -v, but once per run of it: log on the first only. It
+		// keeps only its first ten lines: the table has ten.
 		logged := false
 		b.Run(fmt.Sprintf("IPv%d", fam), func(b *testing.B) {
 			if !logged {
-				b.Logf("\n%s", r.table(fam))
+				b.Logf("%s", strings.TrimSuffix(r.table(fam), "\n"))
 				logged = true
 			}
 			a, ten, all := median(r.connRate[phaseNoTable]), median(r.connRate[phaseTen]), median(r.connRate[phaseAll])
@@ -161,6 +172,10 @@ func BenchmarkPacketPath(b *testing.B) {
 			b.ReportMetric(ct, "K-conn/s")
 			b.ReportMetric(ct/a, "K/A-conn")
 			b.ReportMetric(ten/ct, "B/K-conn")
+			tiers := median(r.connRate[phaseTiers])
+			b.ReportMetric(tiers, "T-conn/s")
+			b.ReportMetric(tiers/a, "T/A-conn")
+			b.ReportMetric(tiers/ten, "T/B-conn")
 			b.ReportMetric(ma, "A-MB/s")
 			b.ReportMetric(mten, "B-MB/s")
 			b.ReportMetric(mten/ma, "B/A-MB/s")
@@ -178,6 +193,13 @@ func setUpPacketPath(b *testing.B) *pathBench {
 		b.Fatal(err)
 	}
 	pb := &pathBench{b: b, cp: cp, bed: bed, bin: bin, serverSelected: phaseTen}
+	pb.tiers = clusterPolicyMix(cnpMixSite{
+		serverNS: selPtr("ns", "srv"), serverPod: selPtr("app", "server"),
+		clientNS: selPtr("ns", "cli"), clientPod: selPtr("app", "client"),
+		otherNS:  func(i int) *metav1.LabelSelector { return selPtr("ns", fmt.Sprintf("other-%d", i%20)) },
+		otherPod: func(i int) *metav1.LabelSelector { return selPtr("role", fmt.Sprintf("r%d", i%13)) },
+		ports:    []int32{80, pathSinkPort},
+	})
 	for _, ns := range []string{"cli", "srv"} {
 		if err := bed.EnsureNamespace(ctx, ns, map[string]string{"ns": ns}); err != nil {
 			b.Fatal(err)
@@ -331,8 +353,9 @@ func (pb *pathBench) enter(phase pathPhase) {
 		}
 		pb.serverSelected = phase
 	}
+	pb.setClusterPolicies(phase == phaseTiers)
 	pb.startAgents()
-	chains, want := pathPolicies, 10
+	chains, want, admin := pathPolicies, 10, 0
 	switch phase {
 	case phaseAll:
 		want = pathPolicies
@@ -340,8 +363,10 @@ func (pb *pathBench) enter(phase pathPhase) {
 		// The API-only pods' isolations still walk 10 policies; the
 		// server's is the ipBlock policy alone.
 		chains = pathPolicies + 1
+	case phaseTiers:
+		admin = pb.tiers.adminOnServer
 	}
-	pb.waitTable(phase, chains, want)
+	pb.waitTable(phase, tableShape{policyChains: chains, longest: want, blocksAlone: phase == phaseBlocks, longestAdmin: admin})
 	for _, fam := range []int{4, 6} {
 		if err := testbed.Probe(pb.client, pb.server.Addr(fam), testbed.TCP, 80, pb.server.Key(), 2*time.Second); err != nil {
 			b.Fatalf("%s: the client cannot reach the server over IPv%d: %v", phase, fam, err)
@@ -350,6 +375,30 @@ func (pb *pathBench) enter(phase pathPhase) {
 			b.Fatalf("%s: cli/other reaches the server over IPv%d: the table is not in force", phase, fam)
 		}
 	}
+}
+
+// setClusterPolicies writes phase T's ClusterNetworkPolicies or deletes
+// them, when they are not so already.
+func (pb *pathBench) setClusterPolicies(on bool) {
+	b := pb.b
+	b.Helper()
+	if on == pb.tiersWritten {
+		return
+	}
+	ctx := context.Background()
+	if !on {
+		if err := pb.cp.Client.DeleteAllOf(ctx, &policyv1beta1.ClusterNetworkPolicy{}); err != nil {
+			b.Fatalf("deleting the ClusterNetworkPolicies: %v", err)
+		}
+		pb.tiersWritten = false
+		return
+	}
+	for _, c := range pb.tiers.policies {
+		if err := pb.cp.Client.Create(ctx, c.DeepCopy()); err != nil {
+			b.Fatalf("creating ClusterNetworkPolicy %s: %v", c.Name, err)
+		}
+	}
+	pb.tiersWritten = true
 }
 
 // setConntrackTable adds or removes phase K's foreign table on both nodes.
@@ -406,49 +455,63 @@ func (pb *pathBench) stopAgents() {
 	pb.agentsUp = false
 }
 
-// waitTable waits until the server's node holds wantChains policy chains
-// and the server's isolation walks want of them.
-func (pb *pathBench) waitTable(phase pathPhase, wantChains, want int) {
+// tableShape is what the benchmark reads of a node's table: how many
+// policy chains it has, the most policies one isolation chain walks,
+// whether one isolation chain is phase I's policy alone, and the most
+// policies one Admin ingress chain walks.
+type tableShape struct {
+	policyChains, longest int
+	blocksAlone           bool
+	longestAdmin          int
+}
+
+// waitTable waits until the server's node's table has the wanted shape.
+func (pb *pathBench) waitTable(phase pathPhase, want tableShape) {
 	b := pb.b
 	b.Helper()
 	node := pb.bed.Node(pb.server.Node)
-	var chains, longest int
-	var blocksAlone bool
+	var got tableShape
 	var err error
 	for attempt := 0; attempt < 300; attempt++ {
-		chains, longest, blocksAlone, err = tableShape(pb.bin, node.NetNSPath)
-		if err == nil && chains == wantChains && longest == want && (phase != phaseBlocks || blocksAlone) {
+		got, err = readTableShape(pb.bin, node.NetNSPath)
+		if err == nil && got == want {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	b.Fatalf("%s: the table of %s has %d policy chains and at most %d policies on one pod, want %d and %d (%v)",
-		phase, node.Name, chains, longest, wantChains, want, err)
+	b.Fatalf("%s: the table of %s has shape %+v, want %+v (%v)", phase, node.Name, got, want, err)
 }
 
-// tableShape reads a node's table with `nftpol dump`: how many policy
-// chains it has, the most policies one isolation chain walks, and whether
-// one isolation chain is phase I's policy alone.
-func tableShape(bin, netns string) (policyChains, longest int, blocksAlone bool, err error) {
+// readTableShape reads a node's table with `nftpol dump`.
+func readTableShape(bin, netns string) (tableShape, error) {
+	var shape tableShape
 	out, err := exec.Command(bin, "dump", "--netns", netns).Output()
 	if err != nil {
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
-			return 0, 0, false, fmt.Errorf("nftpol dump: %w: %s", err, exit.Stderr)
+			return shape, fmt.Errorf("nftpol dump: %w: %s", err, exit.Stderr)
 		}
-		return 0, 0, false, fmt.Errorf("nftpol dump: %w", err)
+		return shape, fmt.Errorf("nftpol dump: %w", err)
 	}
+	// count is the number of policies a chain's annotation names:
+	// "a, b, c (direction)...".
+	count := func(names string) int { return strings.Count(names, ", ") + 1 }
 	for _, line := range strings.Split(string(out), "\n") {
 		line = strings.TrimSpace(line)
 		if strings.HasPrefix(line, "# allows of ") {
-			policyChains++
+			shape.policyChains++
 		}
 		if rest, ok := strings.CutPrefix(line, "# isolation by "); ok {
-			longest = max(longest, strings.Count(rest, ", ")+1)
-			blocksAlone = blocksAlone || strings.HasPrefix(rest, "srv/blocks (")
+			shape.longest = max(shape.longest, count(rest))
+			shape.blocksAlone = shape.blocksAlone || strings.HasPrefix(rest, "srv/blocks (")
+		}
+		if rest, ok := strings.CutPrefix(line, "# ClusterNetworkPolicy Admin tier: "); ok {
+			if names, _, ok := strings.Cut(rest, " (ingress)"); ok {
+				shape.longestAdmin = max(shape.longestAdmin, count(names))
+			}
 		}
 	}
-	return policyChains, longest, blocksAlone, nil
+	return shape, nil
 }
 
 func median(xs []float64) float64 {
@@ -467,6 +530,12 @@ func median(xs []float64) float64 {
 func (r *pathResults) table(family int) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "IPv%d, %s windows, %d connect workers (rounds in run order, then median)\n", family, pathWindow, pathWorkers)
+	a := median(r.connRate[phaseNoTable])
+	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f, I/A %.3f, K/A %.3f, B/K %.3f, T/A %.3f, T/B %.3f; MB/s B/A %.3f\n",
+		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.connRate[phaseBlocks])/a, median(r.connRate[phaseConntrack])/a,
+		median(r.connRate[phaseTen])/median(r.connRate[phaseConntrack]),
+		median(r.connRate[phaseTiers])/a, median(r.connRate[phaseTiers])/median(r.connRate[phaseTen]),
+		median(r.mbps[phaseTen])/median(r.mbps[phaseNoTable]))
 	row := func(name string, xs []float64, unit string) {
 		fmt.Fprintf(&sb, "  %-42s", name+" "+unit)
 		for _, x := range xs {
@@ -480,9 +549,5 @@ func (r *pathResults) table(family int) string {
 	for _, p := range []pathPhase{phaseNoTable, phaseTen} {
 		row(p.String(), r.mbps[p], "MB/s")
 	}
-	a := median(r.connRate[phaseNoTable])
-	fmt.Fprintf(&sb, "  ratios: conn/s B/A %.3f, C/A %.3f, I/A %.3f, K/A %.3f, B/K %.3f; MB/s B/A %.3f\n",
-		median(r.connRate[phaseTen])/a, median(r.connRate[phaseAll])/a, median(r.connRate[phaseBlocks])/a, median(r.connRate[phaseConntrack])/a,
-		median(r.connRate[phaseTen])/median(r.connRate[phaseConntrack]), median(r.mbps[phaseTen])/median(r.mbps[phaseNoTable]))
 	return sb.String()
 }

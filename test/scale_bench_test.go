@@ -33,6 +33,8 @@ import (
 //   - policy-to-enforcement latency: from the API write of a policy that
 //     isolates the server to the first probe the kernel refuses, and from
 //     its deletion to the first probe that connects again (25 each);
+//     at the end again with 100 ClusterNetworkPolicies over the cluster
+//     (cnps-np-*), and the same for a ClusterNetworkPolicy (cnp-*);
 //   - one pod change (a remote pod joining peer sets, relabeled out of
 //     them, deleted): the sync's duration and the elements it changed, from
 //     the agent's own metrics.
@@ -112,25 +114,17 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 
 	// NFTPOL_SCALE_PROFILE=file saves a heap profile of the warm agent
 	// (file.heap) and a 20 s CPU profile taken while the measurements
-	// below run.
-	profileDone := make(chan struct{})
-	if path := os.Getenv("NFTPOL_SCALE_PROFILE"); path != "" {
-		if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/heap", path+".heap"); err != nil {
+	// below run (and one, file.cnp, while those with ClusterNetworkPolicies
+	// run).
+	profile := os.Getenv("NFTPOL_SCALE_PROFILE")
+	if profile != "" {
+		if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/heap", profile+".heap"); err != nil {
 			b.Errorf("heap profile: %v", err)
 		}
-		go func() {
-			defer close(profileDone)
-			if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/profile?seconds=20", path); err != nil {
-				b.Errorf("profile: %v", err)
-			}
-		}()
-	} else {
-		close(profileDone)
 	}
-	defer func() { <-profileDone }()
+	defer cpuProfile(b, agent.MetricsAddr, profile)()
 
 	// Policy to enforcement, both ways.
-	var apply, remove []time.Duration
 	pol := &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "lat", Name: "isolate-server"},
 		Spec: networkingv1.NetworkPolicySpec{
@@ -139,31 +133,16 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 		},
 	}
 	policies := cs.NetworkingV1().NetworkPolicies("lat")
-	for rep := 0; rep < 25; rep++ {
-		t0 := time.Now()
-		if _, err := policies.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		if err := waitProbe(client, server, false); err != nil {
-			b.Fatalf("rep %d: the policy did not take effect: %v", rep, err)
-		}
-		apply = append(apply, time.Since(t0))
-		t0 = time.Now()
-		if err := policies.Delete(ctx, pol.Name, metav1.DeleteOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		if err := waitProbe(client, server, true); err != nil {
-			b.Fatalf("rep %d: the deletion did not take effect: %v", rep, err)
-		}
-		remove = append(remove, time.Since(t0))
+	npLatency := enforcementLatency{
+		what: "policy",
+		kind: "networkpolicy",
+		create: func() error {
+			_, err := policies.Create(ctx, pol, metav1.CreateOptions{})
+			return err
+		},
+		remove: func() error { return policies.Delete(ctx, pol.Name, metav1.DeleteOptions{}) },
 	}
-	b.ReportMetric(ms(percentile(apply, 50)), "apply-p50-ms")
-	b.ReportMetric(ms(percentile(apply, 90)), "apply-p90-ms")
-	b.ReportMetric(ms(percentile(remove, 50)), "delete-p50-ms")
-	b.ReportMetric(ms(percentile(remove, 90)), "delete-p90-ms")
-	b.Logf("policy to enforcement over %d reps: apply p50 %s p90 %s max %s; delete p50 %s p90 %s max %s",
-		len(apply), percentile(apply, 50), percentile(apply, 90), percentile(apply, 100),
-		percentile(remove, 50), percentile(remove, 90), percentile(remove, 100))
+	npLatency.measure(b, metricsURL, client, server, "")
 
 	// One pod change at a time: a remote api pod joins the peer sets of
 	// its team's policies, leaves them by a relabel, comes back, is
@@ -208,6 +187,8 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 		b.ReportMetric(c.elements[len(c.elements)/2], "pod-"+c.name+"-elements")
 		b.Logf("one pod %s: sync p50 %s p90 %s, elements changed %v", c.name, percentile(c.durs, 50), percentile(c.durs, 90), c.elements)
 	}
+	measureWithClusterPolicies(b, cp, agent.MetricsAddr, client, server, npLatency, profile)
+
 	final := scrape(b, metricsURL)
 	rssEnd, err := agent.RSSBytes()
 	if err != nil {
@@ -217,6 +198,113 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 	b.Logf("table: %v sets, %v elements, %v rules; %v local policies; agent RSS %.1f MiB warm, %.1f MiB at the end; Go heap %.1f MiB warm, %.1f MiB at the end",
 		final["nftpol_sets"], final["nftpol_set_elements"], final["nftpol_rules"], final["nftpol_policies"],
 		float64(rss)/(1<<20), float64(rssEnd)/(1<<20), warm["go_memstats_heap_inuse_bytes"]/(1<<20), final["go_memstats_heap_inuse_bytes"]/(1<<20))
+}
+
+// enforcementLatency is one kind of object whose creation isolates the
+// server and whose deletion lifts the isolation.
+type enforcementLatency struct {
+	what string // for the log
+	// kind is the agent's label for the change in its programming
+	// latency metric.
+	kind           string
+	create, remove func() error
+}
+
+// latencyReps is how many times each latency is sampled.
+const latencyReps = 25
+
+// measure times, latencyReps times, from the API write creating the
+// object to the first probe from client to server the kernel refuses, and
+// from its deletion to the first probe that connects again, and reports
+// the percentiles as <prefix>apply-p50-ms etc. It logs what the agent's
+// metrics say of the same time: how many syncs ran, their mean duration,
+// and the mean time from the agent receiving the change to its commit.
+func (l enforcementLatency) measure(b *testing.B, metricsURL string, client, server *testbed.Pod, prefix string) {
+	b.Helper()
+	before := scrape(b, metricsURL)
+	var apply, remove []time.Duration
+	for rep := 0; rep < latencyReps; rep++ {
+		t0 := time.Now()
+		if err := l.create(); err != nil {
+			b.Fatalf("rep %d: creating the %s: %v", rep, l.what, err)
+		}
+		if err := waitProbe(client, server, false); err != nil {
+			b.Fatalf("rep %d: the %s did not take effect: %v", rep, l.what, err)
+		}
+		apply = append(apply, time.Since(t0))
+		t0 = time.Now()
+		if err := l.remove(); err != nil {
+			b.Fatalf("rep %d: deleting the %s: %v", rep, l.what, err)
+		}
+		if err := waitProbe(client, server, true); err != nil {
+			b.Fatalf("rep %d: the deletion of the %s did not take effect: %v", rep, l.what, err)
+		}
+		remove = append(remove, time.Since(t0))
+	}
+	after := scrape(b, metricsURL)
+	delta := func(name string) float64 { return after[name] - before[name] }
+	changes := float64(2 * latencyReps)
+	cpu := 1000 * delta("process_cpu_seconds_total") / changes
+	sync := 1000 * delta("nftpol_sync_duration_seconds_sum") / delta("nftpol_sync_duration_seconds_count")
+	programming := func(stat string) float64 {
+		return delta(fmt.Sprintf("nftpol_programming_latency_seconds_%s{kind=%q}", stat, l.kind))
+	}
+	b.ReportMetric(ms(percentile(apply, 50)), prefix+"apply-p50-ms")
+	b.ReportMetric(ms(percentile(apply, 90)), prefix+"apply-p90-ms")
+	b.ReportMetric(ms(percentile(remove, 50)), prefix+"delete-p50-ms")
+	b.ReportMetric(ms(percentile(remove, 90)), prefix+"delete-p90-ms")
+	b.ReportMetric(cpu, prefix+"agent-cpu-ms/change")
+	b.ReportMetric(sync, prefix+"sync-mean-ms")
+	// One line: a benchmark's log keeps its first ten.
+	b.Logf("%s to enforcement (%sapply-*, %sdelete-*) over %d reps: apply p50 %s p90 %s max %s; delete p50 %s p90 %s max %s; "+
+		"agent meanwhile: %.0f syncs, mean %.1f ms; %.1f ms CPU per change; %s received to committed mean %.1f ms",
+		l.what, prefix, prefix, len(apply),
+		percentile(apply, 50), percentile(apply, 90), percentile(apply, 100),
+		percentile(remove, 50), percentile(remove, 90), percentile(remove, 100),
+		delta("nftpol_syncs_total"), sync, cpu, l.kind, 1000*programming("sum")/programming("count"))
+}
+
+// measureWithClusterPolicies writes the 100 ClusterNetworkPolicies of
+// clusterPolicyMix (issue 14) over the scale cluster, then measures again
+// the NetworkPolicy's latency (reported as cnps-np-*) and that of a
+// ClusterNetworkPolicy: an Admin Deny of all ingress to the server, ahead
+// of the mix (cnp-*).
+func measureWithClusterPolicies(b *testing.B, cp *testbed.ControlPlane, agentAddr string, client, server *testbed.Pod, np enforcementLatency, profile string) {
+	b.Helper()
+	metricsURL := "http://" + agentAddr + "/metrics"
+	ctx := context.Background()
+	mix := clusterPolicyMix(cnpMixSite{
+		serverNS: selPtr("ns", "lat"), serverPod: selPtr("app", "lat-server"),
+		clientNS: selPtr("ns", "lat"), clientPod: selPtr("app", "lat-client"),
+		otherNS:  func(i int) *metav1.LabelSelector { return selPtr("team", fmt.Sprintf("t%d", i%20)) },
+		otherPod: func(i int) *metav1.LabelSelector { return selPtr("app", fmt.Sprintf("app-%d", i%10)) },
+		ports:    []int32{80},
+	})
+	for _, c := range mix.policies {
+		if err := cp.Client.Create(ctx, c); err != nil {
+			b.Fatalf("creating ClusterNetworkPolicy %s: %v", c.Name, err)
+		}
+	}
+	settle(b, metricsURL)
+	selecting := scrape(b, metricsURL)["nftpol_cluster_policies"]
+	b.ReportMetric(selecting, "cnps-local")
+	b.Logf("%d ClusterNetworkPolicies written, %v of them select local pods", len(mix.policies), selecting)
+	if err := waitProbe(client, server, true); err != nil {
+		b.Fatalf("with the ClusterNetworkPolicies: %v", err)
+	}
+	if profile != "" {
+		defer cpuProfile(b, agentAddr, profile+".cnp")()
+	}
+	np.measure(b, metricsURL, client, server, "cnps-np-")
+
+	deny := withIngressRules(clusterPolicyOnPods("isolate-server", adminTier, 0, selPtr("ns", "lat"), selPtr("app", "lat-server")),
+		cnpFrom(cnpDeny, fromNamespaces(selPtr())))
+	enforcementLatency{
+		what:   "ClusterNetworkPolicy",
+		kind:   "clusternetworkpolicy",
+		create: func() error { return cp.Client.Create(ctx, deny.DeepCopy()) },
+		remove: func() error { return cp.Client.Delete(ctx, deny.DeepCopy()) },
+	}.measure(b, metricsURL, client, server, "cnp-")
 }
 
 // syncSamples are the syncs that followed one kind of change.
@@ -283,6 +371,23 @@ func waitProbe(client, server *testbed.Pod, wantConnect bool) error {
 		}
 	}
 	return errors.New("probe budget exhausted")
+}
+
+// cpuProfile starts a 20 s CPU profile of the agent at agentAddr, saved to
+// path, unless path is ""; the function it returns waits for the profile.
+func cpuProfile(b *testing.B, agentAddr, path string) (wait func()) {
+	done := make(chan struct{})
+	if path == "" {
+		close(done)
+		return func() {}
+	}
+	go func() {
+		defer close(done)
+		if err := saveProfile("http://"+agentAddr+"/debug/pprof/profile?seconds=20", path); err != nil {
+			b.Errorf("profile: %v", err)
+		}
+	}()
+	return func() { <-done }
 }
 
 func saveProfile(url, path string) error {

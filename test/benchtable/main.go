@@ -60,6 +60,7 @@ type row struct {
 func rows() []row {
 	below := func(limit float64) func(float64) bool { return func(v float64) bool { return v < limit } }
 	atLeast := func(limit float64) func(float64) bool { return func(v float64) bool { return v >= limit } }
+	const scale10k, scale100k = "BenchmarkScale/pods=10000/policies=1000", "BenchmarkScale/pods=100000/policies=10000"
 	return []row{
 		{"full-sync compute, 10k pods / 1k policies", "BenchmarkFullSyncCompute/pods=10000/policies=1000", "ns/op", 1e-6, "%.1f ms", "< 100 ms", below(100)},
 		{"full-sync compute, 100k pods / 10k policies", "BenchmarkFullSyncCompute/pods=100000/policies=10000", "ns/op", 1e-6, "%.1f ms", "< 1000 ms", below(1000)},
@@ -84,6 +85,20 @@ func rows() []row {
 		{"one pod relabel: sync p50 (100k)", "BenchmarkScale/pods=100000/policies=10000", "pod-relabel-sync-p50-ms", 1, "%.1f ms", "< 3 ms", below(3)},
 		{"one pod delete: sync p50 (100k)", "BenchmarkScale/pods=100000/policies=10000", "pod-delete-sync-p50-ms", 1, "%.1f ms", "< 3 ms", below(3)},
 		{"policy to enforcement p90 (100k / 10k)", "BenchmarkScale/pods=100000/policies=10000", "apply-p90-ms", 1, "%.1f ms", "< 50 ms", below(50)},
+		// Issue 14: the same with 100 ClusterNetworkPolicies present, and
+		// for a ClusterNetworkPolicy; the NetworkPolicy targets apply.
+		{"policy to enforcement p50, with 100 CNPs (10k / 1k)", scale10k, "cnps-np-apply-p50-ms", 1, "%.1f ms", "< 50 ms", below(50)},
+		{"policy to enforcement p90, with 100 CNPs (10k / 1k)", scale10k, "cnps-np-apply-p90-ms", 1, "%.1f ms", "< 150 ms", below(150)},
+		{"CNP to enforcement p50, with 100 CNPs (10k / 1k)", scale10k, "cnp-apply-p50-ms", 1, "%.1f ms", "< 50 ms", below(50)},
+		{"CNP to enforcement p90, with 100 CNPs (10k / 1k)", scale10k, "cnp-apply-p90-ms", 1, "%.1f ms", "< 150 ms", below(150)},
+		{"CNP deletion to enforcement p50, with 100 CNPs (10k / 1k)", scale10k, "cnp-delete-p50-ms", 1, "%.1f ms", "", nil},
+		{"agent CPU per policy create or delete (10k / 1k)", scale10k, "agent-cpu-ms/change", 1, "%.1f ms", "", nil},
+		{"agent CPU per policy create or delete, with 100 CNPs (10k / 1k)", scale10k, "cnps-np-agent-cpu-ms/change", 1, "%.1f ms", "", nil},
+		{"agent CPU per CNP create or delete, with 100 CNPs (10k / 1k)", scale10k, "cnp-agent-cpu-ms/change", 1, "%.1f ms", "", nil},
+		{"policy to enforcement p50, with 100 CNPs (100k / 10k)", scale100k, "cnps-np-apply-p50-ms", 1, "%.1f ms", "< 20 ms", below(20)},
+		{"policy to enforcement p90, with 100 CNPs (100k / 10k)", scale100k, "cnps-np-apply-p90-ms", 1, "%.1f ms", "< 50 ms", below(50)},
+		{"CNP to enforcement p50, with 100 CNPs (100k / 10k)", scale100k, "cnp-apply-p50-ms", 1, "%.1f ms", "< 20 ms", below(20)},
+		{"CNP to enforcement p90, with 100 CNPs (100k / 10k)", scale100k, "cnp-apply-p90-ms", 1, "%.1f ms", "< 50 ms", below(50)},
 		{"agent start to ready (first commit), 10k / 1k", "BenchmarkScale/pods=10000/policies=1000", "start-to-ready-s", 1, "%.2f s", "", nil},
 		{"agent start to ready (first commit), 100k / 10k", "BenchmarkScale/pods=100000/policies=10000", "start-to-ready-s", 1, "%.2f s", "< 5 s", below(5)},
 		{"metrics scrape: counters of 1k chains, one dump", "BenchmarkCounters/one-dump", "ns/op", 1e-6, "%.1f ms", "", nil},
@@ -113,8 +128,14 @@ func rows() []row {
 		{"new connections/s, no table but conntrack on vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "K/A-conn", 1, "%.2f", "", nil},
 		{"new connections/s, 1k policies vs conntrack on (IPv4)", "BenchmarkPacketPath/IPv4", "B/K-conn", 1, "%.2f", "", nil},
 		{"new connections/s, 1k policies vs conntrack on (IPv6)", "BenchmarkPacketPath/IPv6", "B/K-conn", 1, "%.2f", "", nil},
+		{"new connections/s, 100 CNPs + 1k policies vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "T/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
+		{"new connections/s, 100 CNPs + 1k policies vs no table (IPv6)", "BenchmarkPacketPath/IPv6", "T/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
+		{"new connections/s, 100 CNPs + 1k policies vs 1k policies alone (IPv4)", "BenchmarkPacketPath/IPv4", "T/B-conn", 1, "%.2f", "", nil},
+		{"new connections/s, 100 CNPs + 1k policies vs 1k policies alone (IPv6)", "BenchmarkPacketPath/IPv6", "T/B-conn", 1, "%.2f", "", nil},
 		{"long flow throughput vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "B/A-MB/s", 1, "%.2f", ">= 0.98", atLeast(0.98)},
 		{"long flow throughput vs no table (IPv6)", "BenchmarkPacketPath/IPv6", "B/A-MB/s", 1, "%.2f", ">= 0.98", atLeast(0.98)},
+		{"cut denied flows: one sweep of 100k conntrack entries (off the sync loop)", "BenchmarkFlowCut100k", "ns/op", 1e-6, "%.0f ms", "", nil},
+		{"cut denied flows: what the sync loop waits for that sweep", "BenchmarkFlowCut100k", "sync-wait-us", 1, "%.0f µs", "", nil},
 		{"commit 1k chains / 10k elements: netlink", "BenchmarkCommitNetlink/1k-chains-10k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
 		{"commit 1k chains / 10k elements: nft -f", "BenchmarkCommitNftFile/1k-chains-10k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
 		{"commit 10k chains / 100k elements: netlink", "BenchmarkCommitNetlink/10k-chains-100k-elems", "ns/op", 1e-6, "%.0f ms", "", nil},
