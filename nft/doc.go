@@ -15,6 +15,8 @@
 //	rules.go    a rule ⇄ its netlink expressions (decodeRule re-encodes
 //	            what it recognized and demands the same expressions)
 //	compile.go  the Compiler: Model → Ruleset, pure, reusing unchanged sets
+//	            and chains, applying the delta of a changed set (which
+//	            Diff then takes as it is instead of comparing elements)
 //	unions.go   the ipBlocks of one rule merged into one interval set
 //	cluster.go  the ClusterNetworkPolicy tiers: one chain per combination
 //	            of tiers, rules inline, Pass as goto

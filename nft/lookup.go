@@ -99,6 +99,10 @@ func newLookupCompiler(rs *Ruleset, m *selectors.Model, cfg Config) *lookupCompi
 	return g
 }
 
+// lookups reports whether an isolation chain of keys takes the lookup
+// layout.
+func (g *lookupCompiler) lookups(keys []string) bool { return len(keys) >= g.min }
+
 // isolationRules returns the rules of isolation chain iso before its deny
 // rules: a jump per policy, or with enough policies, lookup segments.
 func (g *lookupCompiler) isolationRules(iso string, keys []string, dir selectors.Direction) []ruleSpec {
@@ -106,14 +110,13 @@ func (g *lookupCompiler) isolationRules(iso string, keys []string, dir selectors
 		return ruleSpec{verdict: verdictJump, target: policyChainName(k, dir)}
 	}
 	var out []ruleSpec
-	if len(keys) < g.min {
+	if !g.lookups(keys) {
 		for _, k := range keys {
 			out = append(out, jump(k))
 		}
 		return out
 	}
 	var run []*selectors.PolicyRules
-	segments := 0
 	flush := func() {
 		if len(run) < min(2, g.min) {
 			// A map for one policy saves nothing (tests that set the
@@ -122,8 +125,14 @@ func (g *lookupCompiler) isolationRules(iso string, keys []string, dir selectors
 				out = append(out, jump(p.Key))
 			}
 		} else {
-			out = append(out, g.segment(fmt.Sprintf("%s\n%d", iso, segments), run, dir)...)
-			segments++
+			// Named by the chain and the policies of the segment, so a
+			// name always has the same comment: a set whose comment
+			// changes can only be replaced with the whole table.
+			id := iso
+			for _, p := range run {
+				id += "\n" + p.Key
+			}
+			out = append(out, g.segment(id, run, dir)...)
 		}
 		run = nil
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -256,7 +257,22 @@ type setSpec struct {
 	// elems maps an element's key (see the key functions below) to its
 	// value: the jump target for a verdict map, else "".
 	elems map[string]string
+	// serial, when not nil, tells this spec apart from every other one
+	// (a Compiler gives one to each address set spec it makes). base,
+	// when not nil, is the serial of the spec this one was made from by
+	// deleting the keys removed and adding the keys added (both
+	// ascending, disjoint): Diff against that spec takes them as they are
+	// instead of comparing every element. Made only by addrSetFromDelta.
+	// Serials are pointers, not numbers: unique across Compilers (a
+	// table committed by one and diffed against another's never matches
+	// by accident), and a spec holds its base's serial, not the spec, so
+	// no chain of old versions stays reachable.
+	serial, base   *setSerial
+	added, removed []string
 }
+
+// setSerial identifies one set spec (see setSpec.serial).
+type setSerial struct{ _ byte } // not zero-sized: every one has its own address
 
 func (s *setSpec) sortedKeys() []string {
 	keys := make([]string, 0, len(s.elems))
@@ -302,6 +318,53 @@ func addrSetSpecs(s *selectors.AddrSet) [2]*setSpec {
 		out[i] = spec
 	}
 	return out
+}
+
+// addrSetFromDelta compiles s, whose Delta starts from the version prev
+// was compiled from, out of prev's specs of that version: a family the
+// delta does not touch keeps its spec (Diff skips it by identity), the
+// other gets a copy of the elements with the delta applied and keeps the
+// delta's keys for Diff. It returns false when prev holds no hash set of
+// that name for a family (then s is compiled in full).
+func addrSetFromDelta(prev *Ruleset, s *selectors.AddrSet) ([2]*setSpec, bool) {
+	var out [2]*setSpec
+	for i, fam := range []int{4, 6} {
+		kind := kindAddr4
+		if fam == 6 {
+			kind = kindAddr6
+		}
+		old := prev.sets[addrSetName(s.ID, fam)]
+		if old == nil || old.serial == nil || old.kind != kind {
+			return out, false
+		}
+		added, removed := addrKeysOf(s.Delta.Added, fam), addrKeysOf(s.Delta.Removed, fam)
+		if len(added) == 0 && len(removed) == 0 {
+			out[i] = old
+			continue
+		}
+		spec := &setSpec{name: old.name, kind: old.kind, comment: old.comment, elems: maps.Clone(old.elems),
+			serial: newSerial(), base: old.serial, added: added, removed: removed}
+		for _, k := range removed {
+			delete(spec.elems, k)
+		}
+		for _, k := range added {
+			spec.elems[k] = ""
+		}
+		out[i] = spec
+	}
+	return out, true
+}
+
+// addrKeysOf returns the element keys of the addresses of one family, in
+// the order given (ascending addresses give ascending keys).
+func addrKeysOf(addrs []netip.Addr, family int) []string {
+	var keys []string
+	for _, a := range addrs {
+		if familyOf(a) == family {
+			keys = append(keys, addrKey(a))
+		}
+	}
+	return keys
 }
 
 // portSetSpecs compiles a named-port set into its IPv4 and IPv6 sets.
