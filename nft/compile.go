@@ -175,6 +175,7 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 	used := map[string]bool{} // policy chains that some pod jumps to
 	unions := newPeerUnions(rs, m)
 	cc := newClusterCompiler(rs, m, cfg, unions)
+	lc := newLookupCompiler(rs, m, cfg)
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
 			var iso string
@@ -182,14 +183,21 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 				iso = names.isolationChain(keys, dir)
 				if _, ok := rs.chains[iso]; !ok {
 					c := comp.isolationChain(iso, keys, dir)
-					if c == nil {
+					switch {
+					case lc.lookups(keys):
+						// The lookup layout (lookup.go): its maps follow
+						// the peer sets, so it is never taken from the
+						// last table; its rules are, when they are equal.
+						rules := append(lc.isolationRules(iso, keys, dir), denyRules(cfg, dir)...)
+						if c == nil || !slices.Equal(c.rules, rules) {
+							c = &chainSpec{name: iso, dir: dir, rules: rules, policies: keys, isolates: true, lookups: countLookups(rules)}
+						}
+					case c == nil:
 						c = isolationChain(iso, keys, dir, names.policyChain, denyRules(cfg, dir))
 						c.policies, c.isolates = keys, true
 					}
-					for _, r := range c.rules {
-						if r.verdict == verdictJump {
-							used[r.target] = true
-						}
+					for _, k := range keys {
+						used[names.policyChain(k, dir)] = true
 					}
 					rs.chains[iso] = c
 				}

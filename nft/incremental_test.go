@@ -262,7 +262,12 @@ func TestIncrementalSyncsEqualFullCompiles(t *testing.T) {
 // deltas as they are) is the plan a comparison of every element gives. Root-free twin of
 // TestIncrementalSyncsEqualFullCompiles.
 func TestCompilerReuseEqualsFreshCompile(t *testing.T) {
-	cfg := Config{Deny: DenyReject}
+	t.Run("walk", func(t *testing.T) { checkCompilerReuse(t, Config{Deny: DenyReject}) })
+	// Lookup maps follow the peer sets: never reused stale.
+	t.Run("lookup", func(t *testing.T) { checkCompilerReuse(t, Config{Deny: DenyReject, LookupMinPolicies: 1}) })
+}
+
+func checkCompilerReuse(t *testing.T, cfg Config) {
 	c, err := NewCompiler(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -200,11 +200,14 @@ func (p *Plan) steps() []step {
 	for _, name := range sortedMapKeys(p.DelElems) {
 		out = append(out, step{verb: stepDelElems, set: p.from.sets[name], keys: p.DelElems[name]})
 	}
-	for _, name := range p.AddSets {
-		out = append(out, step{verb: stepAddSet, set: p.to.sets[name]})
-	}
+	// Chains before sets: nft 1.0.6 refuses, in one transaction, an
+	// element of a new interval map (lookup.go) that jumps to a chain
+	// added after the map (ENOENT), and a chain refers to nothing.
 	for _, name := range p.AddChains {
 		out = append(out, step{verb: stepAddChain, chain: p.to.chains[name]})
+	}
+	for _, name := range p.AddSets {
+		out = append(out, step{verb: stepAddSet, set: p.to.sets[name]})
 	}
 	addElems := func(vmaps bool) {
 		for _, name := range sortedMapKeys(p.AddElems) {
@@ -230,11 +233,14 @@ func (p *Plan) steps() []step {
 	for _, name := range p.DelChains {
 		out = append(out, step{verb: stepFlushChain, chain: p.from.chains[name]})
 	}
-	for _, name := range p.DelChains {
-		out = append(out, step{verb: stepDelChain, chain: p.from.chains[name]})
-	}
+	// Sets before chains: the elements of a lookup map (lookup.go) jump
+	// to policy chains, which cannot go while a map refers to them; the
+	// flushes above removed every rule that refers to a set that goes.
 	for _, name := range p.DelSets {
 		out = append(out, step{verb: stepDelSet, set: p.from.sets[name]})
+	}
+	for _, name := range p.DelChains {
+		out = append(out, step{verb: stepDelChain, chain: p.from.chains[name]})
 	}
 	return out
 }

@@ -36,10 +36,16 @@ const (
 	kindPorts6                   // ipv6_addr . inet_proto . inet_service
 	kindVmap4                    // ipv4_addr : verdict
 	kindVmap6                    // ipv6_addr : verdict
+	// The lookup maps of an isolation group (lookup.go).
+	kindPortsVmap4    // ipv4_addr . inet_proto . inet_service : verdict
+	kindPortsVmap6    // ipv6_addr . inet_proto . inet_service : verdict
+	kindIntervalVmap4 // ipv4_addr : verdict, flags interval
+	kindIntervalVmap6 // ipv6_addr : verdict, flags interval
 )
 
 // setKinds lists the kinds nftpol writes.
-var setKinds = [...]setKind{kindAddr4, kindAddr6, kindInterval4, kindInterval6, kindPorts4, kindPorts6, kindVmap4, kindVmap6}
+var setKinds = [...]setKind{kindAddr4, kindAddr6, kindInterval4, kindInterval6, kindPorts4, kindPorts6, kindVmap4, kindVmap6,
+	kindPortsVmap4, kindPortsVmap6, kindIntervalVmap4, kindIntervalVmap6}
 
 func vmapKind(family int) setKind {
 	if family == 6 {
@@ -50,15 +56,24 @@ func vmapKind(family int) setKind {
 
 func (k setKind) family() int {
 	switch k {
-	case kindAddr6, kindInterval6, kindPorts6, kindVmap6:
+	case kindAddr6, kindInterval6, kindPorts6, kindVmap6, kindPortsVmap6, kindIntervalVmap6:
 		return 6
 	}
 	return 4
 }
 
-func (k setKind) interval() bool { return k == kindInterval4 || k == kindInterval6 }
-func (k setKind) vmap() bool     { return k == kindVmap4 || k == kindVmap6 }
-func (k setKind) ports() bool    { return k == kindPorts4 || k == kindPorts6 }
+func (k setKind) interval() bool {
+	return k == kindInterval4 || k == kindInterval6 || k == kindIntervalVmap4 || k == kindIntervalVmap6
+}
+
+func (k setKind) vmap() bool {
+	return k == kindVmap4 || k == kindVmap6 || k == kindPortsVmap4 || k == kindPortsVmap6 ||
+		k == kindIntervalVmap4 || k == kindIntervalVmap6
+}
+
+func (k setKind) ports() bool {
+	return k == kindPorts4 || k == kindPorts6 || k == kindPortsVmap4 || k == kindPortsVmap6
+}
 
 // addrLen is the length of the kind's address, the first field of its key.
 func (k setKind) addrLen() int {
@@ -86,15 +101,16 @@ func (k setKind) apply(s *nftables.Set) {
 		addr = nftables.TypeIP6Addr
 	}
 	s.KeyType = addr
-	switch {
-	case k.interval():
+	if k.interval() {
 		s.Interval = true
-	case k.ports():
+	}
+	if k.ports() {
 		// No NFT_SET_CONCAT flag: like the nft tool, which sets it only
 		// for interval concatenations, so that a table loaded with
 		// `nft -f` (NftText) is the same table.
 		s.KeyType = nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService)
-	case k.vmap():
+	}
+	if k.vmap() {
 		s.IsMap, s.DataType = true, nftables.TypeVerdict
 	}
 }
@@ -221,6 +237,14 @@ func (k setKind) String() string {
 		return "type ipv4_addr : verdict;"
 	case kindVmap6:
 		return "type ipv6_addr : verdict;"
+	case kindPortsVmap4:
+		return "type ipv4_addr . inet_proto . inet_service : verdict;"
+	case kindPortsVmap6:
+		return "type ipv6_addr . inet_proto . inet_service : verdict;"
+	case kindIntervalVmap4:
+		return "type ipv4_addr : verdict; flags interval;"
+	case kindIntervalVmap6:
+		return "type ipv6_addr : verdict; flags interval;"
 	}
 	return "# a set of a type nftpol does not write"
 }
@@ -415,6 +439,9 @@ func (s *setSpec) kernelElements(key string) []nftables.SetElement {
 		n := len(key) / 2
 		first, last := []byte(key[:n]), []byte(key[n:])
 		out := []nftables.SetElement{{Key: first}}
+		if s.kind.vmap() {
+			out[0].VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems[key]}
+		}
 		if end, ok := increment(last); ok {
 			out = append(out, nftables.SetElement{Key: end, IntervalEnd: true})
 		}
@@ -469,12 +496,21 @@ func elemsFromKernel(kind setKind, elems []nftables.SetElement) map[string]strin
 			out[malformedKey+string(el.Key)] = extraOf(el)
 			continue
 		}
+		v := ""
+		if kind.vmap() {
+			v = verdictOf(el.Val)
+		} else if len(el.Val) > 0 {
+			v = fmt.Sprintf("data %x", el.Val)
+		}
 		last := bytes.Repeat([]byte{0xff}, len(el.Key))
 		if i+1 < len(elems) && elems[i+1].IntervalEnd {
+			if end := elems[i+1]; len(end.Val) > 0 || extraOf(end) != "" {
+				v += " with an end carrying data"
+			}
 			last = decrement(elems[i+1].Key)
 			i++
 		}
-		out[string(el.Key)+string(last)] = ""
+		out[string(el.Key)+string(last)] = v
 	}
 	return out
 }
