@@ -92,3 +92,79 @@ func TestExplainPolicyReadsTheKernel(t *testing.T) {
 		t.Errorf("want e/deny-b in force:\n%s", out)
 	}
 }
+
+// TestExplainPolicyAudit: a policy in audit mode is said to be so, with
+// its hypothesis chains and counters listed as committed or not, read
+// from a real table.
+func TestExplainPolicyAudit(t *testing.T) {
+	ns := kerneltest.Netns(t, "nftpol-explainaud")
+	created := time.Unix(1000, 0)
+	state := &selectors.State{
+		Namespaces: []*selectors.Namespace{selectors.NamespaceFromObject(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "e", Labels: map[string]string{"ns": "e"}}})},
+		Pods: []*selectors.Pod{
+			selectors.PodFromObject(explainPod("a", created, "10.0.0.1", "fd00::1")),
+			selectors.PodFromObject(explainPod("b", created, "10.0.0.2", "fd00::2")),
+		},
+	}
+	auditB := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "e", Name: "audit-b", Annotations: map[string]string{selectors.ModeAnnotation: selectors.ModeAudit}},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	cfg := nft.Config{Table: "nftpol", NetNSPath: ns}
+	enforcer, err := nft.NewEnforcer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enforcer.Close()
+	tests := []struct {
+		name      string
+		committed []*networkingv1.NetworkPolicy // what the table was committed with
+		wantFirst string                        // the start of the first line
+		wantTail  string                        // the end of the first line
+		wantMark  string                        // the mark of every piece
+	}{
+		{name: "committed", committed: []*networkingv1.NetworkPolicy{auditB},
+			wantFirst: "policy e/audit-b is in audit mode (nftpol.io/mode=audit) on node n1: it denies nothing; all ",
+			wantTail:  " pieces of its hypothesis chains and counters are committed", wantMark: "  committed    "},
+		{name: "not committed", committed: nil,
+			wantFirst: "policy e/audit-b is in audit mode (nftpol.io/mode=audit) on node n1: it denies nothing; ",
+			wantTail:  " pieces of its hypothesis chains and counters are not committed", wantMark: "NOT committed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := *state
+			s.Policies = tt.committed
+			c, err := nft.NewCompiler(enforcer.Config())
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, _ := selectors.BuildModel("n1", &s)
+			if _, err := enforcer.Commit(c.Compile(m)); err != nil {
+				t.Fatal(err)
+			}
+			committed, err := enforcer.ReadTable()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Policies = []*networkingv1.NetworkPolicy{auditB}
+			out, err := explainPolicy(&s, "n1", "e/audit-b", enforcer.Config(), committed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("\n%s", out)
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if !strings.HasPrefix(lines[0], tt.wantFirst) || !strings.HasSuffix(lines[0], tt.wantTail) {
+				t.Errorf("first line %q, want %q ... %q", lines[0], tt.wantFirst, tt.wantTail)
+			}
+			hypothesis := false
+			for _, l := range lines[1:] {
+				if !strings.Contains(l, tt.wantMark) {
+					t.Errorf("piece not marked %q: %s", tt.wantMark, l)
+				}
+				hypothesis = hypothesis || strings.Contains(l, " aud-")
+			}
+			if !hypothesis {
+				t.Errorf("no hypothesis chain (aud-) among the pieces:\n%s", out)
+			}
+		})
+	}
+}

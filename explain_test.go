@@ -100,7 +100,9 @@ func TestExplainEnds(t *testing.T) {
 func TestExplainAudit(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	audit := map[string]string{"nftpol.io/mode": "audit"}
-	app := func(name string) metav1.LabelSelector { return metav1.LabelSelector{MatchLabels: map[string]string{"app": name}} }
+	app := func(name string) metav1.LabelSelector {
+		return metav1.LabelSelector{MatchLabels: map[string]string{"app": name}}
+	}
 	denyAll := func(name, pod string, audited bool, types ...networkingv1.PolicyType) *networkingv1.NetworkPolicy {
 		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "e", Name: name},
 			Spec: networkingv1.NetworkPolicySpec{PodSelector: app(pod), PolicyTypes: types}}
