@@ -41,6 +41,9 @@ import (
 // holds only ipBlock ranges, which change only with a policy. A pod joining
 // a peer set now costs, besides its element in the peer set, one element
 // per address × port in every group map whose policies name that set.
+// A Compiler shares a segment's maps with its next table while the
+// segment's policies' rules and its peer sets' Versions are unchanged
+// (compiledSegment); a segment naming a changed set is compiled anew.
 
 // DefaultLookupMinPolicies is the number of policies isolating a pod from
 // which its isolation chain takes the lookup layout (see BENCHMARKS.md,
