@@ -23,6 +23,7 @@ type Compiler struct {
 	// chains, which are a function of their policies' keys.
 	chains    map[string]*compiledChain
 	isoChains map[string]*chainSpec
+	segments  map[string]*compiledSegment // lookup segments of prev (lookup.go)
 	names     names
 }
 
@@ -175,7 +176,11 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 	used := map[string]bool{} // policy chains that some pod jumps to
 	unions := newPeerUnions(rs, m)
 	cc := newClusterCompiler(rs, m, cfg, unions)
-	lc := newLookupCompiler(rs, m, cfg)
+	var segments map[string]*compiledSegment
+	if comp != nil {
+		segments = comp.segments
+	}
+	lc := newLookupCompiler(rs, m, cfg, segments, comp != nil)
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
 			var iso string
@@ -235,7 +240,7 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 		}
 	}
 	if comp != nil {
-		comp.chains = chains
+		comp.chains, comp.segments = chains, lc.next
 		comp.isoChains = make(map[string]*chainSpec)
 		for name, c := range rs.chains {
 			if c.isolates {

@@ -41,6 +41,9 @@ import (
 // holds only ipBlock ranges, which change only with a policy. A pod joining
 // a peer set now costs, besides its element in the peer set, one element
 // per address × port in every group map whose policies name that set.
+// A Compiler shares a segment's maps with its next table while the
+// segment's policies' rules and its peer sets' Versions are unchanged
+// (compiledSegment); a segment naming a changed set is compiled anew.
 
 // DefaultLookupMinPolicies is the number of policies isolating a pod from
 // which its isolation chain takes the lookup layout (see BENCHMARKS.md,
@@ -85,11 +88,36 @@ type lookupCompiler struct {
 	min      int
 	sets     map[string]*selectors.AddrSet
 	policies map[string]*selectors.PolicyRules
+	// prev are the segments of the last compile, by id, that this one may
+	// share; next those of this compile, kept when next is not nil (only
+	// a Compiler keeps a last table).
+	prev, next map[string]*compiledSegment
 }
 
-func newLookupCompiler(rs *Ruleset, m *selectors.Model, cfg Config) *lookupCompiler {
+// compiledSegment is a segment's lookups and maps with what they were
+// compiled from: its policies' rules (a copy: a caller may change the
+// model it passed) and the Version of every peer set these name. The
+// maps are a function of these alone, so a later compile with the same
+// rules and Versions shares them, and Diff skips them by identity: a pod
+// change elsewhere no longer rebuilds every map of the table.
+type compiledSegment struct {
+	dir      selectors.Direction
+	keys     []string
+	rules    [][]selectors.Rule
+	versions map[string]*selectors.SetVersion
+	lookups  []ruleSpec
+	maps     []*setSpec
+}
+
+// newLookupCompiler returns the lookup compiler of one compile; prev are
+// the segments of the last compile of a Compiler (nil for none), and
+// keep says to record this compile's segments (in next).
+func newLookupCompiler(rs *Ruleset, m *selectors.Model, cfg Config, prev map[string]*compiledSegment, keep bool) *lookupCompiler {
 	g := &lookupCompiler{rs: rs, min: cfg.lookupMin(), sets: make(map[string]*selectors.AddrSet, len(m.AddrSets)),
-		policies: make(map[string]*selectors.PolicyRules, len(m.Policies))}
+		policies: make(map[string]*selectors.PolicyRules, len(m.Policies)), prev: prev}
+	if keep {
+		g.next = make(map[string]*compiledSegment, len(prev))
+	}
 	for i := range m.AddrSets {
 		g.sets[m.AddrSets[i].ID] = &m.AddrSets[i]
 	}
@@ -216,6 +244,59 @@ func famIdx(family int) int { return family / 6 }
 // segment returns the lookups of the policies run (consecutive, all
 // fitting), adding their maps to the ruleset. id names the segment.
 func (g *lookupCompiler) segment(id string, run []*selectors.PolicyRules, dir selectors.Direction) []ruleSpec {
+	if seg := g.prev[id]; seg.sameAs(g, run, dir) {
+		for _, spec := range seg.maps {
+			g.rs.sets[spec.name] = spec
+		}
+		g.next[id] = seg
+		return slices.Clone(seg.lookups)
+	}
+	seg := &compiledSegment{dir: dir, versions: map[string]*selectors.SetVersion{}}
+	out := g.compileSegment(id, seg, run, dir)
+	if g.next != nil && seg.versions != nil {
+		for _, p := range run {
+			seg.keys = append(seg.keys, p.Key)
+			rules := make([]selectors.Rule, 0, len(p.Rules(dir)))
+			for _, r := range p.Rules(dir) {
+				rules = append(rules, cloneRule(r))
+			}
+			seg.rules = append(seg.rules, rules)
+		}
+		seg.lookups = slices.Clone(out)
+		g.next[id] = seg
+	}
+	return out
+}
+
+// sameAs reports whether seg (may be nil) was compiled from the rules of
+// run for dir and from the same versions of the peer sets they name.
+func (seg *compiledSegment) sameAs(g *lookupCompiler, run []*selectors.PolicyRules, dir selectors.Direction) bool {
+	if seg == nil || seg.dir != dir || len(seg.keys) != len(run) {
+		return false
+	}
+	for i, p := range run {
+		rules := p.Rules(dir)
+		if seg.keys[i] != p.Key || len(seg.rules[i]) != len(rules) {
+			return false
+		}
+		for j := range rules {
+			if !sameRule(&seg.rules[i][j], &rules[j]) {
+				return false
+			}
+			for _, id := range rules[j].Peers.Sets {
+				if v := seg.versions[id]; v == nil || g.sets[id] == nil || g.sets[id].Version != v {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// compileSegment compiles the lookups and maps of a segment, recording in
+// seg the maps and the Versions of the peer sets (seg.versions becomes nil
+// when one has none: such a segment cannot be shared).
+func (g *lookupCompiler) compileSegment(id string, seg *compiledSegment, run []*selectors.PolicyRules, dir selectors.Direction) []ruleSpec {
 	var c segmentContent
 	for f := range 2 {
 		c.addrPort[f], c.addr[f] = map[string]int{}, map[string]int{}
@@ -224,6 +305,11 @@ func (g *lookupCompiler) segment(id string, run []*selectors.PolicyRules, dir se
 		for _, r := range p.Rules(dir) {
 			for _, setID := range r.Peers.Sets {
 				s := g.sets[setID]
+				if s.Version == nil {
+					seg.versions = nil
+				} else if seg.versions != nil {
+					seg.versions[setID] = s.Version
+				}
 				if !r.Ports.All {
 					c.has[shapeAddrPort] = true
 					for _, a := range s.Addrs {
@@ -304,6 +390,7 @@ func (g *lookupCompiler) segment(id string, run []*selectors.PolicyRules, dir se
 				}
 			}
 			g.rs.sets[name] = spec
+			seg.maps = append(seg.maps, spec)
 			out = append(out, ruleSpec{family: fam, vmapOn: peerField, vmap: name, vmapPorts: shape == shapeAddrPort})
 		}
 	}

@@ -238,3 +238,77 @@ func TestLookupCostDoesNotGrowWithPolicies(t *testing.T) {
 		}
 	}
 }
+
+// TestLookupMapsSharedWhileUnchanged: a Compiler's next table shares a
+// lookup map (the same spec, which Diff skips by identity) exactly while
+// the rules of its segment's policies and the Versions of their peer sets
+// are unchanged; a changed peer set gets its segments' maps compiled anew,
+// as a fresh compile makes them.
+func TestLookupMapsSharedWhileUnchanged(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(m *selectors.Model)
+		shared bool // every lookup map shared, else some compiled anew
+	}{
+		{"same versions", func(*selectors.Model) {}, true},
+		{"a peer set changed", func(m *selectors.Model) {
+			for i := range m.AddrSets {
+				m.AddrSets[i].Addrs = append(slices.Clone(m.AddrSets[i].Addrs), netip.MustParseAddr("10.1.0.99"))
+				m.AddrSets[i].Version = &selectors.SetVersion{}
+			}
+		}, false},
+		{"a policy's rules changed", func(m *selectors.Model) {
+			// Same number of rules, other ports.
+			shift := func(rules []selectors.Rule) []selectors.Rule {
+				rules = slices.Clone(rules)
+				for j := range rules {
+					rules[j].Ports.Ranges = slices.Clone(rules[j].Ports.Ranges)
+					for k := range rules[j].Ports.Ranges {
+						rules[j].Ports.Ranges[k].First++
+						rules[j].Ports.Ranges[k].Last++
+					}
+				}
+				return rules
+			}
+			for i := range m.Policies {
+				m.Policies[i].Ingress, m.Policies[i].Egress = shift(m.Policies[i].Ingress), shift(m.Policies[i].Egress)
+			}
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{LookupMinPolicies: 1}
+			m, _ := overlappingModel(rand.New(rand.NewSource(7)))
+			for i := range m.AddrSets {
+				m.AddrSets[i].Version = &selectors.SetVersion{}
+			}
+			c, err := NewCompiler(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := c.Compile(m)
+			next := *m
+			next.AddrSets, next.Policies = slices.Clone(m.AddrSets), slices.Clone(m.Policies)
+			tc.change(&next)
+			after := c.Compile(&next)
+			if got, want := after.NftText(), Compile(&next, cfg).NftText(); got != want {
+				t.Fatalf("the reusing compile differs from a fresh one:\n%s", lineDiff(want, got))
+			}
+			maps, shared := 0, 0
+			for name, spec := range after.sets {
+				if !strings.HasPrefix(name, "l-") {
+					continue
+				}
+				maps++
+				if before.sets[name] == spec {
+					shared++
+				}
+			}
+			if maps == 0 {
+				t.Fatal("the model has no lookup maps")
+			}
+			if all := shared == maps; all != tc.shared {
+				t.Fatalf("%d of %d lookup maps shared with the last table, want all shared: %v", shared, maps, tc.shared)
+			}
+		})
+	}
+}
