@@ -214,7 +214,7 @@ func (c *cacheState) ownerName(a netip.Addr) (string, bool) {
 
 // Read brings the Builder's pods up to date and returns the rest of the
 // cluster as the model takes it: its Pods are nil, the model is built with
-// builder.BuildFromPods. Only the syncer calls it, one sync at a time.
+// builder.BuildFromEvents. Only the syncer calls it, one sync at a time.
 func (c *cacheState) Read(ctx context.Context) (*selectors.State, error) {
 	if err := c.applyPodChanges(ctx); err != nil {
 		return nil, err
