@@ -103,15 +103,18 @@ func (c *cacheState) podKeyChanged(key string) {
 	}
 }
 
-// podUpdated is podChanged for the updates that change what the model
-// reads of the pod (see modelInputDiffers).
-func (c *cacheState) podUpdated(old, new any) {
-	o, okOld := old.(client.Object)
-	n, okNew := new.(client.Object)
-	if okOld && okNew && !modelInputDiffers(o, n) {
-		return
+// onModelInputChange returns an update handler that calls changed for
+// the updates that change what the model reads of the object (see
+// modelInputDiffers) and ignores the others.
+func onModelInputChange(changed func(any)) func(old, new any) {
+	return func(old, new any) {
+		o, okOld := old.(client.Object)
+		n, okNew := new.(client.Object)
+		if okOld && okNew && !modelInputDiffers(o, n) {
+			return
+		}
+		changed(new)
 	}
-	c.podChanged(new)
 }
 
 // policyChanged records the key of a NetworkPolicy an informer event
@@ -130,24 +133,14 @@ func (c *cacheState) policyChanged(obj any) {
 	}
 }
 
-// policyUpdated is policyChanged for the updates the model reads.
-func (c *cacheState) policyUpdated(old, new any) {
-	o, okOld := old.(client.Object)
-	n, okNew := new.(client.Object)
-	if okOld && okNew && !modelInputDiffers(o, n) {
-		return
-	}
-	c.policyChanged(new)
-}
-
 // watchPodEvents registers the pod and NetworkPolicy event handlers;
 // before the cache starts, so they hear of every object.
 func (c *cacheState) watchPodEvents(ctx context.Context) error {
-	pods, err := c.addHandler(ctx, &corev1.Pod{}, c.podChanged, c.podUpdated)
+	pods, err := c.addHandler(ctx, &corev1.Pod{}, c.podChanged)
 	if err != nil {
 		return err
 	}
-	policies, err := c.addHandler(ctx, &networkingv1.NetworkPolicy{}, c.policyChanged, c.policyUpdated)
+	policies, err := c.addHandler(ctx, &networkingv1.NetworkPolicy{}, c.policyChanged)
 	if err != nil {
 		return err
 	}
@@ -157,15 +150,16 @@ func (c *cacheState) watchPodEvents(ctx context.Context) error {
 	return nil
 }
 
-// addHandler registers changed and updated on the informer of obj's type.
-func (c *cacheState) addHandler(ctx context.Context, obj client.Object, changed func(any), updated func(any, any)) (toolscache.ResourceEventHandlerRegistration, error) {
+// addHandler registers changed on the informer of obj's type, for adds,
+// deletes and the updates the model reads.
+func (c *cacheState) addHandler(ctx context.Context, obj client.Object, changed func(any)) (toolscache.ResourceEventHandlerRegistration, error) {
 	inf, err := c.cache.GetInformer(ctx, obj)
 	if err != nil {
 		return nil, fmt.Errorf("getting the informer of %T: %w", obj, err)
 	}
 	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    changed,
-		UpdateFunc: updated,
+		UpdateFunc: onModelInputChange(changed),
 		DeleteFunc: changed,
 	})
 	if err != nil {
