@@ -51,6 +51,12 @@ type cacheState struct {
 	// could run the sync before this handler heard of the event).
 	handler toolscache.ResourceEventHandlerRegistration
 	podSync chan event.GenericEvent
+	// pendingPolicies, policyHandler and policySync are the same for
+	// NetworkPolicies: a sync hands the Builder the policies that changed
+	// only, not every policy of the cluster (guarded by mu too).
+	pendingPolicies map[string]struct{}
+	policyHandler   toolscache.ResourceEventHandlerRegistration
+	policySync      chan event.GenericEvent
 	// podStart, when the CNI plugin's socket is served, puts the
 	// addresses of starting pods on them (podstart.go); nil does nothing.
 	podStart *podStartHints
@@ -58,7 +64,8 @@ type cacheState struct {
 
 func newCacheState(c cache.Cache) *cacheState {
 	return &cacheState{cache: c, builder: selectors.NewBuilder(), pending: map[string]struct{}{},
-		podSync: make(chan event.GenericEvent, 1)}
+		podSync: make(chan event.GenericEvent, 1), pendingPolicies: map[string]struct{}{},
+		policySync: make(chan event.GenericEvent, 1)}
 }
 
 // storeOf returns the store behind the informer of obj's type.
@@ -96,53 +103,121 @@ func (c *cacheState) podKeyChanged(key string) {
 	}
 }
 
-// podUpdated is podChanged for the updates that change what the model
-// reads of the pod (see modelInputDiffers).
-func (c *cacheState) podUpdated(old, new any) {
-	o, okOld := old.(client.Object)
-	n, okNew := new.(client.Object)
-	if okOld && okNew && !modelInputDiffers(o, n) {
-		return
+// onModelInputChange returns an update handler that calls changed for
+// the updates that change what the model reads of the object (see
+// modelInputDiffers) and ignores the others.
+func onModelInputChange(changed func(any)) func(old, new any) {
+	return func(old, new any) {
+		o, okOld := old.(client.Object)
+		n, okNew := new.(client.Object)
+		if okOld && okNew && !modelInputDiffers(o, n) {
+			return
+		}
+		changed(new)
 	}
-	c.podChanged(new)
 }
 
-// watchPodEvents registers the pod event handler; before the cache
-// starts, so it hears of every pod.
-func (c *cacheState) watchPodEvents(ctx context.Context) error {
-	inf, err := c.cache.GetInformer(ctx, &corev1.Pod{})
+// policyChanged records the key of a NetworkPolicy an informer event
+// concerns, then asks for a sync.
+func (c *cacheState) policyChanged(obj any) {
+	key, err := toolscache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 	if err != nil {
-		return fmt.Errorf("getting the informer of pods: %w", err)
-	}
-	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    c.podChanged,
-		UpdateFunc: c.podUpdated,
-		DeleteFunc: c.podChanged,
-	})
-	if err != nil {
-		return fmt.Errorf("watching pod events: %w", err)
+		return
 	}
 	c.mu.Lock()
-	c.handler = reg
+	c.pendingPolicies[key] = struct{}{}
+	c.mu.Unlock()
+	select {
+	case c.policySync <- event.GenericEvent{Object: &networkingv1.NetworkPolicy{}}:
+	default:
+	}
+}
+
+// watchPodEvents registers the pod and NetworkPolicy event handlers;
+// before the cache starts, so they hear of every object.
+func (c *cacheState) watchPodEvents(ctx context.Context) error {
+	pods, err := c.addHandler(ctx, &corev1.Pod{}, c.podChanged)
+	if err != nil {
+		return err
+	}
+	policies, err := c.addHandler(ctx, &networkingv1.NetworkPolicy{}, c.policyChanged)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.handler, c.policyHandler = pods, policies
 	c.mu.Unlock()
 	return nil
 }
 
-// watchPods waits until the pod event handler was told of every pod
-// already in the store, so the first sync sees them all.
+// addHandler registers changed on the informer of obj's type, for adds,
+// deletes and the updates the model reads.
+func (c *cacheState) addHandler(ctx context.Context, obj client.Object, changed func(any)) (toolscache.ResourceEventHandlerRegistration, error) {
+	inf, err := c.cache.GetInformer(ctx, obj)
+	if err != nil {
+		return nil, fmt.Errorf("getting the informer of %T: %w", obj, err)
+	}
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    changed,
+		UpdateFunc: onModelInputChange(changed),
+		DeleteFunc: changed,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watching the events of %T: %w", obj, err)
+	}
+	return reg, nil
+}
+
+// watchPods waits until the pod and policy event handlers were told of
+// every object already in their stores, so the first sync sees them all.
 func (c *cacheState) watchPods(ctx context.Context) error {
 	c.mu.Lock()
-	reg := c.handler
+	regs := []toolscache.ResourceEventHandlerRegistration{c.handler, c.policyHandler}
 	c.mu.Unlock()
-	if reg == nil {
-		return fmt.Errorf("the pod event handler is not registered")
+	for _, reg := range regs {
+		if reg == nil {
+			return fmt.Errorf("the pod or policy event handler is not registered")
+		}
+		// Bounded by ctx.
+		for !reg.HasSynced() {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("waiting for the pod and policy event handlers: %w", ctx.Err())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
 	}
-	// Bounded by ctx.
-	for !reg.HasSynced() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the pod event handler: %w", ctx.Err())
-		case <-time.After(10 * time.Millisecond):
+	return nil
+}
+
+// applyPolicyChanges hands the Builder the NetworkPolicies changed since
+// the last sync, as the store holds them now (a key no longer in the
+// store is a deleted policy).
+func (c *cacheState) applyPolicyChanges(ctx context.Context) error {
+	policies, err := c.storeOf(ctx, &networkingv1.NetworkPolicy{})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	keys := c.pendingPolicies
+	c.pendingPolicies = map[string]struct{}{}
+	c.mu.Unlock()
+	for key := range keys {
+		obj, exists, err := policies.GetByKey(key)
+		if err != nil {
+			c.mu.Lock()
+			for k := range keys {
+				c.pendingPolicies[k] = struct{}{}
+			}
+			c.mu.Unlock()
+			return fmt.Errorf("reading NetworkPolicy %s from the cache: %w", key, err)
+		}
+		if np, ok := obj.(*networkingv1.NetworkPolicy); exists && ok {
+			c.builder.SetPolicy(np)
+			continue
+		}
+		if ns, name, err := toolscache.SplitMetaNamespaceKey(key); err == nil {
+			c.builder.DeletePolicy(ns, name)
 		}
 	}
 	return nil
@@ -212,34 +287,26 @@ func (c *cacheState) ownerName(a netip.Addr) (string, bool) {
 	return "", false
 }
 
-// Read brings the Builder's pods up to date and returns the rest of the
-// cluster as the model takes it: its Pods are nil, the model is built with
-// builder.BuildFromPods. Only the syncer calls it, one sync at a time.
+// Read brings the Builder's pods and NetworkPolicies up to date and
+// returns the rest of the cluster as the model takes it: its Pods and
+// Policies are nil, the model is built with builder.BuildFromEvents. Only
+// the syncer calls it, one sync at a time.
 func (c *cacheState) Read(ctx context.Context) (*selectors.State, error) {
 	if err := c.applyPodChanges(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.applyPolicyChanges(ctx); err != nil {
 		return nil, err
 	}
 	namespaces, err := c.storeOf(ctx, &corev1.Namespace{})
 	if err != nil {
 		return nil, err
 	}
-	policies, err := c.storeOf(ctx, &networkingv1.NetworkPolicy{})
-	if err != nil {
-		return nil, err
-	}
-	nsObjs, polObjs := namespaces.List(), policies.List()
-	state := &selectors.State{
-		Namespaces: make([]*selectors.Namespace, 0, len(nsObjs)),
-		Policies:   make([]*networkingv1.NetworkPolicy, 0, len(polObjs)),
-	}
+	nsObjs := namespaces.List()
+	state := &selectors.State{Namespaces: make([]*selectors.Namespace, 0, len(nsObjs))}
 	for _, o := range nsObjs {
 		if ns, ok := o.(*corev1.Namespace); ok {
 			state.Namespaces = append(state.Namespaces, selectors.NamespaceFromObject(ns))
-		}
-	}
-	for _, o := range polObjs {
-		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
-			state.Policies = append(state.Policies, np)
 		}
 	}
 	if c.clusterPolicies.Active() {

@@ -319,7 +319,8 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		// for the sync after it recorded the pod (see cacheState).
 		WatchesRawSource(source.Channel(cached.podSync, changed(ChangePod))).
 		Watches(&corev1.Namespace{}, changed(ChangeNamespace), builder.WithPredicates(modelInputChanged())).
-		Watches(&networkingv1.NetworkPolicy{}, changed(ChangeNetworkPolicy), builder.WithPredicates(modelInputChanged())).
+		// NetworkPolicies likewise, through their handler (see cacheState).
+		WatchesRawSource(source.Channel(cached.policySync, changed(ChangeNetworkPolicy))).
 		// The ClusterNetworkPolicy watch records its changes itself.
 		WatchesRawSource(source.Channel(cnpWatch.sync, toNodeSync)).
 		WithOptions(controller.Options{

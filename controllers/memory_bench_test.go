@@ -89,6 +89,9 @@ func measureAgentMemory(b *testing.B, nPods, nPolicies int) {
 			builder.SetPod(p)
 		}
 	}
+	for _, np := range state.Policies {
+		builder.SetPolicy(np)
+	}
 	built := liveHeap()
 	goal := make([]metrics.Sample, 1)
 	goal[0].Name = "/gc/heap/goal:bytes"
@@ -97,7 +100,7 @@ func measureAgentMemory(b *testing.B, nPods, nPolicies int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	model, _ := builder.BuildFromPods(selectorstest.ScaleNode, state)
+	model, _ := builder.BuildFromEvents(selectorstest.ScaleNode, state)
 	ruleset := compiler.Compile(model)
 	compiled := liveHeap()
 

@@ -116,7 +116,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 			return reconcile.Result{}, err
 		}
 	}
-	model, problems := s.cached.builder.BuildFromPods(s.NodeName, state)
+	model, problems := s.cached.builder.BuildFromEvents(s.NodeName, state)
 	model.Guard = s.podAddrGuard(ctx)
 	desired := s.compiler.Compile(model)
 	compute := time.Since(start)

@@ -36,7 +36,7 @@ func BenchmarkBuildModel(b *testing.B) {
 // BenchmarkOnePodChangeEvent is the compute of the agent's sync after one
 // pod change, fed as the agent feeds it: the informer's event for one
 // remote pod (relabeled in and out of the "api" peer sets) goes to
-// Builder.SetPod, then BuildFromPods; "+compile" adds the nft compile and
+// Builder.SetPod, then BuildFromEvents (policies given once by SetPolicy); "+compile" adds the nft compile and
 // the diff against the last ruleset, which is the whole compute of a sync
 // before the kernel commit.
 func BenchmarkOnePodChangeEvent(b *testing.B) {
@@ -63,7 +63,10 @@ func BenchmarkOnePodChangeEvent(b *testing.B) {
 				for _, p := range s.Pods {
 					builder.SetPod(p)
 				}
-				m, _ := builder.BuildFromPods(selectorstest.ScaleNode, s)
+				for _, np := range s.Policies {
+					builder.SetPolicy(np)
+				}
+				m, _ := builder.BuildFromEvents(selectorstest.ScaleNode, s)
 				prev := compiler.Compile(m)
 				changed := 0
 				b.ReportAllocs()
@@ -77,7 +80,7 @@ func BenchmarkOnePodChangeEvent(b *testing.B) {
 					p.Labels = map[string]string{"app": p.Labels["app"], "tier": tier}
 					s.Pods[remote] = &p
 					builder.SetPod(&p)
-					m, _ = builder.BuildFromPods(selectorstest.ScaleNode, s)
+					m, _ = builder.BuildFromEvents(selectorstest.ScaleNode, s)
 					if compile {
 						desired := compiler.Compile(m)
 						stats := nft.Diff(prev, desired).Stats(desired)

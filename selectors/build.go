@@ -28,13 +28,15 @@ func BuildModel(node string, s *State) (*Model, []Problem) {
 			}
 		}
 	}
-	return buildModel(node, ix, local, s, nil)
+	return buildModel(node, ix, local, s.Policies, s, nil)
 }
 
 // buildModel builds the model from ix, the index of s, whose endpoint pods
-// on node are localByNamespace. changes, when not nil, lets it reuse peer
-// sets of the build before (see Builder).
-func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *State, changes *buildChanges) (*Model, []Problem) {
+// on node are localByNamespace, and from candidates, the NetworkPolicies
+// to consider instead of s.Policies (at least those of the namespaces of
+// localByNamespace, in any order). changes, when not nil, lets it reuse
+// peer sets of the build before (see Builder).
+func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, candidates []*networkingv1.NetworkPolicy, s *State, changes *buildChanges) (*Model, []Problem) {
 	b := &modelBuilder{nodes: s.Nodes, ix: ix, changes: changes, addrSets: map[string]*AddrSet{}, portSets: map[string]*PortSet{}, portSetProblems: map[string][]string{}, problemSeen: map[Problem]bool{}}
 	model := &Model{}
 	isolation := map[*Pod]*PodRules{}
@@ -47,8 +49,8 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 		return pr
 	}
 
-	policies := make([]*networkingv1.NetworkPolicy, 0, len(s.Policies))
-	for _, np := range s.Policies {
+	policies := make([]*networkingv1.NetworkPolicy, 0, len(candidates))
+	for _, np := range candidates {
 		if np != nil && len(localByNamespace[np.Namespace]) > 0 {
 			policies = append(policies, np)
 		}

@@ -22,10 +22,13 @@ import (
 // peers that read them, not a pass over every pod of the cluster.
 //
 // Two ways to feed it, which give the same models:
-//   - events: SetPod and DeletePod for each pod that changed, then
-//     BuildFromPods with a State whose Pods are ignored (the agent);
-//   - states: Build with a whole State; it finds the changed pods by
-//     comparing pointers, one map lookup per pod (tests, benchmarks).
+//   - events: SetPod and DeletePod for each pod that changed, SetPolicy
+//     and DeletePolicy for each NetworkPolicy that changed, then
+//     BuildFromEvents with a State whose Pods and Policies are ignored
+//     (the agent);
+//   - states: Build with a whole State; it finds the changed pods and
+//     policies by comparing pointers, one map lookup per object (tests,
+//     benchmarks).
 //
 // It relies on what the agent's cache guarantees: a *Pod or a policy passed
 // in is never changed afterwards; a changed one comes as a new object, and
@@ -63,6 +66,14 @@ type Builder struct {
 	stateGen uint64
 	// peerSets are the address sets of selector peers by peer ID.
 	peerSets map[string]*peerSetMemo
+	// policyIndex holds every NetworkPolicy given (SetPolicy, or a
+	// Build's State), by namespace and name: a build visits only those of
+	// the namespaces with endpoint pods on the node, not every policy of
+	// the cluster. policyLists caches each namespace's policies as a
+	// slice, dropped when one of them changes; policyCount counts them all.
+	policyIndex map[string]map[string]*policyEntry
+	policyLists map[string][]*networkingv1.NetworkPolicy
+	policyCount int
 	// policies are the parsed policies by object: the informer hands
 	// the same object until the policy changes.
 	policies map[*networkingv1.NetworkPolicy]*policyMemo
@@ -80,6 +91,12 @@ type podEntry struct {
 	// endpoint or owns no address.
 	view *Pod
 	// stateGen is the last Build whose State held the pod.
+	stateGen uint64
+}
+
+type policyEntry struct {
+	np *networkingv1.NetworkPolicy
+	// stateGen is the last Build whose State held the policy.
 	stateGen uint64
 }
 
@@ -124,6 +141,8 @@ func NewBuilder() *Builder {
 		nsObjects:   map[string]map[string]string{},
 		peerSets:    map[string]*peerSetMemo{},
 		policies:    map[*networkingv1.NetworkPolicy]*policyMemo{},
+		policyIndex: map[string]map[string]*policyEntry{},
+		policyLists: map[string][]*networkingv1.NetworkPolicy{},
 
 		clusterPolicies: map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo{},
 		ingressPortSets: map[string]*portSetMemo{},
@@ -163,6 +182,65 @@ func (bl *Builder) DeletePod(namespace, name string) {
 	delete(bl.viewDirty, e.pod)
 	bl.setView(k, e, nil)
 	delete(bl.pods, k)
+}
+
+// SetPolicy records np as the NetworkPolicy's current object (nil is
+// ignored).
+func (bl *Builder) SetPolicy(np *networkingv1.NetworkPolicy) {
+	if np == nil {
+		return
+	}
+	byName := bl.policyIndex[np.Namespace]
+	if byName == nil {
+		byName = map[string]*policyEntry{}
+		bl.policyIndex[np.Namespace] = byName
+	}
+	e := byName[np.Name]
+	if e == nil {
+		e = &policyEntry{}
+		byName[np.Name] = e
+		bl.policyCount++
+	} else if e.np == np {
+		return
+	}
+	e.np = np
+	delete(bl.policyLists, np.Namespace)
+}
+
+// DeletePolicy forgets the NetworkPolicy namespace/name.
+func (bl *Builder) DeletePolicy(namespace, name string) {
+	byName := bl.policyIndex[namespace]
+	if _, ok := byName[name]; !ok {
+		return
+	}
+	delete(byName, name)
+	if len(byName) == 0 {
+		delete(bl.policyIndex, namespace)
+	}
+	bl.policyCount--
+	delete(bl.policyLists, namespace)
+}
+
+// localPolicies returns the policies of the namespaces with endpoint pods
+// on the node (bl.local), the only ones a model can hold.
+func (bl *Builder) localPolicies() []*networkingv1.NetworkPolicy {
+	var out []*networkingv1.NetworkPolicy
+	for ns := range bl.local {
+		list, ok := bl.policyLists[ns]
+		if !ok {
+			byName := bl.policyIndex[ns]
+			if len(byName) == 0 {
+				continue
+			}
+			list = make([]*networkingv1.NetworkPolicy, 0, len(byName))
+			for _, e := range byName {
+				list = append(list, e.np)
+			}
+			bl.policyLists[ns] = list
+		}
+		out = append(out, list...)
+	}
+	return out
 }
 
 // claim adds p's claims on its addresses to the owner table.
@@ -298,14 +376,33 @@ func (bl *Builder) Build(node string, s *State) (*Model, []Problem) {
 			}
 		}
 	}
-	return bl.BuildFromPods(node, s)
+	seen = 0
+	for _, np := range s.Policies {
+		if np == nil {
+			continue
+		}
+		seen++
+		bl.SetPolicy(np)
+		bl.policyIndex[np.Namespace][np.Name].stateGen = bl.stateGen
+	}
+	if seen != bl.policyCount {
+		for ns, byName := range bl.policyIndex {
+			for name, e := range byName {
+				if e.stateGen != bl.stateGen {
+					bl.DeletePolicy(ns, name)
+				}
+			}
+		}
+	}
+	return bl.BuildFromEvents(node, s)
 }
 
-// BuildFromPods returns what BuildModel returns for s with the pods given
-// by SetPod and DeletePod instead of s.Pods.
-func (bl *Builder) BuildFromPods(node string, s *State) (*Model, []Problem) {
+// BuildFromEvents returns what BuildModel returns for s with the pods
+// given by SetPod and DeletePod instead of s.Pods, and the NetworkPolicies
+// given by SetPolicy and DeletePolicy instead of s.Policies.
+func (bl *Builder) BuildFromEvents(node string, s *State) (*Model, []Problem) {
 	ch := bl.update(node, s)
-	m, problems := buildModel(node, bl.ix, bl.local, s, ch)
+	m, problems := buildModel(node, bl.ix, bl.local, bl.localPolicies(), s, ch)
 	for id, memo := range bl.peerSets {
 		if memo.gen != bl.gen {
 			delete(bl.peerSets, id)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
@@ -22,8 +23,9 @@ import (
 // new object, as the agent's cache hands them), ClusterNetworkPolicies
 // included, and requires every build to equal a fresh BuildModel of the
 // same state. Two Builders per node follow each history: one given whole
-// States (Build), one given only the pod events of each change (SetPod,
-// DeletePod, then BuildFromPods), as the agent feeds it.
+// States (Build), one given only the pod and policy events of each change
+// (SetPod, DeletePod, SetPolicy, DeletePolicy, then BuildFromEvents), as
+// the agent feeds it.
 func TestBuilderAgreesWithBuildModel(t *testing.T) {
 	const seeds, steps = 300, 25
 	for seed := int64(0); seed < seeds; seed++ {
@@ -42,6 +44,9 @@ func TestBuilderAgreesWithBuildModel(t *testing.T) {
 			for _, p := range s.Pods {
 				fed[node].SetPod(p)
 			}
+			for _, np := range s.Policies {
+				fed[node].SetPolicy(np)
+			}
 		}
 		for step := 0; step < steps; step++ {
 			for _, node := range selectorstest.Nodes() {
@@ -51,7 +56,7 @@ func TestBuilderAgreesWithBuildModel(t *testing.T) {
 				if got = withoutVersions(got); !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotProblems, wantProblems) {
 					t.Fatalf("seed %d step %d node %s: the Builder's model differs from BuildModel's\ngot  %+v\nwant %+v", seed, step, node, got, want)
 				}
-				got, gotProblems = fed[node].BuildFromPods(node, s)
+				got, gotProblems = fed[node].BuildFromEvents(node, s)
 				if got = withoutVersions(got); !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotProblems, wantProblems) {
 					t.Fatalf("seed %d step %d node %s: the model built from pod events differs from BuildModel's\ngot  %+v\nwant %+v", seed, step, node, got, want)
 				}
@@ -69,6 +74,7 @@ func TestBuilderAgreesWithBuildModel(t *testing.T) {
 				}
 			}
 			var events []podEvent
+			before := s
 			s, events = changeOne(r, s, step)
 			for _, node := range selectorstest.Nodes() {
 				for _, ev := range events {
@@ -78,6 +84,7 @@ func TestBuilderAgreesWithBuildModel(t *testing.T) {
 						fed[node].DeletePod(ev.namespace, ev.name)
 					}
 				}
+				feedPolicyEvents(fed[node], before.Policies, s.Policies)
 			}
 		}
 	}
@@ -258,6 +265,27 @@ func randomClusterPolicies(r *rand.Rand) []*cnpv1beta1.ClusterNetworkPolicy {
 	return out
 }
 
+// feedPolicyEvents gives b the NetworkPolicy events an informer would
+// deliver going from the policies before to after: an update or an add
+// for each new object, a delete for each key gone.
+func feedPolicyEvents(b *selectors.Builder, before, after []*networkingv1.NetworkPolicy) {
+	key := func(np *networkingv1.NetworkPolicy) string { return np.Namespace + "/" + np.Name }
+	now := map[string]*networkingv1.NetworkPolicy{}
+	for _, np := range after {
+		now[key(np)] = np
+	}
+	for _, np := range before {
+		if _, ok := now[key(np)]; !ok {
+			b.DeletePolicy(np.Namespace, np.Name)
+		}
+	}
+	for _, np := range after {
+		if !slices.Contains(before, np) {
+			b.SetPolicy(np)
+		}
+	}
+}
+
 // changeOne returns s with one random change, sharing every object it does
 // not change, and the pod events the change makes.
 func changeOne(r *rand.Rand, s *selectors.State, step int) (*selectors.State, []podEvent) {
@@ -280,7 +308,7 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) (*selectors.State, []
 		changed(&p)
 		return &p
 	}
-	switch op := r.Intn(13); {
+	switch op := r.Intn(14); {
 	case op == 0 || len(out.Pods) == 0: // a new pod, like another one
 		var p selectors.Pod
 		if len(out.Pods) > 0 {
@@ -330,6 +358,21 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) (*selectors.State, []
 		}
 	case op == 6: // other policies
 		out.Policies = selectorstest.RandomCluster(selectorstest.RandomChoices(r, 1024)).Policies
+	case op == 12 && len(out.Policies) > 0: // one policy updated, deleted, or copied to another namespace
+		i := r.Intn(len(out.Policies))
+		np := out.Policies[i].DeepCopy()
+		switch r.Intn(3) {
+		case 0:
+			np.ResourceVersion += "1"
+			np.Spec.PodSelector = metav1.LabelSelector{MatchLabels: map[string]string{"pod": []string{"a", "b", "c"}[r.Intn(3)]}}
+			out.Policies[i] = np
+		case 1:
+			out.Policies = slices.Delete(out.Policies, i, i+1)
+		default:
+			np.Namespace = []string{"x", "y", "z"}[r.Intn(3)]
+			np.Name = fmt.Sprintf("moved-%d", step)
+			out.Policies = append(out.Policies, np)
+		}
 	case op == 7: // a pod claims the address of another (a stale object during reuse)
 		from := out.Pods[r.Intn(len(out.Pods))]
 		p := copyPod(r.Intn(len(out.Pods)))
