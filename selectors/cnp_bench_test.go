@@ -10,7 +10,6 @@ import (
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/nft"
-	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/selectors/selectorstest"
 )
 
@@ -41,16 +40,7 @@ func BenchmarkClusterPolicyChange(b *testing.B) {
 						PodSelector:       metav1.LabelSelector{MatchLabels: map[string]string{"app": "app-0"}}}},
 					Ingress: []cnpv1beta1.ClusterNetworkPolicyIngressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
 						From: []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}}}}
-			compiler, err := nft.NewCompiler(nft.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			builder := selectors.NewBuilder()
-			for _, p := range s.Pods {
-				builder.SetPod(p)
-			}
-			m, _ := builder.BuildFromPods(selectorstest.ScaleNode, s)
-			prev := compiler.Compile(m)
+			compiler, builder, prev := syncedOnce(b, s)
 			policies, clusterPolicies := s.Policies, s.ClusterPolicies
 			present := false
 			rules, elements := 0, 0
@@ -65,7 +55,7 @@ func BenchmarkClusterPolicyChange(b *testing.B) {
 				if present && c.change == "cnp" {
 					s.ClusterPolicies = append(clusterPolicies[:len(clusterPolicies):len(clusterPolicies)], cnp)
 				}
-				m, _ = builder.BuildFromPods(selectorstest.ScaleNode, s)
+				m, _ := builder.BuildFromPods(selectorstest.ScaleNode, s)
 				desired := compiler.Compile(m)
 				stats := nft.Diff(prev, desired).Stats(desired)
 				rules += stats.RulesWritten
