@@ -96,6 +96,7 @@ type agentFlags struct {
 	profiling      bool
 	logDeniedRate  uint
 	logDeniedGroup uint
+	lookupMin      uint
 	cniSocket      string
 	podAddrGuard   bool
 	podCIDRs       []netip.Prefix
@@ -121,6 +122,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentFlags, error) {
 	fs.BoolVar(&f.logDenied, "log-denied", false, "log one line per denied flow (rate-limited NFLOG from the deny paths)")
 	fs.UintVar(&f.logDeniedRate, "log-denied-rate", nft.DefaultLogRate, "at most this many denied packets per second and isolation chain reach the log")
 	fs.UintVar(&f.logDeniedGroup, "log-denied-group", nft.DefaultLogGroup, "NFLOG group of the denied-packet log")
+	fs.UintVar(&f.lookupMin, "lookup-min-policies", nft.DefaultLookupMinPolicies, "a pod isolated by at least this many policies has its allowed peers and ports looked up in verdict maps instead of walking every policy chain (1: every pod)")
 	fs.StringVar(&f.cniSocket, "cni-socket", "", "unix socket on which to answer the nftpol CNI plugin (e.g. "+podstart.DefaultSocket+"); empty: off")
 	fs.BoolVar(&f.podAddrGuard, "pod-address-guard", true, "drop the traffic of an address of this node's pod CIDRs until the agent has committed the rules of the pod that holds it (no window at pod start); off without pod CIDRs")
 	fs.Func("pod-cidrs", "comma-separated pod CIDRs of this node for the pod address guard (default: the Node's spec.podCIDRs; give them for an IPAM that does not use those)", func(v string) error {
@@ -200,6 +202,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		LogDenied: f.logDenied,
 		LogGroup:  uint16(f.logDeniedGroup),
 		LogRate:   uint32(f.logDeniedRate),
+		// Bounded by what fits an int on every platform we build for.
+		LookupMinPolicies: int(min(f.lookupMin, 1<<31-1)),
 	})
 	if err != nil {
 		return fmt.Errorf("opening nftables: %w", err)

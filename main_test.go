@@ -33,6 +33,8 @@ func TestParseAgentFlags(t *testing.T) {
 		{"negative verify", []string{"--node-name", "n1", "--verify-interval", "-1s"}, "", "negative"},
 		{"pod CIDRs", []string{"--node-name", "n1", "--pod-cidrs", "10.244.1.0/24, fd00:10:244:1::/64"}, "", ""},
 		{"bad pod CIDR", []string{"--node-name", "n1", "--pod-cidrs", "10.244.1.0/33"}, "", "pod CIDR"},
+		{"lookup threshold", []string{"--node-name", "n1", "--lookup-min-policies", "1"}, "", ""},
+		{"negative lookup threshold", []string{"--node-name", "n1", "--lookup-min-policies", "-1"}, "", "invalid value"},
 		{"pod CIDRs without guard", []string{"--node-name", "n1", "--pod-address-guard=false", "--pod-cidrs", "10.0.0.0/8"}, "", "--pod-address-guard=false"},
 		{"json watches", []string{"--node-name", "n1", "--api-wire-format", "json"}, "", ""},
 		{"bad wire format", []string{"--node-name", "n1", "--api-wire-format", "yaml"}, "", "protobuf or json"},

@@ -125,15 +125,7 @@ func BenchmarkOnePodChangeCompute(b *testing.B) {
 			var changed int
 			b.ReportAllocs()
 			for b.Loop() {
-				// As in the agent's cache, a changed pod is a new object;
-				// it moves in or out of the "api" peer sets every time.
-				p := *s.Pods[remote]
-				tier := "api"
-				if p.Labels["tier"] == "api" {
-					tier = "db"
-				}
-				p.Labels = map[string]string{"app": p.Labels["app"], "tier": tier}
-				s.Pods[remote] = &p
+				relabel(s, remote)
 				m, _ := builder.Build(selectorstest.ScaleNode, s)
 				desired := compiler.Compile(m)
 				stats := Diff(prev, desired).Stats(desired)
@@ -143,6 +135,18 @@ func BenchmarkOnePodChangeCompute(b *testing.B) {
 			b.ReportMetric(float64(changed), "elements-changed")
 		})
 	}
+}
+
+// relabel moves pod i of s in or out of the "api" peer sets. As in the
+// agent's cache, a changed pod is a new object.
+func relabel(s *selectors.State, i int) {
+	p := *s.Pods[i]
+	tier := "api"
+	if p.Labels["tier"] == "api" {
+		tier = "db"
+	}
+	p.Labels = map[string]string{"app": p.Labels["app"], "tier": tier}
+	s.Pods[i] = &p
 }
 
 // scaleClusterPolicies adds n ClusterNetworkPolicies to a ScaleCluster
@@ -206,13 +210,7 @@ func BenchmarkOneClusterPolicyPeerChangeCompute(b *testing.B) {
 			var changed int
 			b.ReportAllocs()
 			for b.Loop() {
-				p := *s.Pods[remote]
-				tier := "api"
-				if p.Labels["tier"] == "api" {
-					tier = "db"
-				}
-				p.Labels = map[string]string{"app": p.Labels["app"], "tier": tier}
-				s.Pods[remote] = &p
+				relabel(s, remote)
 				m, _ := builder.Build(selectorstest.ScaleNode, s)
 				desired := compiler.Compile(m)
 				stats := Diff(prev, desired).Stats(desired)

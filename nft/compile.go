@@ -3,6 +3,7 @@ package nft
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/nftpol/nftpol/selectors"
 )
@@ -17,6 +18,73 @@ type Compiler struct {
 	cfg      Config
 	prev     *Ruleset
 	prevSets *selectors.Model // the sets of the model prev was compiled from
+	// chains are the policy chains of prev, by name, with the rules they
+	// were compiled from (see compiledChain); isoChains its isolation
+	// chains, which are a function of their policies' keys.
+	chains    map[string]*compiledChain
+	isoChains map[string]*chainSpec
+	names     names
+}
+
+// isolationChain returns the isolation chain name of the last table when
+// it jumps to the policies keys, else nil (also for a nil c).
+func (c *Compiler) isolationChain(name string, keys []string, dir selectors.Direction) *chainSpec {
+	if c == nil {
+		return nil
+	}
+	if prev := c.isoChains[name]; prev != nil && prev.dir == dir && slices.Equal(prev.policies, keys) {
+		return prev
+	}
+	return nil
+}
+
+// names keeps the derived names of one Compiler's objects (table.go): a
+// hash of what names the object, the same from compile to compile, and
+// hashing every name again was a good part of a compile after one pod
+// change. A compile keeps the names it used for the next (next becomes
+// cur). A nil *names derives every name.
+type names struct {
+	cur, next map[nameKey]string
+}
+
+type nameKey struct {
+	kind byte // 'p' policy chain, 'i' isolation chain, 'a' address set, 'n' named-port set
+	s    string
+	n    int // direction or family
+}
+
+func (n *names) name(k nameKey, derive func() string) string {
+	if n == nil {
+		return derive()
+	}
+	if v, ok := n.next[k]; ok {
+		return v
+	}
+	v, ok := n.cur[k]
+	if !ok {
+		v = derive()
+	}
+	n.next[k] = v
+	return v
+}
+
+func (n *names) policyChain(key string, dir selectors.Direction) string {
+	return n.name(nameKey{'p', key, int(dir)}, func() string { return policyChainName(key, dir) })
+}
+
+func (n *names) isolationChain(keys []string, dir selectors.Direction) string {
+	if len(keys) == 1 {
+		return n.name(nameKey{'i', keys[0], int(dir)}, func() string { return isolationChainName(keys, dir) })
+	}
+	return n.name(nameKey{'i', strings.Join(keys, "\n"), int(dir)}, func() string { return isolationChainName(keys, dir) })
+}
+
+func (n *names) addrSet(id string, family int) string {
+	return n.name(nameKey{'a', id, family}, func() string { return addrSetName(id, family) })
+}
+
+func (n *names) portSet(id string, family int) string {
+	return n.name(nameKey{'n', id, family}, func() string { return portSetName(id, family) })
 }
 
 // NewCompiler returns a compiler for cfg (defaults filled in).
@@ -32,15 +100,18 @@ func NewCompiler(cfg Config) (*Compiler, error) {
 // the previous call's table. Compiled specs are never modified, so sharing
 // them is safe.
 func (c *Compiler) Compile(m *selectors.Model) *Ruleset {
-	rs := compile(m, c.cfg, c.prev, c.prevSets)
+	rs := compile(m, c.cfg, c)
 	c.prev, c.prevSets = rs, setsOf(m)
 	return rs
 }
 
+// newSerial returns a serial no other spec has (see setSpec.serial).
+func newSerial() *setSerial { return &setSerial{} }
+
 // Compile returns the table that enforces m, from scratch. Unset fields of
 // cfg take their defaults; an invalid deny action compiles as drop.
 func Compile(m *selectors.Model, cfg Config) *Ruleset {
-	return compile(m, cfg.filled(), nil, nil)
+	return compile(m, cfg.filled(), nil)
 }
 
 // filled is WithDefaults without validation, for callers that cannot fail.
@@ -77,7 +148,10 @@ func setsOf(m *selectors.Model) *selectors.Model {
 	return out
 }
 
-func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.Model) *Ruleset {
+// compile makes the table of m; comp, when not nil, is the Compiler whose
+// last table it may share sets and chains with, and whose derived names
+// it reuses.
+func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 	rs := newRuleset(cfg.Table)
 	for _, dir := range selectors.Directions {
 		for _, family := range []int{4, 6} {
@@ -90,21 +164,40 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 	}
 	addPodGuardSets(rs, m.Guard)
 
-	compileSets(rs, m, prev, prevSets)
+	var names *names
+	if comp != nil {
+		names = &comp.names
+		names.next = make(map[nameKey]string, len(names.cur))
+		defer func() { names.cur, names.next = names.next, nil }()
+	}
+	compileSets(rs, m, comp, names)
 
 	used := map[string]bool{} // policy chains that some pod jumps to
 	unions := newPeerUnions(rs, m)
 	cc := newClusterCompiler(rs, m, cfg, unions)
+	lc := newLookupCompiler(rs, m, cfg)
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
 			var iso string
 			if keys := pod.Isolating(dir); len(keys) > 0 {
-				iso = isolationChainName(keys, dir)
+				iso = names.isolationChain(keys, dir)
 				if _, ok := rs.chains[iso]; !ok {
-					c := isolationChain(iso, keys, dir, policyChainName, denyRules(cfg, dir))
-					c.policies, c.isolates = keys, true
+					c := comp.isolationChain(iso, keys, dir)
+					switch {
+					case lc.lookups(keys):
+						// The lookup layout (lookup.go): its maps follow
+						// the peer sets, so it is never taken from the
+						// last table; its rules are, when they are equal.
+						rules := append(lc.isolationRules(iso, keys, dir), denyRules(cfg, dir)...)
+						if c == nil || !slices.Equal(c.rules, rules) {
+							c = &chainSpec{name: iso, dir: dir, rules: rules, policies: keys, isolates: true, lookups: countLookups(rules)}
+						}
+					case c == nil:
+						c = isolationChain(iso, keys, dir, names.policyChain, denyRules(cfg, dir))
+						c.policies, c.isolates = keys, true
+					}
 					for _, k := range keys {
-						used[policyChainName(k, dir)] = true
+						used[names.policyChain(k, dir)] = true
 					}
 					rs.chains[iso] = c
 				}
@@ -118,14 +211,36 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 			}
 		}
 	}
+	var chains map[string]*compiledChain
+	if comp != nil {
+		chains = make(map[string]*compiledChain, len(comp.chains))
+	}
 	for i := range m.Policies {
 		p := &m.Policies[i]
 		for _, dir := range selectors.Directions {
-			name := policyChainName(p.Key, dir)
+			name := names.policyChain(p.Key, dir)
 			if !used[name] {
 				continue
 			}
+			if comp != nil {
+				pc := comp.chains[name].reuse(unions, p, dir)
+				if pc == nil {
+					pc = compilePolicyChain(unions, name, p, dir)
+				}
+				chains[name] = pc
+				rs.chains[name] = pc.chain
+				continue
+			}
 			rs.chains[name] = &chainSpec{name: name, policies: []string{p.Key}, dir: dir, rules: policyRules(unions, p, dir)}
+		}
+	}
+	if comp != nil {
+		comp.chains = chains
+		comp.isoChains = make(map[string]*chainSpec)
+		for name, c := range rs.chains {
+			if c.isolates {
+				comp.isoChains[name] = c
+			}
 		}
 	}
 	compileAudit(rs, m, cfg, unions)
@@ -140,6 +255,76 @@ func compile(m *selectors.Model, cfg Config, prev *Ruleset, prevSets *selectors.
 	}
 	unions.dropMerged()
 	return rs
+}
+
+// compiledChain is a policy chain with what it was compiled from: the
+// policy's key and rules (a copy: a caller may change the model it
+// passed) and, for each peer set its rules name, whether unions merged
+// it. The chain's rules are a function of these alone, so a later model
+// with equal ones shares the chain, and Diff skips it by identity: a pod
+// change no longer compiles every rule of the table again.
+type compiledChain struct {
+	chain     *chainSpec
+	key       string
+	rules     []selectors.Rule
+	mergeable []bool
+	// unions are the peer sets each union the chain looks up was made of,
+	// made again in a table that shares the chain.
+	unions [][]string
+}
+
+// compilePolicyChain compiles the chain of policy p for dir.
+func compilePolicyChain(u *peerUnions, name string, p *selectors.PolicyRules, dir selectors.Direction) *compiledChain {
+	cc := &compiledChain{chain: &chainSpec{name: name, policies: []string{p.Key}, dir: dir}, key: p.Key}
+	u.recorded = &cc.unions
+	cc.chain.rules = policyRules(u, p, dir)
+	u.recorded = nil
+	for _, r := range p.Rules(dir) {
+		cc.rules = append(cc.rules, cloneRule(r))
+		for _, id := range r.Peers.Sets {
+			cc.mergeable = append(cc.mergeable, u.mergeable(id))
+		}
+	}
+	return cc
+}
+
+// reuse returns cc when p's rules for dir compile to its chain in u's
+// table (adding the unions it looks up there), else nil.
+func (cc *compiledChain) reuse(u *peerUnions, p *selectors.PolicyRules, dir selectors.Direction) *compiledChain {
+	rules := p.Rules(dir)
+	if cc == nil || cc.key != p.Key || len(cc.rules) != len(rules) {
+		return nil
+	}
+	n := 0
+	for i := range rules {
+		if !sameRule(&cc.rules[i], &rules[i]) {
+			return nil
+		}
+		for _, id := range rules[i].Peers.Sets {
+			if u.mergeable(id) != cc.mergeable[n] {
+				return nil
+			}
+			n++
+		}
+	}
+	for _, ids := range cc.unions {
+		u.union(ids)
+		for _, id := range ids {
+			u.merged[id] = true
+		}
+	}
+	return cc
+}
+
+func sameRule(a, b *selectors.Rule) bool {
+	return a.Peers.All == b.Peers.All && slices.Equal(a.Peers.Sets, b.Peers.Sets) &&
+		a.Ports.All == b.Ports.All && a.Ports.Named == b.Ports.Named && slices.Equal(a.Ports.Ranges, b.Ports.Ranges)
+}
+
+func cloneRule(r selectors.Rule) selectors.Rule {
+	r.Peers.Sets = slices.Clone(r.Peers.Sets)
+	r.Ports.Ranges = slices.Clone(r.Ports.Ranges)
+	return r
 }
 
 // policyOfChain finds the policy key and direction a pod's isolation names
@@ -211,11 +396,15 @@ func policyRules(u *peerUnions, p *selectors.PolicyRules, dir selectors.Directio
 }
 
 // compileSets adds the peer address sets and named-port sets of m, taking
-// from prev every set whose model content is unchanged.
-func compileSets(rs *Ruleset, m *selectors.Model, prev *Ruleset, prevSets *selectors.Model) {
+// from c's last table every set whose model content is unchanged and
+// applying to it the Delta of a set that changed since (c may be nil).
+func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler, names *names) {
+	var prev *Ruleset
 	var prevAddr map[string]*selectors.AddrSet
 	var prevPort map[string]*selectors.PortSet
-	if prev != nil && prevSets != nil {
+	if c != nil && c.prev != nil && c.prevSets != nil {
+		prev = c.prev
+		prevSets := c.prevSets
 		prevAddr = make(map[string]*selectors.AddrSet, len(prevSets.AddrSets))
 		for i := range prevSets.AddrSets {
 			prevAddr[prevSets.AddrSets[i].ID] = &prevSets.AddrSets[i]
@@ -240,10 +429,20 @@ func compileSets(rs *Ruleset, m *selectors.Model, prev *Ruleset, prevSets *selec
 		s := &m.AddrSets[i]
 		if p := prevAddr[s.ID]; p != nil && (s.Version != nil && p.Version == s.Version ||
 			p.Description == s.Description && slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges)) &&
-			reuse(addrSetName(s.ID, 4), addrSetName(s.ID, 6)) {
+			reuse(names.addrSet(s.ID, 4), names.addrSet(s.ID, 6)) {
 			continue
 		}
-		for _, spec := range addrSetSpecs(s) {
+		specs, ok := [2]*setSpec{}, false
+		if p := prevAddr[s.ID]; p != nil && s.Delta != nil && p.Version != nil && p.Version == s.Delta.From {
+			specs, ok = addrSetFromDelta(prev, s)
+		}
+		if !ok {
+			specs = addrSetSpecs(s)
+			if c != nil {
+				specs[0].serial, specs[1].serial = newSerial(), newSerial()
+			}
+		}
+		for _, spec := range specs {
 			rs.sets[spec.name] = spec
 		}
 	}
@@ -251,7 +450,7 @@ func compileSets(rs *Ruleset, m *selectors.Model, prev *Ruleset, prevSets *selec
 		s := &m.PortSets[i]
 		if p := prevPort[s.ID]; p != nil && p.Description == s.Description &&
 			slices.Equal(p.Entries, s.Entries) &&
-			reuse(portSetName(s.ID, 4), portSetName(s.ID, 6)) {
+			reuse(names.portSet(s.ID, 4), names.portSet(s.ID, 6)) {
 			continue
 		}
 		for _, spec := range portSetSpecs(s) {

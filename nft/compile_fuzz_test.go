@@ -3,6 +3,8 @@ package nft
 import (
 	"fmt"
 	"math/rand"
+	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/nftables/expr"
@@ -24,10 +26,22 @@ func checkTablesAgree(t *testing.T, cl *reference.Cluster, cfg Config) {
 	s := selectorstest.State(cl)
 	tables := map[string]*kernelTable{}
 	rulesets := map[string]*Ruleset{}
+	// walks is the same table with every isolation chain a walk of jumps,
+	// when cfg asks for the lookup layout: the policy rule that accepts a
+	// packet must be the same in both (lookup.go keeps per-rule counters).
+	var walks map[string]*kernelTable
+	if cfg.LookupMinPolicies == 1 {
+		walks = map[string]*kernelTable{}
+	}
 	for _, node := range selectorstest.Nodes() {
 		m, _ := selectors.BuildModel(node, s)
 		rulesets[node] = Compile(m, cfg)
 		tables[node] = toKernel(rulesets[node])
+		if walks != nil {
+			walk := cfg
+			walk.LookupMinPolicies = 1 << 30
+			walks[node] = toKernel(Compile(m, walk))
+		}
 	}
 	places := selectorstest.Places(cl)
 	for _, pk := range selectorstest.Packets(cl) {
@@ -48,6 +62,9 @@ func checkTablesAgree(t *testing.T, cl *reference.Cluster, cfg Config) {
 					got, where = false, fmt.Sprintf("%s/%s", hop.Node, hop.Hook)
 					break
 				}
+			}
+			if walks != nil && !established {
+				checkSameAccepts(t, walks, places, pk, trace)
 			}
 			switch {
 			case established && !got:
@@ -77,6 +94,25 @@ func checkTablesAgree(t *testing.T, cl *reference.Cluster, cfg Config) {
 	}
 }
 
+// checkSameAccepts runs pk through the walk tables and demands that the
+// policy chain rules that matched be those that matched in trace.
+func checkSameAccepts(t *testing.T, walks map[string]*kernelTable, places map[netip.Addr]selectorstest.Place, pk selectorstest.Packet, trace []string) {
+	t.Helper()
+	var walkTrace []string
+	for _, hop := range selectorstest.Hops(places, pk) {
+		ok, err := walks[hop.Node].run(string(hop.Hook), newWirePacket(pk), &walkTrace)
+		if err != nil {
+			t.Fatalf("%s at %s/%s in the walk layout: %v", pk, hop.Node, hop.Hook, err)
+		}
+		if !ok {
+			break
+		}
+	}
+	if got, want := policyRulesOf(trace), policyRulesOf(walkTrace); !slices.Equal(got, want) {
+		t.Fatalf("%s: the lookup layout accepts by\n%s\nthe walk by\n%s", pk, describeTrace(got), describeTrace(want))
+	}
+}
+
 func describeTables(rulesets map[string]*Ruleset) string {
 	out := ""
 	for _, node := range selectorstest.Nodes() {
@@ -93,6 +129,10 @@ func configFor(c *selectorstest.Choices) Config {
 	}
 	if c.Intn(2) == 1 {
 		cfg.LogDenied, cfg.LogGroup, cfg.LogRate = true, 100, 10
+	}
+	if c.Intn(2) == 1 {
+		// Every isolation chain in the lookup layout (lookup.go).
+		cfg.LookupMinPolicies = 1
 	}
 	return cfg
 }

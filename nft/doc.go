@@ -15,9 +15,17 @@
 //	rules.go    a rule ⇄ its netlink expressions (decodeRule re-encodes
 //	            what it recognized and demands the same expressions)
 //	compile.go  the Compiler: Model → Ruleset, pure, reusing unchanged sets
+//	            and chains, applying the delta of a changed set (which
+//	            Diff then takes as it is instead of comparing elements)
 //	unions.go   the ipBlocks of one rule merged into one interval set
+//	lookup.go   the one-lookup layout of an isolation chain: policies
+//	            whose rules fit become verdict-map lookups jumping to the
+//	            first allowing policy's chain
 //	cluster.go  the ClusterNetworkPolicy tiers: one chain per combination
 //	            of tiers, rules inline, Pass as goto
+//	audit.go    policies in audit mode: base chains after ours send a
+//	            pod to the hypothesis of each of its audit policies, where
+//	            a deny is a would-deny count and log, then accept
 //	podguard.go the guard of pod addresses: the node's pod CIDRs and known
 //	            pod addresses as sets, one drop rule per base chain and
 //	            family before the verdict map

@@ -83,6 +83,9 @@ func TestGoldenTables(t *testing.T) {
 		{"server-with-clients", Config{}, batch},
 		{"server-with-clients-reject-logged", Config{Deny: DenyReject, LogDenied: true}, batch},
 		{"every-kind", Config{}, everyKindModel()},
+		// Every isolation chain in the lookup layout (lookup.go).
+		{"server-with-clients-lookup", Config{LookupMinPolicies: 1}, batch},
+		{"every-kind-lookup", Config{LookupMinPolicies: 1}, everyKindModel()},
 		{"server-with-clients-pod-guard", Config{}, &guarded},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

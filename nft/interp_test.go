@@ -28,6 +28,9 @@ import (
 type kernelTable struct {
 	chains map[string]*kernelChain
 	sets   map[string]*kernelSet
+	// rulesRun and lookups count what packets cost: the rules evaluated
+	// and the set lookups done.
+	rulesRun, lookups int
 }
 
 type kernelChain struct {
@@ -56,9 +59,13 @@ func keyLen(k setKind) int {
 		return 4
 	case kindAddr6, kindInterval6, kindVmap6:
 		return 16
-	case kindPorts4:
+	case kindIntervalVmap4:
+		return 4
+	case kindIntervalVmap6:
+		return 16
+	case kindPorts4, kindPortsVmap4:
 		return 12
-	case kindPorts6:
+	case kindPorts6, kindPortsVmap6:
 		return 24
 	}
 	return 0
@@ -78,7 +85,14 @@ func toKernel(rs *Ruleset) *kernelTable {
 		for key := range s.elems {
 			ks.elems = append(ks.elems, s.kernelElements(key)...)
 		}
-		sort.Slice(ks.elems, func(i, j int) bool { return bytes.Compare(ks.elems[i].Key, ks.elems[j].Key) < 0 })
+		// An end sorts before a start of the same key: two adjacent
+		// intervals of a map (different verdicts) meet there.
+		sort.Slice(ks.elems, func(i, j int) bool {
+			if c := bytes.Compare(ks.elems[i].Key, ks.elems[j].Key); c != 0 {
+				return c < 0
+			}
+			return ks.elems[i].IntervalEnd && !ks.elems[j].IntervalEnd
+		})
 		kt.sets[name] = ks
 	}
 	return kt
@@ -216,6 +230,7 @@ func (kt *kernelTable) runChain(c *kernelChain, w wirePacket, depth int, trace *
 
 // runRule evaluates one rule: matched says whether all its matches held.
 func (kt *kernelTable) runRule(rule kernelRule, w wirePacket, depth int, trace *[]string) (out outcome, matched bool, err error) {
+	kt.rulesRun++
 	var regs registers
 	jump := func(chain string) (outcome, bool, error) {
 		target := kt.chains[chain]
@@ -317,6 +332,7 @@ func (kt *kernelTable) runRule(rule kernelRule, w wirePacket, depth int, trace *
 			}
 		case *expr.Lookup:
 			s := kt.sets[e.SetName]
+			kt.lookups++
 			if s == nil {
 				return 0, false, fmt.Errorf("lookup in missing set %s", e.SetName)
 			}

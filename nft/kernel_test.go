@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,8 +19,10 @@ import (
 	"github.com/nftpol/nftpol/test/kerneltest"
 )
 
-// netnsPrefix names the network namespaces of this package's tests.
-const netnsPrefix = "nftpol-nft"
+// netnsPrefix names the network namespaces of this package's tests;
+// NFTPOL_TEST_NETNS_PREFIX replaces it, so that runs of two people on one
+// machine do not remove each other's namespaces as leftovers.
+var netnsPrefix = cmp.Or(os.Getenv("NFTPOL_TEST_NETNS_PREFIX"), "nftpol-nft")
 
 // testNetns creates a network namespace for one test (removed at its end)
 // and returns its path; it skips or fails (CI) where that is impossible.

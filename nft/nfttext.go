@@ -74,7 +74,11 @@ func (r *Ruleset) writeTable(b *strings.Builder, annotated bool) {
 			if c.isolates {
 				what = "isolation by"
 			}
-			fmt.Fprintf(b, "\t# %s %s (%s)\n", what, strings.Join(c.policies, ", "), c.dir)
+			dir := c.dir.String()
+			if c.lookups > 0 {
+				dir += fmt.Sprintf("; %d lookup maps", c.lookups)
+			}
+			fmt.Fprintf(b, "\t# %s %s (%s)\n", what, strings.Join(c.policies, ", "), dir)
 		}
 		fmt.Fprintf(b, "\tchain %s {\n", name)
 		if c.hook != hookNone {
@@ -131,6 +135,9 @@ func elementText(kind setKind, key, value string) string {
 	if len(key) != kind.keyLen() {
 		return fmt.Sprintf("0x%x", key)
 	}
+	if kind.vmap() && value != "" {
+		return elementText(kind, key, "") + " : jump " + value
+	}
 	switch {
 	case kind.interval():
 		first, last := key[:addrLen], key[addrLen:]
@@ -147,8 +154,6 @@ func elementText(kind setKind, key, value string) string {
 		proto := key[addrLen]
 		port := uint16(key[addrLen+4])<<8 | uint16(key[addrLen+5])
 		return fmt.Sprintf("%s . %d . %d", addr(key[:addrLen]), proto, port)
-	case kind.vmap() && value != "":
-		return addr(key) + " : jump " + value
 	}
 	return addr(key)
 }

@@ -92,6 +92,12 @@ func TestNftTextLoadsAsTheSameTable(t *testing.T) {
 		{"empty", Config{Deny: DenyDrop}, &selectors.Model{}},
 		{"every-kind/pod-guard", Config{Deny: DenyDrop}, withPodGuard(everyKindModel())},
 		{"scale-1k-chains-10k-elems", Config{Deny: DenyDrop}, scaleModel(1_000, 10_000)},
+		{"every-kind/lookup", Config{Deny: DenyDrop, LookupMinPolicies: 1}, everyKindModel()},
+	}
+	overlapping := rand.New(rand.NewSource(2))
+	for i := 0; i < 4; i++ {
+		m, _ := overlappingModel(overlapping)
+		cases = append(cases, tc{fmt.Sprintf("lookup-overlapping/%d", i), Config{Deny: DenyReject, LookupMinPolicies: 1}, m})
 	}
 	r := rand.New(rand.NewSource(1))
 	for i := 0; i < 8; i++ {

@@ -51,8 +51,9 @@ func Diff(committed, desired *Ruleset) *Plan {
 		return fullPlan(desired)
 	}
 	p := &Plan{AddElems: map[string][]string{}, DelElems: map[string][]string{}, from: committed, to: desired}
-	for _, name := range desired.sortedSetNames() {
-		want := desired.sets[name]
+	// The maps are walked in any order and only the names that change are
+	// sorted: a pod change touches a handful of the table's objects.
+	for name, want := range desired.sets {
 		have, ok := committed.sets[name]
 		switch {
 		case !ok:
@@ -65,6 +66,15 @@ func Diff(committed, desired *Ruleset) *Plan {
 			continue // shared by the Compiler: unchanged
 		case have.kind != want.kind || have.comment != want.comment:
 			return fullPlan(desired)
+		case want.base != nil && want.base == have.serial:
+			// Made from have by the Compiler: the change is known.
+			if len(want.added) > 0 {
+				p.AddElems[name] = want.added
+			}
+			if len(want.removed) > 0 {
+				p.DelElems[name] = want.removed
+			}
+			continue
 		}
 		var add, del []string
 		for k, v := range want.elems {
@@ -90,7 +100,7 @@ func Diff(committed, desired *Ruleset) *Plan {
 			p.DelElems[name] = del
 		}
 	}
-	for _, name := range committed.sortedSetNames() {
+	for name := range committed.sets {
 		if _, ok := desired.sets[name]; !ok {
 			p.DelSets = append(p.DelSets, name)
 			if have := committed.sets[name]; have.kind.vmap() && len(have.elems) > 0 {
@@ -101,22 +111,26 @@ func Diff(committed, desired *Ruleset) *Plan {
 			}
 		}
 	}
-	for _, name := range desired.sortedChainNames() {
-		want := desired.chains[name]
+	for name, want := range desired.chains {
 		have, ok := committed.chains[name]
 		switch {
 		case !ok:
 			p.AddChains = append(p.AddChains, name)
+		case have == want:
+			// shared by the Compiler: unchanged
 		case have.hook != want.hook || have.prio != want.prio || have.typ != want.typ || have.policy != want.policy:
 			return fullPlan(desired)
 		case !slices.Equal(have.rules, want.rules):
 			p.RewriteChains = append(p.RewriteChains, name)
 		}
 	}
-	for _, name := range committed.sortedChainNames() {
+	for name := range committed.chains {
 		if _, ok := desired.chains[name]; !ok {
 			p.DelChains = append(p.DelChains, name)
 		}
+	}
+	for _, names := range [][]string{p.AddSets, p.DelSets, p.AddChains, p.RewriteChains, p.DelChains} {
+		slices.Sort(names)
 	}
 	return p
 }
@@ -186,11 +200,14 @@ func (p *Plan) steps() []step {
 	for _, name := range sortedMapKeys(p.DelElems) {
 		out = append(out, step{verb: stepDelElems, set: p.from.sets[name], keys: p.DelElems[name]})
 	}
-	for _, name := range p.AddSets {
-		out = append(out, step{verb: stepAddSet, set: p.to.sets[name]})
-	}
+	// Chains before sets: nft 1.0.6 refuses, in one transaction, an
+	// element of a new interval map (lookup.go) that jumps to a chain
+	// added after the map (ENOENT), and a chain refers to nothing.
 	for _, name := range p.AddChains {
 		out = append(out, step{verb: stepAddChain, chain: p.to.chains[name]})
+	}
+	for _, name := range p.AddSets {
+		out = append(out, step{verb: stepAddSet, set: p.to.sets[name]})
 	}
 	addElems := func(vmaps bool) {
 		for _, name := range sortedMapKeys(p.AddElems) {
@@ -216,11 +233,14 @@ func (p *Plan) steps() []step {
 	for _, name := range p.DelChains {
 		out = append(out, step{verb: stepFlushChain, chain: p.from.chains[name]})
 	}
-	for _, name := range p.DelChains {
-		out = append(out, step{verb: stepDelChain, chain: p.from.chains[name]})
-	}
+	// Sets before chains: the elements of a lookup map (lookup.go) jump
+	// to policy chains, which cannot go while a map refers to them; the
+	// flushes above removed every rule that refers to a set that goes.
 	for _, name := range p.DelSets {
 		out = append(out, step{verb: stepDelSet, set: p.from.sets[name]})
+	}
+	for _, name := range p.DelChains {
+		out = append(out, step{verb: stepDelChain, chain: p.from.chains[name]})
 	}
 	return out
 }

@@ -15,7 +15,8 @@ import (
 // randomRulesets compiles random models under every configuration, plus
 // the fixed models that hold every kind of object.
 func randomRulesets(n int) []*Ruleset {
-	cfgs := []Config{{}, {Deny: DenyReject}, {LogDenied: true, LogGroup: 9, LogRate: 3}, {Deny: DenyReject, LogDenied: true}}
+	cfgs := []Config{{}, {Deny: DenyReject}, {LogDenied: true, LogGroup: 9, LogRate: 3}, {Deny: DenyReject, LogDenied: true},
+		{LookupMinPolicies: 1}, {Deny: DenyReject, LookupMinPolicies: 1}}
 	var out []*Ruleset
 	for _, cfg := range cfgs {
 		out = append(out, Compile(everyKindModel(), cfg), Compile(largeIPv6Model(20, 50, 10, 10), cfg),
@@ -94,7 +95,14 @@ func appendAttr(b []byte, typ uint16, data []byte) []byte {
 // checks the rule no longer decodes as the committed one: each is the
 // tampering the issue names, at the level of the expressions.
 func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
-	rs := Compile(withPodGuard(everyKindModel()), Config{Deny: DenyReject, LogDenied: true})
+	// Both layouts of the isolation chains: jumps, and lookup maps.
+	var chains []*chainSpec
+	for _, lookupMin := range []int{0, 1} {
+		rs := Compile(withPodGuard(everyKindModel()), Config{Deny: DenyReject, LogDenied: true, LookupMinPolicies: lookupMin})
+		for _, c := range rs.chains {
+			chains = append(chains, c)
+		}
+	}
 	mutations := []struct {
 		name  string
 		apply func(e expr.Any) bool // reports whether it changed e
@@ -231,7 +239,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 	for _, m := range mutations {
 		t.Run(m.name, func(t *testing.T) {
 			tried := 0
-			for _, c := range rs.chains {
+			for _, c := range chains {
 				for _, r := range c.rules {
 					exprs := r.exprs(nil)
 					for i := range exprs {
@@ -254,7 +262,7 @@ func TestTamperedExpressionsAreNeverOurs(t *testing.T) {
 		})
 	}
 	t.Run("expression removed, added or unknown", func(t *testing.T) {
-		for _, c := range rs.chains {
+		for _, c := range chains {
 			for _, r := range c.rules {
 				want := r
 				want.comment = ""

@@ -58,6 +58,9 @@ type ruleSpec struct {
 	portSet string
 	vmapOn  addrField
 	vmap    string
+	// vmapPorts keys the verdict map by (address . l4proto . th dport),
+	// the address read from vmapOn: an isolation group's lookup map.
+	vmapPorts bool
 	// limitRate (packets per second) and logGroup/logPrefix: a rate
 	// limited NFLOG of the packet, on the deny path.
 	limitRate uint32
@@ -172,18 +175,16 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 		}
 	}
 	if r.portSet != "" {
-		// daddr . l4proto . dport laid out in consecutive 4-byte registers.
-		_, addrLen := addrOffset(r.family, fieldDaddr)
-		next := addrLen / 4
-		e = append(e,
-			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: mustOffset(r.family, fieldDaddr), Len: addrLen},
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(next)},
-			&expr.Payload{DestRegister: reg32(next + 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		e = append(loadAddrPort(e, r.family, fieldDaddr),
 			&expr.Lookup{SourceRegister: reg1, SetName: r.portSet, SetID: setIDs[r.portSet]})
 	}
 	if r.vmap != "" {
-		e = append(e, loadAddr(r.family, r.vmapOn, reg1),
-			&expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: r.vmap, SetID: setIDs[r.vmap]})
+		if r.vmapPorts {
+			e = loadAddrPort(e, r.family, r.vmapOn)
+		} else {
+			e = append(e, loadAddr(r.family, r.vmapOn, reg1))
+		}
+		e = append(e, &expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: r.vmap, SetID: setIDs[r.vmap]})
 	}
 	if r.limitRate > 0 {
 		e = append(e, &expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(r.limitRate), Unit: expr.LimitTimeSecond, Burst: r.limitRate})
@@ -213,9 +214,16 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 	return e
 }
 
-func mustOffset(family int, f addrField) uint32 {
-	off, _ := addrOffset(family, f)
-	return off
+// loadAddrPort appends the loads of (address . l4proto . th dport), laid
+// out in consecutive 4-byte registers from NFT_REG_1 as the nft tool lays
+// out a concatenation.
+func loadAddrPort(e []expr.Any, family int, f addrField) []expr.Any {
+	off, addrLen := addrOffset(family, f)
+	next := addrLen / 4
+	return append(e,
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: addrLen},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(next)},
+		&expr.Payload{DestRegister: reg32(next + 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
 }
 
 func be16(v uint16) []byte {
@@ -279,7 +287,11 @@ func (r *ruleSpec) String() string {
 		parts = append(parts, fmt.Sprintf("%s daddr . meta l4proto . th dport @%s", ipKw(), r.portSet))
 	}
 	if r.vmap != "" {
-		parts = append(parts, fmt.Sprintf("%s %s vmap @%s", ipKw(), field(r.vmapOn), r.vmap))
+		key := fmt.Sprintf("%s %s", ipKw(), field(r.vmapOn))
+		if r.vmapPorts {
+			key += " . meta l4proto . th dport"
+		}
+		parts = append(parts, fmt.Sprintf("%s vmap @%s", key, r.vmap))
 	}
 	if r.limitRate > 0 {
 		parts = append(parts, fmt.Sprintf("limit rate %d/second burst %d packets", r.limitRate, r.limitRate))
@@ -451,7 +463,11 @@ func recognizeRule(exprs []expr.Any) (ruleSpec, bool) {
 				if !ok {
 					return r, false
 				}
-				r.portSet = l.SetName
+				if l.IsDestRegSet {
+					r.vmapOn, r.vmap, r.vmapPorts = field, l.SetName, true
+				} else {
+					r.portSet = l.SetName
+				}
 				i += 3
 			default:
 				return r, false

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -35,10 +36,16 @@ const (
 	kindPorts6                   // ipv6_addr . inet_proto . inet_service
 	kindVmap4                    // ipv4_addr : verdict
 	kindVmap6                    // ipv6_addr : verdict
+	// The lookup maps of an isolation group (lookup.go).
+	kindPortsVmap4    // ipv4_addr . inet_proto . inet_service : verdict
+	kindPortsVmap6    // ipv6_addr . inet_proto . inet_service : verdict
+	kindIntervalVmap4 // ipv4_addr : verdict, flags interval
+	kindIntervalVmap6 // ipv6_addr : verdict, flags interval
 )
 
 // setKinds lists the kinds nftpol writes.
-var setKinds = [...]setKind{kindAddr4, kindAddr6, kindInterval4, kindInterval6, kindPorts4, kindPorts6, kindVmap4, kindVmap6}
+var setKinds = [...]setKind{kindAddr4, kindAddr6, kindInterval4, kindInterval6, kindPorts4, kindPorts6, kindVmap4, kindVmap6,
+	kindPortsVmap4, kindPortsVmap6, kindIntervalVmap4, kindIntervalVmap6}
 
 func vmapKind(family int) setKind {
 	if family == 6 {
@@ -49,15 +56,24 @@ func vmapKind(family int) setKind {
 
 func (k setKind) family() int {
 	switch k {
-	case kindAddr6, kindInterval6, kindPorts6, kindVmap6:
+	case kindAddr6, kindInterval6, kindPorts6, kindVmap6, kindPortsVmap6, kindIntervalVmap6:
 		return 6
 	}
 	return 4
 }
 
-func (k setKind) interval() bool { return k == kindInterval4 || k == kindInterval6 }
-func (k setKind) vmap() bool     { return k == kindVmap4 || k == kindVmap6 }
-func (k setKind) ports() bool    { return k == kindPorts4 || k == kindPorts6 }
+func (k setKind) interval() bool {
+	return k == kindInterval4 || k == kindInterval6 || k == kindIntervalVmap4 || k == kindIntervalVmap6
+}
+
+func (k setKind) vmap() bool {
+	return k == kindVmap4 || k == kindVmap6 || k == kindPortsVmap4 || k == kindPortsVmap6 ||
+		k == kindIntervalVmap4 || k == kindIntervalVmap6
+}
+
+func (k setKind) ports() bool {
+	return k == kindPorts4 || k == kindPorts6 || k == kindPortsVmap4 || k == kindPortsVmap6
+}
 
 // addrLen is the length of the kind's address, the first field of its key.
 func (k setKind) addrLen() int {
@@ -85,15 +101,16 @@ func (k setKind) apply(s *nftables.Set) {
 		addr = nftables.TypeIP6Addr
 	}
 	s.KeyType = addr
-	switch {
-	case k.interval():
+	if k.interval() {
 		s.Interval = true
-	case k.ports():
+	}
+	if k.ports() {
 		// No NFT_SET_CONCAT flag: like the nft tool, which sets it only
 		// for interval concatenations, so that a table loaded with
 		// `nft -f` (NftText) is the same table.
 		s.KeyType = nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService)
-	case k.vmap():
+	}
+	if k.vmap() {
 		s.IsMap, s.DataType = true, nftables.TypeVerdict
 	}
 }
@@ -220,6 +237,14 @@ func (k setKind) String() string {
 		return "type ipv4_addr : verdict;"
 	case kindVmap6:
 		return "type ipv6_addr : verdict;"
+	case kindPortsVmap4:
+		return "type ipv4_addr . inet_proto . inet_service : verdict;"
+	case kindPortsVmap6:
+		return "type ipv6_addr . inet_proto . inet_service : verdict;"
+	case kindIntervalVmap4:
+		return "type ipv4_addr : verdict; flags interval;"
+	case kindIntervalVmap6:
+		return "type ipv6_addr : verdict; flags interval;"
 	}
 	return "# a set of a type nftpol does not write"
 }
@@ -232,7 +257,22 @@ type setSpec struct {
 	// elems maps an element's key (see the key functions below) to its
 	// value: the jump target for a verdict map, else "".
 	elems map[string]string
+	// serial, when not nil, tells this spec apart from every other one
+	// (a Compiler gives one to each address set spec it makes). base,
+	// when not nil, is the serial of the spec this one was made from by
+	// deleting the keys removed and adding the keys added (both
+	// ascending, disjoint): Diff against that spec takes them as they are
+	// instead of comparing every element. Made only by addrSetFromDelta.
+	// Serials are pointers, not numbers: unique across Compilers (a
+	// table committed by one and diffed against another's never matches
+	// by accident), and a spec holds its base's serial, not the spec, so
+	// no chain of old versions stays reachable.
+	serial, base   *setSerial
+	added, removed []string
 }
+
+// setSerial identifies one set spec (see setSpec.serial).
+type setSerial struct{ _ byte } // not zero-sized: every one has its own address
 
 func (s *setSpec) sortedKeys() []string {
 	keys := make([]string, 0, len(s.elems))
@@ -278,6 +318,53 @@ func addrSetSpecs(s *selectors.AddrSet) [2]*setSpec {
 		out[i] = spec
 	}
 	return out
+}
+
+// addrSetFromDelta compiles s, whose Delta starts from the version prev
+// was compiled from, out of prev's specs of that version: a family the
+// delta does not touch keeps its spec (Diff skips it by identity), the
+// other gets a copy of the elements with the delta applied and keeps the
+// delta's keys for Diff. It returns false when prev holds no hash set of
+// that name for a family (then s is compiled in full).
+func addrSetFromDelta(prev *Ruleset, s *selectors.AddrSet) ([2]*setSpec, bool) {
+	var out [2]*setSpec
+	for i, fam := range []int{4, 6} {
+		kind := kindAddr4
+		if fam == 6 {
+			kind = kindAddr6
+		}
+		old := prev.sets[addrSetName(s.ID, fam)]
+		if old == nil || old.serial == nil || old.kind != kind {
+			return out, false
+		}
+		added, removed := addrKeysOf(s.Delta.Added, fam), addrKeysOf(s.Delta.Removed, fam)
+		if len(added) == 0 && len(removed) == 0 {
+			out[i] = old
+			continue
+		}
+		spec := &setSpec{name: old.name, kind: old.kind, comment: old.comment, elems: maps.Clone(old.elems),
+			serial: newSerial(), base: old.serial, added: added, removed: removed}
+		for _, k := range removed {
+			delete(spec.elems, k)
+		}
+		for _, k := range added {
+			spec.elems[k] = ""
+		}
+		out[i] = spec
+	}
+	return out, true
+}
+
+// addrKeysOf returns the element keys of the addresses of one family, in
+// the order given (ascending addresses give ascending keys).
+func addrKeysOf(addrs []netip.Addr, family int) []string {
+	var keys []string
+	for _, a := range addrs {
+		if familyOf(a) == family {
+			keys = append(keys, addrKey(a))
+		}
+	}
+	return keys
 }
 
 // portSetSpecs compiles a named-port set into its IPv4 and IPv6 sets.
@@ -352,6 +439,9 @@ func (s *setSpec) kernelElements(key string) []nftables.SetElement {
 		n := len(key) / 2
 		first, last := []byte(key[:n]), []byte(key[n:])
 		out := []nftables.SetElement{{Key: first}}
+		if s.kind.vmap() {
+			out[0].VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems[key]}
+		}
 		if end, ok := increment(last); ok {
 			out = append(out, nftables.SetElement{Key: end, IntervalEnd: true})
 		}
@@ -406,12 +496,21 @@ func elemsFromKernel(kind setKind, elems []nftables.SetElement) map[string]strin
 			out[malformedKey+string(el.Key)] = extraOf(el)
 			continue
 		}
+		v := ""
+		if kind.vmap() {
+			v = verdictOf(el.Val)
+		} else if len(el.Val) > 0 {
+			v = fmt.Sprintf("data %x", el.Val)
+		}
 		last := bytes.Repeat([]byte{0xff}, len(el.Key))
 		if i+1 < len(elems) && elems[i+1].IntervalEnd {
+			if end := elems[i+1]; len(end.Val) > 0 || extraOf(end) != "" {
+				v += " with an end carrying data"
+			}
 			last = decrement(elems[i+1].Key)
 			i++
 		}
-		out[string(el.Key)+string(last)] = ""
+		out[string(el.Key)+string(last)] = v
 	}
 	return out
 }

@@ -51,6 +51,10 @@ type Config struct {
 	LogDenied bool
 	LogGroup  uint16
 	LogRate   uint32
+	// LookupMinPolicies is how many policies isolating a pod give its
+	// isolation chain the lookup layout (lookup.go); 0 is the default
+	// (DefaultLookupMinPolicies). 1 puts every chain in that layout.
+	LookupMinPolicies int
 }
 
 // WithDefaults returns cfg with every unset field at its default, or an
@@ -77,6 +81,9 @@ func (cfg Config) WithDefaults() (Config, error) {
 	}
 	if cfg.LogGroup == 0 {
 		cfg.LogGroup = DefaultLogGroup
+	}
+	if cfg.LookupMinPolicies < 0 {
+		return cfg, fmt.Errorf("lookup threshold %d is negative", cfg.LookupMinPolicies)
 	}
 	return cfg, nil
 }
@@ -245,6 +252,10 @@ type chainSpec struct {
 	policies []string
 	dir      selectors.Direction
 	isolates bool
+	// lookups counts the lookup maps of an isolation chain (lookup.go).
+	// Read back, its policies are only those the maps' elements reach:
+	// the kernel does not hold the policies no element leads to.
+	lookups int
 	// tier is set on a ClusterNetworkPolicy chain, whose policies are the
 	// CNPs inlined in it in order; next is where its Pass goes. Their
 	// counters are per rule, by comment (see counters.go).

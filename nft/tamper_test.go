@@ -2,6 +2,7 @@ package nft
 
 import (
 	"errors"
+	"fmt"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -113,19 +114,35 @@ func TestPlanTextIsTheTransaction(t *testing.T) {
 		nftIn(t, ns, "-f", file)
 	}
 	load(prev.NftText())
-	for step := 0; step < 25; step++ {
-		next := Compile(randomModel(r), Config{})
+	// advance loads the plan from prev to next and demands next in the
+	// kernel.
+	advance := func(what string, next *Ruleset) {
+		t.Helper()
 		plan := Diff(prev, next)
-		if plan.Empty() {
-			continue
-		}
 		load(plan.String())
 		e.mu.Lock()
 		e.committed = next
 		e.mu.Unlock()
 		if err := e.Verify(); err != nil {
-			t.Fatalf("step %d: after loading the plan\n%s\n%v", step, plan, err)
+			t.Fatalf("%s: after loading the plan\n%s\n%v", what, plan, err)
 		}
 		prev = next
+	}
+	for step := 0; step < 25; step++ {
+		next := Compile(randomModel(r), Config{})
+		if plan := Diff(prev, next); !plan.Empty() {
+			advance(fmt.Sprintf("step %d", step), next)
+		}
+	}
+	// The lookup layout (lookup.go): its maps appear, change element by
+	// element (interval pieces split and join) and go.
+	overlapping := rand.New(rand.NewSource(12))
+	for step := 0; step < 12; step++ {
+		m, _ := overlappingModel(overlapping)
+		cfg := Config{LookupMinPolicies: 1}
+		if step%4 == 3 {
+			cfg = Config{}
+		}
+		advance(fmt.Sprintf("lookup step %d", step), Compile(m, cfg))
 	}
 }

@@ -31,6 +31,9 @@ type peerUnions struct {
 	sets map[string]*selectors.AddrSet // the model's, by ID
 	// merged are the IDs of the sets that went into a union.
 	merged map[string]bool
+	// recorded, when not nil, gets the IDs of every union setNames makes
+	// or looks up (see compiledChain).
+	recorded *[][]string
 }
 
 func newPeerUnions(rs *Ruleset, m *selectors.Model) *peerUnions {
@@ -68,6 +71,9 @@ func (u *peerUnions) setNames(ids []string) (names [][2]string) {
 		names = append(names, u.union(merge))
 		for _, id := range merge {
 			u.merged[id] = true
+		}
+		if u.recorded != nil {
+			*u.recorded = append(*u.recorded, merge)
 		}
 	}
 	return names

@@ -332,15 +332,21 @@ func annotateChains(rs *Ruleset) {
 		if strings.HasPrefix(c.name, "iso-eg-") {
 			c.dir = selectors.Egress
 		}
-		for _, r := range c.rules {
-			if r.verdict != verdictJump {
-				continue
+		c.lookups = countLookups(c.rules)
+		for i, r := range c.rules {
+			targets := lookupTargets(rs, &c.rules[i])
+			if r.verdict == verdictJump {
+				targets = append(targets, r.target)
 			}
-			name := r.target
-			if t := rs.chains[r.target]; t != nil && len(t.policies) == 1 {
-				name = t.policies[0]
+			for _, target := range targets {
+				name := target
+				if t := rs.chains[target]; t != nil && len(t.policies) == 1 {
+					name = t.policies[0]
+				}
+				if !slices.Contains(c.policies, name) {
+					c.policies = append(c.policies, name)
+				}
 			}
-			c.policies = append(c.policies, name)
 		}
 	}
 	annotateAuditChains(rs)

@@ -1,6 +1,7 @@
 package selectors
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -52,25 +53,16 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 			policies = append(policies, np)
 		}
 	}
-	sort.Slice(policies, func(i, j int) bool {
-		if policies[i].Namespace != policies[j].Namespace {
-			return policies[i].Namespace < policies[j].Namespace
-		}
-		return policies[i].Name < policies[j].Name
+	slices.SortFunc(policies, func(a, b *networkingv1.NetworkPolicy) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
 
 	for _, np := range policies {
 		cp := changes.parse(np)
-		var selected []*Pod
-		for _, pod := range localByNamespace[np.Namespace] {
-			if cp.selectsPod(pod) {
-				selected = append(selected, pod)
-			}
-		}
+		selected := changes.selected(np, cp, localByNamespace[np.Namespace])
 		if len(selected) == 0 {
 			continue
 		}
-		sort.Slice(selected, func(i, j int) bool { return selected[i].Name < selected[j].Name })
 		for _, pr := range cp.problems {
 			b.problem(cp.key, pr)
 		}
@@ -105,22 +97,37 @@ func buildModel(node string, ix *index, localByNamespace map[string][]*Pod, s *S
 
 	b.clusterPolicies(s, localByNamespace, model, podRules)
 
+	model.Pods = make([]PodRules, 0, len(isolation))
 	for _, pr := range isolation {
 		for _, dir := range Directions {
 			sort.Strings(pr.Audit[dir]) // NetworkPolicy keys and ClusterNetworkPolicy names mixed
 		}
 		model.Pods = append(model.Pods, *pr)
 	}
-	sort.Slice(model.Pods, func(i, j int) bool { return model.Pods[i].Key < model.Pods[j].Key })
+	slices.SortFunc(model.Pods, func(a, b PodRules) int { return strings.Compare(a.Key, b.Key) })
+	model.AddrSets = make([]AddrSet, 0, len(b.addrSets))
 	for _, set := range b.addrSets {
 		model.AddrSets = append(model.AddrSets, *set)
 	}
-	sort.Slice(model.AddrSets, func(i, j int) bool { return model.AddrSets[i].ID < model.AddrSets[j].ID })
+	slices.SortFunc(model.AddrSets, func(a, b AddrSet) int { return strings.Compare(a.ID, b.ID) })
 	for _, set := range b.portSets {
 		model.PortSets = append(model.PortSets, *set)
 	}
-	sort.Slice(model.PortSets, func(i, j int) bool { return model.PortSets[i].ID < model.PortSets[j].ID })
+	slices.SortFunc(model.PortSets, func(a, b PortSet) int { return strings.Compare(a.ID, b.ID) })
 	return model, b.problems
+}
+
+// selectPods returns the pods of local (one namespace's) that cp selects,
+// by name.
+func selectPods(cp *policy, local []*Pod) []*Pod {
+	var selected []*Pod
+	for _, pod := range local {
+		if cp.selectsPod(pod) {
+			selected = append(selected, pod)
+		}
+	}
+	slices.SortFunc(selected, func(a, b *Pod) int { return strings.Compare(a.Name, b.Name) })
+	return selected
 }
 
 type modelBuilder struct {
@@ -143,9 +150,41 @@ func (b *modelBuilder) problem(policy, reason string) {
 	}
 }
 
+// resolvedRule is a rule as the model holds it, with what resolving it
+// found: whether its peers can match at all, and its named ports.
+type resolvedRule struct {
+	rule    Rule
+	ok      bool
+	peersOK bool
+	named   []port
+}
+
 // rule resolves one policy rule. It returns false when the rule can match
 // nothing whatever pods come and go (every peer or every port invalid).
+// The model's rule (IDs and port ranges) is worked out once per parsed
+// policy; later builds only make or update the sets it names, in the
+// same order and under the same conditions as the first. The Rule's
+// slices are shared by the models of those builds: no one changes a
+// model.
 func (b *modelBuilder) rule(cp *policy, dir Direction, r *rule, selected []*Pod) (Rule, bool) {
+	if rr := r.resolved; rr != nil {
+		if !r.allPeers {
+			for i := range r.peers {
+				b.addrSet(cp.namespace, &r.peers[i])
+			}
+		}
+		if rr.peersOK && len(rr.named) > 0 {
+			b.portSet(cp, dir, r, rr.named, selected)
+		}
+		return rr.rule, rr.ok
+	}
+	out, ok := b.resolveRule(cp, dir, r, selected)
+	return out, ok
+}
+
+func (b *modelBuilder) resolveRule(cp *policy, dir Direction, r *rule, selected []*Pod) (Rule, bool) {
+	rr := &resolvedRule{}
+	r.resolved = rr
 	var out Rule
 	if r.allPeers {
 		out.Peers.All = true
@@ -162,26 +201,28 @@ func (b *modelBuilder) rule(cp *policy, dir Direction, r *rule, selected []*Pod)
 			return Rule{}, false
 		}
 	}
+	rr.peersOK = true
 
 	if r.allPorts {
 		out.Ports.All = true
+		rr.rule, rr.ok = out, true
 		return out, true
 	}
-	var named []port
 	for _, p := range r.ports {
 		if p.name != "" {
-			named = append(named, p)
+			rr.named = append(rr.named, p)
 			continue
 		}
 		out.Ports.Ranges = append(out.Ports.Ranges, PortRange{Protocol: p.protocol, First: p.first, Last: p.last})
 	}
 	sortPortRanges(&out.Ports.Ranges)
-	if len(named) > 0 {
-		out.Ports.Named = b.portSet(cp, dir, r, named, selected)
+	if len(rr.named) > 0 {
+		out.Ports.Named = b.portSet(cp, dir, r, rr.named, selected)
 	}
 	if len(out.Ports.Ranges) == 0 && out.Ports.Named == "" {
 		return Rule{}, false
 	}
+	rr.rule, rr.ok = out, true
 	return out, true
 }
 
@@ -314,6 +355,18 @@ func (b *modelBuilder) portSet(cp *policy, dir Direction, r *rule, named []port,
 			b.problem(cp.key, reason)
 		}
 		return id
+	}
+	if dir == Ingress {
+		// Resolved on the selected pods alone: the set of the last build
+		// holds while they are the same (see buildChanges.selected).
+		if set, problems, ok := b.changes.ingressPortSet(id, selected); ok {
+			b.portSets[id], b.portSetProblems[id] = set, problems
+			for _, reason := range problems {
+				b.problem(cp.key, reason)
+			}
+			return id
+		}
+		defer func() { b.changes.rememberIngressPortSet(id, selected, b.portSets[id], b.portSetProblems[id]) }()
 	}
 	set := &PortSet{ID: id, Description: fmt.Sprintf("named ports %s of %s", strings.Join(names, ","), describeCandidates(dir, cp, r))}
 	for _, p := range named {

@@ -3,6 +3,9 @@ package selectors
 import (
 	"maps"
 	"net/netip"
+	"reflect"
+	"slices"
+	"unsafe"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -76,6 +79,8 @@ type Builder struct {
 	policies map[*networkingv1.NetworkPolicy]*policyMemo
 	// clusterPolicies are the parsed ClusterNetworkPolicies by object.
 	clusterPolicies map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo
+	// ingressPortSets are the ingress named-port sets by ID.
+	ingressPortSets map[string]*portSetMemo
 }
 
 type podKey struct{ namespace, name string }
@@ -93,6 +98,18 @@ type policyMemo struct {
 	parsed          *policy
 	resourceVersion string
 	gen             uint64
+	// selected are the pods parsed selects of local, the endpoint pods of
+	// the node in its namespace at the build that resolved them.
+	local, selected []*Pod
+}
+
+// portSetMemo is an ingress named-port set with the pods it was resolved
+// on and the names none of them defines.
+type portSetMemo struct {
+	candidates []*Pod
+	set        *PortSet
+	problems   []string
+	gen        uint64
 }
 
 type peerSetMemo struct {
@@ -128,6 +145,7 @@ func NewBuilder() *Builder {
 		policies:    map[*networkingv1.NetworkPolicy]*policyMemo{},
 
 		clusterPolicies: map[*cnpv1beta1.ClusterNetworkPolicy]*clusterPolicyMemo{},
+		ingressPortSets: map[string]*portSetMemo{},
 	}
 }
 
@@ -327,6 +345,11 @@ func (bl *Builder) BuildFromPods(node string, s *State) (*Model, []Problem) {
 			delete(bl.clusterPolicies, cnp)
 		}
 	}
+	for id, memo := range bl.ingressPortSets {
+		if memo.gen != bl.gen {
+			delete(bl.ingressPortSets, id)
+		}
+	}
 	return m, problems
 }
 
@@ -400,7 +423,7 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 				nsChanged = true
 				break
 			}
-			if old, ok := bl.nsObjects[ns.Name]; !ok || !maps.Equal(old, ns.Labels) {
+			if old, ok := bl.nsObjects[ns.Name]; !ok || !sameLabels(old, ns.Labels) {
 				nsChanged = true
 				break
 			}
@@ -434,6 +457,18 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 		ix.namespaceLabels, ix.namespaceNames = fresh.namespaceLabels, fresh.namespaceNames
 	}
 	return ch
+}
+
+// sameLabels reports whether two label maps are equal: at once when they
+// are the same map (an unchanged object of the agent's cache hands the
+// same one to every sync), else by comparing them.
+func sameLabels(a, b map[string]string) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() || maps.Equal(a, b)
+}
+
+// sameSlice reports whether a and b are the same slice (not only equal).
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && unsafe.SliceData(a) == unsafe.SliceData(b)
 }
 
 // buildChanges is what one build may reuse from the one before.
@@ -491,36 +526,70 @@ func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 		memo.byNamespace[ns] = addrs
 		fresh = append(fresh, addrs...)
 	}
-	// One pass over the sorted set: drop what the stale namespaces gave,
-	// merge in what they give now. Namespaces own distinct addresses, so
-	// an address is in gone at most once.
+	// What the stale namespaces gave before and give now differ by the
+	// addresses of the pods that changed: the set's new content is the old
+	// one with that difference applied, found by binary search and copied
+	// in runs, and the compiler gets the difference itself (Delta).
+	// Namespaces own distinct addresses, so an address is in gone at most
+	// once and the old set holds no address of fresh but those of gone.
 	gone, fresh = sortAddrs(gone), sortAddrs(fresh)
-	old := memo.set.Addrs
-	merged := make([]netip.Addr, 0, len(old)-len(gone)+len(fresh))
-	g, j := 0, 0
-	for _, a := range old {
-		for g < len(gone) && gone[g].Less(a) {
-			g++
-		}
-		if g < len(gone) && gone[g] == a {
-			g++
-			continue
-		}
-		for j < len(fresh) && fresh[j].Less(a) {
-			merged = append(merged, fresh[j])
-			j++
-		}
-		if j < len(fresh) && fresh[j] == a {
-			j++ // an address another namespace gave too
-		}
-		merged = append(merged, a)
+	removed, added := addrsMinus(gone, fresh), addrsMinus(fresh, gone)
+	if len(removed) == 0 && len(added) == 0 {
+		return memo.set // same content, same Version: the compiler skips it
 	}
-	merged = append(merged, fresh[j:]...)
+	merged := applyAddrDelta(memo.set.Addrs, removed, added)
 	if len(merged) == 0 {
 		merged = nil // as a set made from scratch
 	}
-	memo.set = &AddrSet{ID: memo.set.ID, Description: memo.set.Description, Addrs: merged, Version: &SetVersion{}}
+	memo.set = &AddrSet{ID: memo.set.ID, Description: memo.set.Description, Addrs: merged, Version: &SetVersion{},
+		Delta: &AddrSetDelta{From: memo.set.Version, Added: added, Removed: removed}}
 	return memo.set
+}
+
+// addrsMinus returns the addresses of a that are not in b, both ascending.
+func addrsMinus(a, b []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	j := 0
+	for _, x := range a {
+		for j < len(b) && b[j].Less(x) {
+			j++
+		}
+		if j < len(b) && b[j] == x {
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
+// applyAddrDelta returns set (ascending) without removed and with added
+// (both ascending): each change is found by binary search and the runs
+// between changes are copied whole, so it costs a copy of the set, not a
+// comparison per address. An added address already in set is kept once.
+func applyAddrDelta(set, removed, added []netip.Addr) []netip.Addr {
+	out := make([]netip.Addr, 0, len(set)-len(removed)+len(added))
+	i, r, a := 0, 0, 0
+	for r < len(removed) || a < len(added) {
+		if a == len(added) || r < len(removed) && removed[r].Less(added[a]) {
+			k, found := slices.BinarySearchFunc(set[i:], removed[r], netip.Addr.Compare)
+			out = append(out, set[i:i+k]...)
+			i += k
+			if found {
+				i++
+			}
+			r++
+			continue
+		}
+		k, found := slices.BinarySearchFunc(set[i:], added[a], netip.Addr.Compare)
+		out = append(out, set[i:i+k]...)
+		out = append(out, added[a])
+		i += k
+		if found {
+			i++
+		}
+		a++
+	}
+	return append(out, set[i:]...)
 }
 
 // parse returns the parsed np, from the last build when it is the same
@@ -536,6 +605,48 @@ func (ch *buildChanges) parse(np *networkingv1.NetworkPolicy) *policy {
 	}
 	memo.gen = ch.builder.gen
 	return memo.parsed
+}
+
+// selected returns the pods np (parsed: cp) selects of local, the node's
+// endpoint pods of its namespace, sorted by name: those of the last build
+// when local is the same slice, which the Builder replaces whenever a pod
+// of the namespace changes.
+func (ch *buildChanges) selected(np *networkingv1.NetworkPolicy, cp *policy, local []*Pod) []*Pod {
+	if ch == nil {
+		return selectPods(cp, local)
+	}
+	memo := ch.builder.policies[np] // made by parse in this build
+	if memo == nil {
+		return selectPods(cp, local)
+	}
+	if !sameSlice(memo.local, local) {
+		memo.local, memo.selected = local, selectPods(cp, local)
+	}
+	return memo.selected
+}
+
+// ingressPortSet returns the ingress named-port set id of the last build
+// and its problems when it was resolved on the same selected pods (the
+// same slice, see selected).
+func (ch *buildChanges) ingressPortSet(id string, selected []*Pod) (*PortSet, []string, bool) {
+	if ch == nil {
+		return nil, nil, false
+	}
+	memo := ch.builder.ingressPortSets[id]
+	if memo == nil || !sameSlice(memo.candidates, selected) {
+		return nil, nil, false
+	}
+	memo.gen = ch.builder.gen
+	return memo.set, memo.problems, true
+}
+
+// rememberIngressPortSet keeps an ingress named-port set for the next
+// build.
+func (ch *buildChanges) rememberIngressPortSet(id string, selected []*Pod, set *PortSet, problems []string) {
+	if ch == nil {
+		return
+	}
+	ch.builder.ingressPortSets[id] = &portSetMemo{candidates: selected, set: set, problems: problems, gen: ch.builder.gen}
 }
 
 // remember keeps the set of a selector peer for the next build, with the

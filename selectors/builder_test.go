@@ -98,18 +98,62 @@ func checkVersions(t *testing.T, seen map[*selectors.SetVersion]selectors.AddrSe
 			}
 			continue
 		}
+		if set.Delta != nil {
+			checkDelta(t, seen, set)
+		}
 		set.Addrs, set.Ranges = slices.Clone(set.Addrs), slices.Clone(set.Ranges)
 		seen[set.Version] = set
 	}
 }
 
-// withoutVersions returns m with its sets' versions cleared, as BuildModel
-// makes them.
+// checkDelta requires the Delta of a new version of a set to turn the
+// content of the version it names, as first seen, into the set's
+// content: what a compiler that applies deltas (nft.Compiler) relies on.
+func checkDelta(t *testing.T, seen map[*selectors.SetVersion]selectors.AddrSet, set selectors.AddrSet) {
+	t.Helper()
+	from, ok := seen[set.Delta.From]
+	if !ok {
+		t.Fatalf("set %s: delta from a version never seen", set.ID)
+	}
+	if from.ID != set.ID || from.Description != set.Description || len(set.Ranges) > 0 {
+		t.Fatalf("set %s: delta from set %s (%q), with ranges %v", set.ID, from.ID, from.Description, set.Ranges)
+	}
+	if len(set.Delta.Added)+len(set.Delta.Removed) == 0 {
+		t.Fatalf("set %s: empty delta", set.ID)
+	}
+	content := map[netip.Addr]bool{}
+	for _, a := range from.Addrs {
+		content[a] = true
+	}
+	for i, a := range set.Delta.Removed {
+		if !content[a] || i > 0 && !set.Delta.Removed[i-1].Less(a) {
+			t.Fatalf("set %s: removed %v: not ascending or %s not in the old set", set.ID, set.Delta.Removed, a)
+		}
+		delete(content, a)
+	}
+	for i, a := range set.Delta.Added {
+		if content[a] || i > 0 && !set.Delta.Added[i-1].Less(a) {
+			t.Fatalf("set %s: added %v: not ascending or %s already in the set", set.ID, set.Delta.Added, a)
+		}
+		content[a] = true
+	}
+	if len(content) != len(set.Addrs) {
+		t.Fatalf("set %s: the delta gives %d addresses, the set has %d", set.ID, len(content), len(set.Addrs))
+	}
+	for _, a := range set.Addrs {
+		if !content[a] {
+			t.Fatalf("set %s: %s is in the set, not in what the delta gives", set.ID, a)
+		}
+	}
+}
+
+// withoutVersions returns m with its sets' versions and deltas cleared,
+// as BuildModel makes them.
 func withoutVersions(m *selectors.Model) *selectors.Model {
 	out := *m
 	out.AddrSets = slices.Clone(m.AddrSets)
 	for i := range out.AddrSets {
-		out.AddrSets[i].Version = nil
+		out.AddrSets[i].Version, out.AddrSets[i].Delta = nil, nil
 	}
 	return &out
 }

@@ -241,7 +241,7 @@ func TestClusterPolicyBuilderReuse(t *testing.T) {
 		got, _ := bl.Build("n", s)
 		want, _ := BuildModel("n", s)
 		for i := range got.AddrSets {
-			got.AddrSets[i].Version = nil // BuildModel's sets have none
+			got.AddrSets[i].Version, got.AddrSets[i].Delta = nil, nil // BuildModel's sets have none
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("step %d: builder %+v, BuildModel %+v", step, got, want)

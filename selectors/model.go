@@ -320,6 +320,21 @@ type AddrSet struct {
 	// set by one pointer comparison instead of comparing (or copying)
 	// every address. BuildModel and hand-made models leave it nil.
 	Version *SetVersion
+	// Delta, when not nil, says how this set differs from the set of
+	// version Delta.From (always with the same ID and Description, and no
+	// Ranges): a compiler that compiled that version may apply the delta
+	// to what it made instead of reading Addrs, so a pod change costs the
+	// addresses it moves, not the size of the set. Addrs stays the whole
+	// content: a consumer that ignores Delta is still right.
+	Delta *AddrSetDelta
+}
+
+// AddrSetDelta is the difference between two versions of an AddrSet.
+type AddrSetDelta struct {
+	From *SetVersion
+	// Added are in the new set and not in the old, Removed the reverse;
+	// both ascending, at least one of them not empty.
+	Added, Removed []netip.Addr
 }
 
 // SetVersion identifies the content of an AddrSet (see AddrSet.Version).

@@ -35,6 +35,11 @@ type rule struct {
 	peers    []peer
 	allPorts bool
 	ports    []port
+	// resolved is what the model's rule is, once a build resolved it: it
+	// is a function of the rule alone (set IDs, port ranges, the ID of
+	// the named-port set), only the sets' contents change from build to
+	// build (see modelBuilder.rule).
+	resolved *resolvedRule
 }
 
 type peerKind uint8

@@ -305,6 +305,15 @@ func TestConformance(t *testing.T) {
 	m.runCases(t, conformanceCases())
 }
 
+// TestConformanceLookupLayout runs the same cases with every isolation
+// chain in the lookup layout (nft/lookup.go): the verdict maps decide,
+// with real packets, as the walk of policy chains does.
+func TestConformanceLookupLayout(t *testing.T) {
+	kerneltest.Require(t, kerneltest.ControlPlane, kerneltest.NftBinary)
+	m := startModel(t, e2ePrefix+"look", "--deny-action", "reject", "--lookup-min-policies", "1")
+	m.runCases(t, conformanceCases())
+}
+
 // runCases runs each case as a subtest and logs what it took.
 func (m *modelBed) runCases(t *testing.T, cases []conformanceCase) {
 	start := time.Now()

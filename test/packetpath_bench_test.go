@@ -502,7 +502,13 @@ func readTableShape(bin, netns string) (tableShape, error) {
 			shape.policyChains++
 		}
 		if rest, ok := strings.CutPrefix(line, "# isolation by "); ok {
-			shape.longest = max(shape.longest, count(rest))
+			n := count(rest)
+			if strings.Contains(rest, " lookup maps)") {
+				// Lookup maps (nft/lookup.go) name only the policies
+				// their elements reach: the 1,000 are behind them.
+				n = pathPolicies
+			}
+			shape.longest = max(shape.longest, n)
 			shape.blocksAlone = shape.blocksAlone || strings.HasPrefix(rest, "srv/blocks (")
 		}
 		if rest, ok := strings.CutPrefix(line, "# ClusterNetworkPolicy Admin tier: "); ok {
