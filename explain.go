@@ -134,9 +134,45 @@ func explain(cl *reference.Cluster, from, to string, family int, port int32, pro
 			fmt.Fprintf(&b, "(%s is also claimed by %s/%s, which owns it (the newest creationTimestamp wins, then namespace/name): policies see that pod there)\n", end.addr, owner.Namespace, owner.Name)
 		}
 	}
-	v := reference.Evaluate(cl, reference.Packet{Src: src, Dst: dst, Protocol: proto, Port: port})
+	pkt := reference.Packet{Src: src, Dst: dst, Protocol: proto, Port: port}
+	v := reference.Evaluate(cl, pkt)
 	b.WriteString(v.Explain())
+	explainAudit(&b, cl, pkt)
 	return b.String(), nil
+}
+
+// explainAudit names, per side, each policy in audit mode that would deny
+// the packet: one the evaluator leaves out of the decision above, and that
+// would turn that side's allow into a deny if it were enforced. A packet
+// already denied is no would-deny (the definition of audit mode), so it
+// gets no such line.
+func explainAudit(b *strings.Builder, cl *reference.Cluster, pkt reference.Packet) {
+	for _, policy := range reference.AuditPolicies(cl) {
+		a := reference.Audit(cl, pkt, policy)
+		if !a.WouldDeny() {
+			continue
+		}
+		for _, side := range []struct {
+			dir reference.Direction
+			s   reference.Side
+		}{{reference.Egress, a.Enforced.Egress}, {reference.Ingress, a.Enforced.Ingress}} {
+			if a.SideWouldDeny(side.dir) {
+				fmt.Fprintf(b, "  %s: allowed; would be denied by %s (audit mode): %s\n", side.dir, policy, wouldDenyReason(side.s))
+			}
+		}
+	}
+}
+
+// wouldDenyReason says what denies a side with a policy in audit mode
+// enforced, in the words of Verdict.Explain.
+func wouldDenyReason(s reference.Side) string {
+	if s.Tier == reference.TierNetworkPolicy {
+		return fmt.Sprintf("%s would be isolated by %s and no rule matches", s.Pod, strings.Join(s.IsolatedBy, ", "))
+	}
+	if n := len(s.ClusterRules); n > 0 {
+		return fmt.Sprintf("denied for %s by %s", s.Pod, s.ClusterRules[n-1])
+	}
+	return fmt.Sprintf("denied for %s", s.Pod)
 }
 
 // chooseFamily picks the IP family of a connection between two pods: the

@@ -64,10 +64,10 @@ func runExplainPolicy(ctx context.Context, args []string, stdout, stderr io.Writ
 // holds.
 func explainPolicy(state *selectors.State, node, key string, cfg nft.Config, committed *nft.Ruleset) (string, error) {
 	var without []*networkingv1.NetworkPolicy
-	found := false
+	found, audit := false, false
 	for _, p := range state.Policies {
 		if p.Namespace+"/"+p.Name == key {
-			found = true
+			found, audit = true, p.Annotations[selectors.ModeAnnotation] == selectors.ModeAudit
 			continue
 		}
 		without = append(without, p)
@@ -109,9 +109,14 @@ func explainPolicy(state *selectors.State, node, key string, cfg nft.Config, com
 			notIn++
 		}
 	}
-	if notIn == 0 {
+	switch {
+	case audit && notIn == 0:
+		fmt.Fprintf(&b, "policy %s is in audit mode (%s=%s) on node %s: it denies nothing; all %d pieces of its hypothesis chains and counters are committed\n", key, selectors.ModeAnnotation, selectors.ModeAudit, node, len(pieces))
+	case audit:
+		fmt.Fprintf(&b, "policy %s is in audit mode (%s=%s) on node %s: it denies nothing; %d of %d pieces of its hypothesis chains and counters are not committed\n", key, selectors.ModeAnnotation, selectors.ModeAudit, node, notIn, len(pieces))
+	case notIn == 0:
 		fmt.Fprintf(&b, "policy %s is in force on node %s: all %d pieces are committed\n", key, node, len(pieces))
-	} else {
+	default:
 		fmt.Fprintf(&b, "policy %s is NOT fully in force on node %s: %d of %d pieces are not committed\n", key, node, notIn, len(pieces))
 	}
 	for _, l := range pieces {

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/selectors/reference"
 )
@@ -87,6 +88,88 @@ func TestExplainEnds(t *testing.T) {
 			for _, w := range tt.want {
 				if !strings.Contains(out, w) {
 					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+// TestExplainAudit: explain names each policy in audit mode that would
+// deny an allowed connection, on the side it would deny it, and names
+// none when the connection is already denied or the policy would allow it.
+func TestExplainAudit(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	audit := map[string]string{"nftpol.io/mode": "audit"}
+	app := func(name string) metav1.LabelSelector {
+		return metav1.LabelSelector{MatchLabels: map[string]string{"app": name}}
+	}
+	denyAll := func(name, pod string, audited bool, types ...networkingv1.PolicyType) *networkingv1.NetworkPolicy {
+		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "e", Name: name},
+			Spec: networkingv1.NetworkPolicySpec{PodSelector: app(pod), PolicyTypes: types}}
+		if audited {
+			np.Annotations = audit
+		}
+		return np
+	}
+	// audit-allow-a isolates b for ingress too, but allows a: it would deny
+	// nothing of a -> b.
+	allowA := denyAll("audit-allow-a", "b", true, networkingv1.PolicyTypeIngress)
+	allowA.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}}}}}}
+	all := metav1.LabelSelector{}
+	cnpDeny := &policyv1beta1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "audit-cnp", Annotations: audit},
+		Spec: policyv1beta1.ClusterNetworkPolicySpec{Tier: policyv1beta1.AdminTier, Priority: 5,
+			Subject: policyv1beta1.ClusterNetworkPolicySubject{Pods: &policyv1beta1.NamespacedPod{NamespaceSelector: all, PodSelector: app("c")}},
+			Egress: []policyv1beta1.ClusterNetworkPolicyEgressRule{{Name: "no-egress", Action: policyv1beta1.ClusterNetworkPolicyRuleActionDeny,
+				To: []policyv1beta1.ClusterNetworkPolicyEgressPeer{{Namespaces: &all}}}}}}
+	cl := &reference.Cluster{
+		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "e"}}},
+		Pods: []*corev1.Pod{
+			explainPod("a", t0, "10.9.0.1"), explainPod("b", t0, "10.9.0.2"),
+			explainPod("c", t0, "10.9.0.3"), explainPod("d", t0, "10.9.0.4"),
+		},
+		Policies: []*networkingv1.NetworkPolicy{
+			denyAll("audit-np", "b", true, networkingv1.PolicyTypeIngress),
+			denyAll("audit-egress", "a", true, networkingv1.PolicyTypeEgress),
+			allowA,
+			denyAll("deny-d", "d", false, networkingv1.PolicyTypeIngress),
+			denyAll("audit-d", "d", true, networkingv1.PolicyTypeIngress),
+		},
+		ClusterPolicies: []*policyv1beta1.ClusterNetworkPolicy{cnpDeny},
+	}
+	tests := []struct {
+		name     string
+		from, to string
+		want     []string // substrings of the output
+		notWant  []string
+	}{
+		{name: "audit NP on a non-isolated pod, both sides", from: "e/a", to: "e/b", want: []string{
+			"TCP/80: ALLOWED",
+			"ingress: allowed (no policy isolates e/b for ingress)",
+			"ingress: allowed; would be denied by e/audit-np (audit mode): e/b would be isolated by e/audit-np and no rule matches",
+			"egress: allowed; would be denied by e/audit-egress (audit mode): e/a would be isolated by e/audit-egress and no rule matches",
+		}, notWant: []string{"e/audit-allow-a (audit mode)"}},
+		{name: "audit ClusterNetworkPolicy", from: "e/c", to: "e/a", want: []string{
+			"TCP/80: ALLOWED",
+			"egress: allowed; would be denied by audit-cnp (audit mode): denied for e/c by ",
+		}, notWant: []string{"ingress: allowed; would"}},
+		{name: "already denied: no would-deny", from: "e/a", to: "e/d", want: []string{"DENIED", "isolated by e/deny-d"}, notWant: []string{"would be denied"}},
+		{name: "no audit policy on either end", from: "e/d", to: "e/c", want: []string{"ALLOWED"}, notWant: []string{"would be denied"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := explain(cl, tt.from, tt.to, 0, 80, corev1.ProtocolTCP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("\n%s", out)
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(out, w) {
+					t.Errorf("output has %q:\n%s", w, out)
 				}
 			}
 		})
