@@ -10,11 +10,20 @@ import (
 // element jumps, per direction, to one chain made for its combination of
 // tiers, shared by every local pod with the same combination:
 //
+//	tie-<dir>-<hash>  when a tier follows Admin: jump to the Admin chain,
+//	                  then goto the next tier's chain. Named after both.
 //	adm-<dir>-<hash>  its Admin rules inline in evaluation order: Accept
 //	                  accepts, Deny logs, counts and drops (or rejects),
-//	                  Pass goes to the next tier; at the end, goto the next
-//	                  tier. Named after the Admin policies and the next
-//	                  tier's chain.
+//	                  Pass returns to the tie- chain, which goes on to the
+//	                  next tier, as the end of the chain does. Named after
+//	                  the Admin policies only, so a pod whose next tier
+//	                  changes (a NetworkPolicy isolates it, a Baseline
+//	                  policy joins) keeps its Admin chain and counters;
+//	                  only the small tie- chain is replaced. With no next
+//	                  tier the pod goes to an Admin chain of its own form
+//	                  (Pass accepts, the end returns to the base chain),
+//	                  named after the policies and "then " (as before
+//	                  tie- chains existed).
 //	iso-<dir>-<hash>  the NetworkPolicy tier, as without CNPs: it ends in
 //	                  a deny, so reaching it decides.
 //	bl-<dir>-<hash>   its Baseline rules inline (only when no
@@ -31,6 +40,7 @@ import (
 // Prefixes of the ClusterNetworkPolicy chains and comments.
 const (
 	adminChainPrefix    = "adm-"
+	tieChainPrefix      = "tie-"
 	baselineChainPrefix = "bl-"
 	// clusterCommentPrefix starts the comment of every CNP rule, which
 	// names the policy and rule (selectors.ClusterRule.Label).
@@ -74,17 +84,32 @@ func (cc *clusterCompiler) podChain(t selectors.ClusterTiers, iso string, dir se
 	if len(t.Admin) == 0 {
 		return next
 	}
-	name := cc.chainName(clusterChainName(adminChainPrefix, dir, append(append([]string{}, t.Admin...), "then "+next)...))
-	if _, ok := cc.rs.chains[name]; !ok {
-		cc.rs.chains[name] = cc.tierChain(name, selectors.TierAdmin, t.Admin, dir, next)
+	if next == "" {
+		name := cc.chainName(clusterChainName(adminChainPrefix, dir, append(append([]string{}, t.Admin...), "then ")...))
+		if _, ok := cc.rs.chains[name]; !ok {
+			cc.rs.chains[name] = cc.tierChain(name, selectors.TierAdmin, t.Admin, dir, "")
+		}
+		return name
 	}
-	return name
+	admin := cc.chainName(clusterChainName(adminChainPrefix, dir, t.Admin...))
+	if _, ok := cc.rs.chains[admin]; !ok {
+		cc.rs.chains[admin] = cc.tierChain(admin, selectors.TierAdmin, t.Admin, dir, next)
+	}
+	tie := cc.chainName(clusterChainName(tieChainPrefix, dir, admin, next))
+	if _, ok := cc.rs.chains[tie]; !ok {
+		cc.rs.chains[tie] = &chainSpec{name: tie, dir: dir, next: next, rules: []ruleSpec{
+			{verdict: verdictJump, target: admin},
+			{verdict: verdictGoto, target: next},
+		}}
+	}
+	return tie
 }
 
 // tierChain compiles the rules of policies (in evaluation order) of one
-// tier; next is where Pass and the end of an Admin chain go.
+// tier; next, when not "", is the tier after Admin: Pass returns to the
+// tie- chain that goes there.
 func (cc *clusterCompiler) tierChain(name string, tier selectors.Tier, policies []string, dir selectors.Direction, next string) *chainSpec {
-	c := &chainSpec{name: name, policies: policies, dir: dir, tier: tier, next: next}
+	c := &chainSpec{name: name, policies: policies, dir: dir, tier: tier}
 	for _, pname := range policies {
 		p := cc.policies[pname]
 		if p == nil {
@@ -96,9 +121,6 @@ func (cc *clusterCompiler) tierChain(name string, tier selectors.Tier, policies 
 				c.rules = append(c.rules, cc.actionRules(m, r.Action, tier, dir, next, comment)...)
 			}
 		}
-	}
-	if tier == selectors.TierAdmin && next != "" {
-		c.rules = append(c.rules, ruleSpec{verdict: verdictGoto, target: next})
 	}
 	if cc.audit != "" {
 		c.audit = cc.audit
@@ -118,7 +140,7 @@ func (cc *clusterCompiler) actionRules(m ruleSpec, a selectors.Action, tier sele
 		return []ruleSpec{m}
 	case selectors.ActionPass:
 		if tier == selectors.TierAdmin && next != "" {
-			m.verdict, m.target = verdictGoto, next
+			m.verdict = verdictReturn
 		} else {
 			m.verdict = verdictAccept // Pass from the last tier: the default allows
 		}

@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"github.com/google/nftables/expr"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpol/nftpol/selectors"
 	"github.com/nftpol/nftpol/selectors/selectorstest"
@@ -204,5 +207,49 @@ func TestPodChainHoldsOnlyItsPolicies(t *testing.T) {
 		if len(chain.rules) != 1 || !strings.HasPrefix(chain.rules[0].comment, fmt.Sprintf("cnp:cnp-%02d ", i)) {
 			t.Errorf("%s walks %d rules: %v", p.Key, len(chain.rules), chain.rules)
 		}
+	}
+}
+
+// TestAdminChainOutlivesItsNextTier: when the tier after Admin changes for
+// a pod (here a NetworkPolicy isolates a pod that had Baseline next), its
+// Admin chain, named after its Admin policies only, stays as it is with
+// its counters; only the tie- chain between it and the next tier changes.
+func TestAdminChainOutlivesItsNextTier(t *testing.T) {
+	withBaseline := func() *selectors.State {
+		s := cnpCluster()
+		s.ClusterPolicies = append(s.ClusterPolicies, &cnpv1beta1.ClusterNetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "baseline-front"},
+			Spec: cnpv1beta1.ClusterNetworkPolicySpec{Tier: cnpv1beta1.BaselineTier, Priority: 5,
+				Subject: cnpv1beta1.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{}},
+				Ingress: []cnpv1beta1.ClusterNetworkPolicyIngressRule{{Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+					From: []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}}}})
+		return s
+	}
+	before, after := withBaseline(), withBaseline()
+	after.Policies = append(after.Policies, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "isolate-api"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "api"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}})
+	mb, _ := selectors.BuildModel("node-a", before)
+	ma, _ := selectors.BuildModel("node-a", after)
+	cfg := Config{}
+	rb, ra := Compile(mb, cfg), Compile(ma, cfg)
+	var admin []string
+	for name := range rb.chains {
+		if strings.HasPrefix(name, adminChainPrefix) {
+			admin = append(admin, name)
+		}
+	}
+	if len(admin) == 0 {
+		t.Fatal("no Admin chain before the change")
+	}
+	plan := Diff(rb, ra)
+	text := plan.String()
+	for _, name := range admin {
+		if strings.Contains(text, "nftpol "+name) { // its own add, flush, delete or rules; a jump to it is fine
+			t.Errorf("the change touches Admin chain %s:\n%s", name, text)
+		}
+	}
+	if !strings.Contains(text, tieChainPrefix) {
+		t.Errorf("the change adds no tie- chain:\n%s", text)
 	}
 }

@@ -178,8 +178,8 @@ const (
 	fallThrough outcome = iota // end of chain: back to the caller, or the base chain's policy (accept)
 	accepted
 	dropped // drop or reject
-	// gotoEnded: a goto target ended without a verdict; the chain that
-	// went there ends too (goto pushes no return address).
+	// gotoEnded: a goto target ended without a verdict, or a return; the
+	// chain that went there ends too (goto pushes no return address).
 	gotoEnded
 )
 
@@ -382,6 +382,8 @@ func (kt *kernelTable) runRule(rule kernelRule, w wirePacket, depth int, trace *
 					out = gotoEnded
 				}
 				return out, matched, err
+			case expr.VerdictReturn:
+				return gotoEnded, true, nil
 			}
 			return 0, false, fmt.Errorf("verdict %d not interpreted", e.Kind)
 		default:

@@ -67,6 +67,8 @@ func (r *Ruleset) writeTable(b *strings.Builder, annotated bool) {
 				fmt.Fprintf(b, ", then %s", c.next)
 			}
 			b.WriteString("\n")
+		} else if annotated && c.next != "" {
+			fmt.Fprintf(b, "\t# ClusterNetworkPolicy Admin tier, then the next tier: %s (%s)\n", c.next, c.dir)
 		} else if annotated && len(c.policies) > 0 {
 			what := "allows of"
 			if c.isolates {

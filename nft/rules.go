@@ -33,6 +33,7 @@ const (
 	verdictGoto        // to a chain that ends in a final verdict or returns to the base chain
 	verdictRejectTCP   // tcp reset
 	verdictRejectICMPX // icmpx admin-prohibited
+	verdictReturn      // back to the rule after the last jump
 )
 
 // ruleSpec is one rule in a form that can be compared (so a diff can tell
@@ -203,6 +204,8 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 		e = append(e, &expr.Verdict{Kind: expr.VerdictJump, Chain: r.target})
 	case verdictGoto:
 		e = append(e, &expr.Verdict{Kind: expr.VerdictGoto, Chain: r.target})
+	case verdictReturn:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictReturn})
 	case verdictRejectTCP:
 		e = append(e, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST, Code: 0})
 	case verdictRejectICMPX:
@@ -308,6 +311,8 @@ func (r *ruleSpec) String() string {
 		parts = append(parts, "jump "+r.target)
 	case verdictGoto:
 		parts = append(parts, "goto "+r.target)
+	case verdictReturn:
+		parts = append(parts, "return")
 	case verdictRejectTCP:
 		parts = append(parts, "reject with tcp reset")
 	case verdictRejectICMPX:
@@ -495,6 +500,8 @@ func recognizeRule(exprs []expr.Any) (ruleSpec, bool) {
 				r.verdict, r.target = verdictJump, x.Chain
 			case expr.VerdictGoto:
 				r.verdict, r.target = verdictGoto, x.Chain
+			case expr.VerdictReturn:
+				r.verdict = verdictReturn
 			default:
 				return r, false
 			}

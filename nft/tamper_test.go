@@ -57,7 +57,7 @@ func TestVerifyDetectsEveryTampering(t *testing.T) {
 		{name: "chain added", cmds: "add chain inet nftpol extra"},
 		{name: "set added", cmds: "add set inet nftpol extra { type ipv4_addr; }"},
 		{name: "rule appended to a base chain", cmds: "add rule inet nftpol forward-ingress accept"},
-		{name: "CNP pass goes elsewhere", text: replace("counter goto "+isoIn, "counter goto "+isoEg)},
+		{name: "CNP pass turned into accept", text: replace("counter return comment", "counter accept comment")},
 		{name: "CNP goto turned into jump", text: replace("\t\tgoto "+isoIn+"\n", "\t\tjump "+isoIn+"\n")},
 		{name: "CNP deny turned into accept", text: replace("counter drop comment \"cnp:admin-deny ingress[0]:no-cidr\"", "counter accept comment \"cnp:admin-deny ingress[0]:no-cidr\"")},
 		{name: "CNP rule comment renamed", text: replace("comment \"cnp:baseline-default-deny ingress[1]\"", "comment \"cnp:other ingress[1]\"")},

@@ -357,6 +357,18 @@ func annotateChains(rs *Ruleset) {
 func annotateClusterChain(c *chainSpec) {
 	// The tier is set only on a chain of a tier: a NetworkPolicy chain
 	// annotated as Admin would be dumped and counted as one.
+	if rest, ok := strings.CutPrefix(c.name, tieChainPrefix); ok {
+		c.dir = selectors.Ingress
+		if strings.HasPrefix(rest, "eg-") {
+			c.dir = selectors.Egress
+		}
+		for _, r := range c.rules {
+			if r.verdict == verdictGoto {
+				c.next = r.target
+			}
+		}
+		return
+	}
 	tier := selectors.TierAdmin
 	rest, ok := strings.CutPrefix(c.name, adminChainPrefix)
 	if !ok {

@@ -55,19 +55,8 @@ func BenchmarkOnePodChangeEvent(b *testing.B) {
 				name += "+compile"
 			}
 			b.Run(name, func(b *testing.B) {
-				compiler, err := nft.NewCompiler(nft.Config{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				builder := selectors.NewBuilder()
-				for _, p := range s.Pods {
-					builder.SetPod(p)
-				}
-				for _, np := range s.Policies {
-					builder.SetPolicy(np)
-				}
-				m, _ := builder.BuildFromEvents(selectorstest.ScaleNode, s)
-				prev := compiler.Compile(m)
+				compiler, builder, prev := syncedOnce(b, s)
+				var m *selectors.Model
 				changed := 0
 				b.ReportAllocs()
 				cpu0 := cpuTime()
@@ -97,6 +86,24 @@ func BenchmarkOnePodChangeEvent(b *testing.B) {
 			})
 		}
 	}
+}
+
+// syncedOnce returns a compiler and a Builder that built and compiled s
+// once, as the agent after its first sync, and that first table.
+func syncedOnce(b *testing.B, s *selectors.State) (*nft.Compiler, *selectors.Builder, *nft.Ruleset) {
+	compiler, err := nft.NewCompiler(nft.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	builder := selectors.NewBuilder()
+	for _, p := range s.Pods {
+		builder.SetPod(p)
+	}
+	for _, np := range s.Policies {
+		builder.SetPolicy(np)
+	}
+	m, _ := builder.BuildFromEvents(selectorstest.ScaleNode, s)
+	return compiler, builder, compiler.Compile(m)
 }
 
 // cpuTime is the user and system CPU time the process used so far.

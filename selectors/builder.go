@@ -19,7 +19,10 @@ import (
 // selector peer whose namespaces hold the same endpoint pods and labels as
 // at the build before is reused, and so is every policy object it parsed
 // before. One pod change then costs the pods of its namespace and the
-// peers that read them, not a pass over every pod of the cluster.
+// peers that read them, not a pass over every pod of the cluster. A peer
+// set no policy uses is kept a few builds (peerSetRetention), brought up
+// to date when a policy uses it again: a policy, NetworkPolicy or
+// ClusterNetworkPolicy alike, deleted and created again finds its sets.
 //
 // Two ways to feed it, which give the same models:
 //   - events: SetPod and DeletePod for each pod that changed, SetPolicy
@@ -64,7 +67,9 @@ type Builder struct {
 	nsExact   bool
 	// stateGen counts the States given to Build.
 	stateGen uint64
-	// peerSets are the address sets of selector peers by peer ID.
+	// peerSets are the address sets of selector peers by peer ID, kept
+	// peerSetRetention builds after their last use: a policy deleted and
+	// created again, or one that joins a peer another left, finds its set.
 	peerSets map[string]*peerSetMemo
 	// policyIndex holds every NetworkPolicy given (SetPolicy, or a
 	// Build's State), by namespace and name: a build visits only those of
@@ -74,6 +79,12 @@ type Builder struct {
 	policyIndex map[string]map[string]*policyEntry
 	policyLists map[string][]*networkingv1.NetworkPolicy
 	policyCount int
+	// podsChanged is the last build whose dirty namespaces held each
+	// namespace, for the namespaces changed in the last peerSetRetention
+	// builds; labelsChanged the last build where namespace labels changed.
+	// A kept set is current up to its build and stale after these.
+	podsChanged   map[string]uint64
+	labelsChanged uint64
 	// policies are the parsed policies by object: the informer hands
 	// the same object until the policy changes.
 	policies map[*networkingv1.NetworkPolicy]*policyMemo
@@ -123,9 +134,16 @@ type peerSetMemo struct {
 	// byNamespace holds, for every namespace whose pods the set was made
 	// of, the addresses that namespace gave it, ascending (none is nil).
 	byNamespace map[string][]netip.Addr
-	// gen is the last build that used the set; the others are dropped.
+	// gen is the last build that used the set, and the build up to which
+	// its addresses are current; a set unused for peerSetRetention builds
+	// is dropped.
 	gen uint64
 }
+
+// peerSetRetention is how many builds a peer set is kept unused. A kept
+// set costs its addresses' memory; making it again costs a pass over
+// every pod its peer selects and, in the compiler, every element.
+const peerSetRetention = 32
 
 // NewBuilder returns a Builder that has built nothing yet.
 func NewBuilder() *Builder {
@@ -140,6 +158,7 @@ func NewBuilder() *Builder {
 		local:       map[string][]*Pod{},
 		nsObjects:   map[string]map[string]string{},
 		peerSets:    map[string]*peerSetMemo{},
+		podsChanged: map[string]uint64{},
 		policies:    map[*networkingv1.NetworkPolicy]*policyMemo{},
 		policyIndex: map[string]map[string]*policyEntry{},
 		policyLists: map[string][]*networkingv1.NetworkPolicy{},
@@ -404,8 +423,13 @@ func (bl *Builder) BuildFromEvents(node string, s *State) (*Model, []Problem) {
 	ch := bl.update(node, s)
 	m, problems := buildModel(node, bl.ix, bl.local, bl.localPolicies(), s, ch)
 	for id, memo := range bl.peerSets {
-		if memo.gen != bl.gen {
+		if memo.gen+peerSetRetention <= bl.gen {
 			delete(bl.peerSets, id)
+		}
+	}
+	for ns, gen := range bl.podsChanged {
+		if gen+peerSetRetention <= bl.gen {
+			delete(bl.podsChanged, ns) // older than every kept set
 		}
 	}
 	for np, memo := range bl.policies {
@@ -457,6 +481,7 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 	}
 	podNamespacesChanged := false
 	for ns := range ch.dirty {
+		bl.podsChanged[ns] = bl.gen
 		pods := bl.byNamespace[ns]
 		if len(pods) == 0 {
 			if _, ok := ix.podsByNamespace[ns]; ok {
@@ -523,6 +548,9 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 				break
 			}
 		}
+		if ch.namespacesChanged {
+			bl.labelsChanged = bl.gen
+		}
 		ix.namespaceLabels, ix.namespaceNames = fresh.namespaceLabels, fresh.namespaceNames
 	}
 	return ch
@@ -548,27 +576,37 @@ type buildChanges struct {
 	namespacesChanged bool
 }
 
-// updatedPeerSet returns the set of a selector peer from the last build,
+// updatedPeerSet returns the set of a selector peer from an earlier build,
 // with the addresses of the namespaces whose pods changed since resolved
 // again: a pod change costs the pods of its namespace and a merge of
 // sorted addresses, not the pods of every namespace the peer covers. It
-// returns nil when the set must be made from scratch: first use, or
-// namespace labels changed and the peer selects namespaces.
+// returns nil when the set must be made from scratch: not kept, or
+// namespace labels changed since and the peer selects namespaces.
 func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 	if ch == nil {
 		return nil
 	}
-	memo := ch.builder.peerSets[pe.id]
-	if memo == nil || (pe.kind == peerNsPods && ch.namespacesChanged) {
+	bl := ch.builder
+	memo := bl.peerSets[pe.id]
+	if memo == nil || (pe.kind == peerNsPods && bl.labelsChanged > memo.gen) {
 		return nil
 	}
-	memo.gen = ch.builder.gen
 	var stale []string
-	for ns := range ch.dirty {
-		if _, ok := memo.byNamespace[ns]; ok {
-			stale = append(stale, ns)
+	if memo.gen+1 == bl.gen {
+		// Used by the last build: only this build's changes are new.
+		for ns := range ch.dirty {
+			if _, ok := memo.byNamespace[ns]; ok {
+				stale = append(stale, ns)
+			}
+		}
+	} else {
+		for ns := range memo.byNamespace {
+			if bl.podsChanged[ns] > memo.gen {
+				stale = append(stale, ns)
+			}
 		}
 	}
+	memo.gen = bl.gen
 	if len(stale) == 0 {
 		return memo.set
 	}
