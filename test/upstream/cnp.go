@@ -38,15 +38,8 @@ var CNPFeatures = []string{"ClusterNetworkPolicy", "ClusterNetworkPolicyNamedPor
 
 // Missing returns why the suite cannot run, or "".
 func (s CNPSuite) Missing() string {
-	if s == "" {
-		return "NFTPOL_CNP_SUITE is not set (make upstream-cnp; make conformance-upstream sets it)"
-	}
-	for _, b := range []string{"cnp-conformance.test", "clusternetworkpolicies.yaml"} {
-		if _, err := os.Stat(filepath.Join(string(s), b)); err != nil {
-			return fmt.Sprintf("%s lacks %s (make upstream-cnp)", s, b)
-		}
-	}
-	return ""
+	return missing(string(s), "NFTPOL_CNP_SUITE", "make upstream-cnp", "make conformance-upstream sets it",
+		"cnp-conformance.test", "clusternetworkpolicies.yaml")
 }
 
 // CNPOptions shape one run of the CNP conformance suite.

@@ -22,12 +22,20 @@ func SuiteFromEnv() Suite { return Suite(os.Getenv("NFTPOL_UPSTREAM_SUITE")) }
 
 // Missing returns why the suite cannot run, or "".
 func (s Suite) Missing() string {
-	if s == "" {
-		return "NFTPOL_UPSTREAM_SUITE is not set (make upstream-e2e; make test and make conformance-upstream set it)"
+	return missing(string(s), "NFTPOL_UPSTREAM_SUITE", "make upstream-e2e", "make test and make conformance-upstream set it",
+		"netpol.test", "ginkgo")
+}
+
+// missing says why a suite directory, taken from the environment variable
+// env and built by make target, is unusable: unset, or without one of
+// files; "" when it is complete.
+func missing(dir, env, target, setBy string, files ...string) string {
+	if dir == "" {
+		return fmt.Sprintf("%s is not set (%s; %s)", env, target, setBy)
 	}
-	for _, b := range []string{"netpol.test", "ginkgo"} {
-		if _, err := os.Stat(filepath.Join(string(s), b)); err != nil {
-			return fmt.Sprintf("%s lacks %s (make upstream-e2e)", s, b)
+	for _, b := range files {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return fmt.Sprintf("%s lacks %s (%s)", dir, b, target)
 		}
 	}
 	return ""
