@@ -50,6 +50,11 @@ type Builder struct {
 	// viewDirty are the pods whose owned addresses may have changed since
 	// the last build.
 	viewDirty map[*Pod]bool
+	// localDirty are the namespaces where a pod of the node changed since
+	// the last build (a subset of dirty): only there the node's endpoint
+	// pods are listed again, elsewhere their slice is kept, and with it
+	// what was resolved on it (see buildChanges.selected).
+	localDirty map[string]bool
 	// byNamespace holds the model's view of every endpoint pod that owns
 	// an address (the pod, or a copy with the addresses it owns), per
 	// namespace; dirty are the namespaces changed since the last build.
@@ -79,6 +84,13 @@ type Builder struct {
 	policyIndex map[string]map[string]*policyEntry
 	policyLists map[string][]*networkingv1.NetworkPolicy
 	policyCount int
+	// policiesChanged is true when a NetworkPolicy was set or deleted
+	// since the last build.
+	policiesChanged bool
+	// last is what the last build made, when the next may reuse it (see
+	// reuseLast); nil when it resolved ClusterNetworkPolicies or egress
+	// named ports, which read pods beyond the peer sets.
+	last *lastBuild
 	// podsChanged is the last build whose dirty namespaces held each
 	// namespace, for the namespaces changed in the last peerSetRetention
 	// builds; labelsChanged the last build where namespace labels changed.
@@ -131,6 +143,9 @@ type portSetMemo struct {
 
 type peerSetMemo struct {
 	set *AddrSet
+	// peer is a selector peer whose set this is (every peer of that ID
+	// selects alike).
+	peer *peer
 	// byNamespace holds, for every namespace whose pods the set was made
 	// of, the addresses that namespace gave it, ascending (none is nil).
 	byNamespace map[string][]netip.Addr
@@ -154,6 +169,7 @@ func NewBuilder() *Builder {
 		viewDirty:   map[*Pod]bool{},
 		byNamespace: map[string]map[podKey]*Pod{},
 		dirty:       map[string]bool{},
+		localDirty:  map[string]bool{},
 		ix:          &index{podsByNamespace: map[string][]*Pod{}, namespaceLabels: map[string]labels.Set{}},
 		local:       map[string][]*Pod{},
 		nsObjects:   map[string]map[string]string{},
@@ -224,6 +240,7 @@ func (bl *Builder) SetPolicy(np *networkingv1.NetworkPolicy) {
 	}
 	e.np = np
 	delete(bl.policyLists, np.Namespace)
+	bl.policiesChanged = true
 }
 
 // DeletePolicy forgets the NetworkPolicy namespace/name.
@@ -238,6 +255,7 @@ func (bl *Builder) DeletePolicy(namespace, name string) {
 	}
 	bl.policyCount--
 	delete(bl.policyLists, namespace)
+	bl.policiesChanged = true
 }
 
 // localPolicies returns the policies of the namespaces with endpoint pods
@@ -329,6 +347,9 @@ func (bl *Builder) setView(k podKey, e *podEntry, view *Pod) {
 	if e.view == view {
 		return
 	}
+	if bl.onNode(e.view) || bl.onNode(view) {
+		bl.localDirty[k.namespace] = true
+	}
 	e.view = view
 	bl.dirty[k.namespace] = true
 	ns := bl.byNamespace[k.namespace]
@@ -344,6 +365,12 @@ func (bl *Builder) setView(k podKey, e *podEntry, view *Pod) {
 		bl.byNamespace[k.namespace] = ns
 	}
 	ns[k] = view
+}
+
+// onNode reports whether view is an endpoint pod of the node of the last
+// build.
+func (bl *Builder) onNode(view *Pod) bool {
+	return view != nil && view.NodeName == bl.node
 }
 
 // viewOf returns the pod as the model sees it (see index.ownedPart): the
@@ -421,7 +448,16 @@ func (bl *Builder) Build(node string, s *State) (*Model, []Problem) {
 // given by SetPolicy and DeletePolicy instead of s.Policies.
 func (bl *Builder) BuildFromEvents(node string, s *State) (*Model, []Problem) {
 	ch := bl.update(node, s)
+	if m, problems, ok := bl.reuseLast(ch, s); ok {
+		// Nothing of the last build went unused: nothing to forget.
+		return m, problems
+	}
 	m, problems := buildModel(node, bl.ix, bl.local, bl.localPolicies(), s, ch)
+	bl.policiesChanged = false
+	bl.last = nil
+	if len(s.ClusterPolicies) == 0 && !ch.egressNamedPorts {
+		bl.last = &lastBuild{model: m, problems: problems, policies: ch.usedPolicies, portSets: ch.usedPortSets}
+	}
 	for id, memo := range bl.peerSets {
 		if memo.gen+peerSetRetention <= bl.gen {
 			delete(bl.peerSets, id)
@@ -461,16 +497,20 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 		}
 	}
 	clear(bl.viewDirty)
-	ch := &buildChanges{builder: bl, dirty: bl.dirty}
+	ch := &buildChanges{builder: bl, dirty: bl.dirty, localChanged: len(bl.localDirty) > 0}
 	bl.dirty = map[string]bool{}
+	localDirty := bl.localDirty
+	bl.localDirty = map[string]bool{}
 
 	ix := bl.ix
 	if len(ch.dirty) > 0 {
 		ix.byIP = nil
 	}
-	if node != bl.node {
+	nodeChanged := node != bl.node
+	if nodeChanged {
 		// Another node: every namespace's local pods are recomputed.
 		bl.node = node
+		ch.localChanged = true
 		clear(bl.local)
 		for ns := range bl.byNamespace {
 			ch.dirty[ns] = true
@@ -495,14 +535,19 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 			podNamespacesChanged = true
 		}
 		list := make([]*Pod, 0, len(pods))
-		var local []*Pod
 		for _, p := range pods {
 			list = append(list, p)
+		}
+		ix.podsByNamespace[ns] = list
+		if !localDirty[ns] && !nodeChanged {
+			continue // the same pods of the node: their slice is kept
+		}
+		var local []*Pod
+		for _, p := range list {
 			if p.NodeName == node {
 				local = append(local, p)
 			}
 		}
-		ix.podsByNamespace[ns] = list
 		if len(local) > 0 {
 			bl.local[ns] = local
 		} else {
@@ -574,6 +619,64 @@ type buildChanges struct {
 	// dirty are the namespaces whose endpoint pods changed.
 	dirty             map[string]bool
 	namespacesChanged bool
+	// localChanged is true when the endpoint pods of the node changed.
+	localChanged bool
+	// usedPolicies and usedPortSets are the parsed policies and ingress
+	// named-port sets this build used; egressNamedPorts is true when it
+	// resolved egress named ports, whose pods are not those of the peer
+	// sets alone.
+	usedPolicies     []*policyMemo
+	usedPortSets     []*portSetMemo
+	egressNamedPorts bool
+}
+
+// lastBuild is a model with what made it, for the next build to reuse.
+type lastBuild struct {
+	model    *Model
+	problems []Problem
+	policies []*policyMemo
+	portSets []*portSetMemo
+}
+
+// reuseLast returns the last model with its peer sets brought up to
+// date, when that is all that changed: only pods of other nodes moved,
+// and no policy or namespace label did, so every policy selects the same
+// pods of the node with the same rules, named ports and problems. Such a
+// change, the most common by far, then costs the sets that cover the
+// changed namespaces, not a pass over the node's policies.
+func (bl *Builder) reuseLast(ch *buildChanges, s *State) (*Model, []Problem, bool) {
+	last := bl.last
+	if last == nil || ch.localChanged || ch.namespacesChanged || bl.policiesChanged || len(s.ClusterPolicies) > 0 {
+		return nil, nil, false
+	}
+	m := *last.model
+	cloned := false
+	for i := range m.AddrSets {
+		memo := bl.peerSets[m.AddrSets[i].ID]
+		if memo == nil {
+			continue // not made of pods
+		}
+		set := ch.updatedPeerSet(bl.ix, memo.peer)
+		if set == nil {
+			// Not expected with the labels unchanged; a whole build is
+			// right anyway, and finds the sets updated so far current.
+			return nil, nil, false
+		}
+		if set.Version != m.AddrSets[i].Version {
+			if !cloned {
+				m.AddrSets, cloned = slices.Clone(m.AddrSets), true
+			}
+			m.AddrSets[i] = *set
+		}
+	}
+	for _, memo := range last.policies {
+		memo.gen = bl.gen
+	}
+	for _, memo := range last.portSets {
+		memo.gen = bl.gen
+	}
+	last.model = &m
+	return &m, slices.Clone(last.problems), true
 }
 
 // updatedPeerSet returns the set of a selector peer from an earlier build,
@@ -700,7 +803,10 @@ func (ch *buildChanges) parse(np *networkingv1.NetworkPolicy) *policy {
 		memo = &policyMemo{parsed: parsePolicy(np), resourceVersion: np.ResourceVersion}
 		ch.builder.policies[np] = memo
 	}
-	memo.gen = ch.builder.gen
+	if memo.gen != ch.builder.gen {
+		memo.gen = ch.builder.gen
+		ch.usedPolicies = append(ch.usedPolicies, memo)
+	}
 	return memo.parsed
 }
 
@@ -733,7 +839,10 @@ func (ch *buildChanges) ingressPortSet(id string, selected []*Pod) (*PortSet, []
 	if memo == nil || !sameSlice(memo.candidates, selected) {
 		return nil, nil, false
 	}
-	memo.gen = ch.builder.gen
+	if memo.gen != ch.builder.gen {
+		memo.gen = ch.builder.gen
+		ch.usedPortSets = append(ch.usedPortSets, memo)
+	}
 	return memo.set, memo.problems, true
 }
 
@@ -743,7 +852,9 @@ func (ch *buildChanges) rememberIngressPortSet(id string, selected []*Pod, set *
 	if ch == nil {
 		return
 	}
-	ch.builder.ingressPortSets[id] = &portSetMemo{candidates: selected, set: set, problems: problems, gen: ch.builder.gen}
+	memo := &portSetMemo{candidates: selected, set: set, problems: problems, gen: ch.builder.gen}
+	ch.builder.ingressPortSets[id] = memo
+	ch.usedPortSets = append(ch.usedPortSets, memo)
 }
 
 // remember keeps the set of a selector peer for the next build, with the
@@ -753,5 +864,5 @@ func (ch *buildChanges) remember(pe *peer, set *AddrSet, byNamespace map[string]
 		return
 	}
 	set.Version = &SetVersion{}
-	ch.builder.peerSets[pe.id] = &peerSetMemo{set: set, byNamespace: byNamespace, gen: ch.builder.gen}
+	ch.builder.peerSets[pe.id] = &peerSetMemo{set: set, peer: pe, byNamespace: byNamespace, gen: ch.builder.gen}
 }
