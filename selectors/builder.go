@@ -65,12 +65,16 @@ type Builder struct {
 	ix    *index
 	node  string
 	local map[string][]*Pod
-	// nsObjects are the namespace objects' labels at the last build;
-	// nsExact is false when that build's list had nil or repeated
-	// objects, and the next one compares in full.
-	nsObjects map[string]map[string]string
-	nsExact   bool
-	// stateGen counts the States given to Build.
+	// namespaces are the namespace objects' labels by name, given by
+	// SetNamespace and DeleteNamespace, or taken from a State's list
+	// (fromStateNamespaces); nsDirty are the names set or deleted since
+	// the last build, the only ones a build looks at.
+	namespaces map[string]*namespaceEntry
+	nsDirty    map[string]bool
+	// namespaceEvents is true once a namespace was given as an event:
+	// BuildFromEvents then ignores the State's Namespaces.
+	namespaceEvents bool
+	// stateGen counts the States given to Build or read for namespaces.
 	stateGen uint64
 	// peerSets are the address sets of selector peers by peer ID, kept
 	// peerSetRetention builds after their last use: a policy deleted and
@@ -114,6 +118,12 @@ type podEntry struct {
 	// endpoint or owns no address.
 	view *Pod
 	// stateGen is the last Build whose State held the pod.
+	stateGen uint64
+}
+
+type namespaceEntry struct {
+	labels map[string]string
+	// stateGen is the last State whose Namespaces held it.
 	stateGen uint64
 }
 
@@ -172,7 +182,8 @@ func NewBuilder() *Builder {
 		localDirty:  map[string]bool{},
 		ix:          &index{podsByNamespace: map[string][]*Pod{}, namespaceLabels: map[string]labels.Set{}},
 		local:       map[string][]*Pod{},
-		nsObjects:   map[string]map[string]string{},
+		namespaces:  map[string]*namespaceEntry{},
+		nsDirty:     map[string]bool{},
 		peerSets:    map[string]*peerSetMemo{},
 		podsChanged: map[string]uint64{},
 		policies:    map[*networkingv1.NetworkPolicy]*policyMemo{},
@@ -256,6 +267,67 @@ func (bl *Builder) DeletePolicy(namespace, name string) {
 	bl.policyCount--
 	delete(bl.policyLists, namespace)
 	bl.policiesChanged = true
+}
+
+// SetNamespace records ns as the namespace's current object (nil is
+// ignored). Once a namespace is given this way, BuildFromEvents takes the
+// namespaces from these events only, not from its State.
+func (bl *Builder) SetNamespace(ns *Namespace) {
+	if ns == nil {
+		return
+	}
+	bl.namespaceEvents = true
+	bl.setNamespace(ns)
+}
+
+// DeleteNamespace forgets the namespace name (see SetNamespace).
+func (bl *Builder) DeleteNamespace(name string) {
+	bl.namespaceEvents = true
+	if _, ok := bl.namespaces[name]; ok {
+		delete(bl.namespaces, name)
+		bl.nsDirty[name] = true
+	}
+}
+
+// setNamespace records ns, unless it holds the same labels (at once when
+// it is the same map, which an unchanged object of the agent's cache
+// hands every time).
+func (bl *Builder) setNamespace(ns *Namespace) *namespaceEntry {
+	e := bl.namespaces[ns.Name]
+	if e == nil {
+		e = &namespaceEntry{}
+		bl.namespaces[ns.Name] = e
+	} else if sameLabels(e.labels, ns.Labels) {
+		return e
+	}
+	e.labels = ns.Labels
+	bl.nsDirty[ns.Name] = true
+	return e
+}
+
+// namespacesFromState turns a State's list of namespaces into the events
+// it implies: one map lookup per namespace, for the callers that do not
+// give namespace events (Build; BuildFromEvents before any).
+func (bl *Builder) namespacesFromState(list []*Namespace) {
+	bl.stateGen++
+	seen := 0
+	for _, ns := range list {
+		if ns == nil {
+			continue
+		}
+		if e := bl.setNamespace(ns); e.stateGen != bl.stateGen {
+			e.stateGen = bl.stateGen
+			seen++
+		}
+	}
+	if seen != len(bl.namespaces) {
+		for name, e := range bl.namespaces {
+			if e.stateGen != bl.stateGen {
+				delete(bl.namespaces, name)
+				bl.nsDirty[name] = true
+			}
+		}
+	}
 }
 
 // localPolicies returns the policies of the namespaces with endpoint pods
@@ -440,14 +512,25 @@ func (bl *Builder) Build(node string, s *State) (*Model, []Problem) {
 			}
 		}
 	}
-	return bl.BuildFromEvents(node, s)
+	bl.namespacesFromState(s.Namespaces)
+	return bl.build(node, s)
 }
 
 // BuildFromEvents returns what BuildModel returns for s with the pods
 // given by SetPod and DeletePod instead of s.Pods, and the NetworkPolicies
 // given by SetPolicy and DeletePolicy instead of s.Policies.
+// The namespaces too come from SetNamespace and DeleteNamespace once one
+// was given so; until then from s.Namespaces.
 func (bl *Builder) BuildFromEvents(node string, s *State) (*Model, []Problem) {
-	ch := bl.update(node, s)
+	if !bl.namespaceEvents {
+		bl.namespacesFromState(s.Namespaces)
+	}
+	return bl.build(node, s)
+}
+
+// build builds the model of node from what the Builder was given.
+func (bl *Builder) build(node string, s *State) (*Model, []Problem) {
+	ch := bl.update(node)
 	if m, problems, ok := bl.reuseLast(ch, s); ok {
 		// Nothing of the last build went unused: nothing to forget.
 		return m, problems
@@ -488,7 +571,7 @@ func (bl *Builder) BuildFromEvents(node string, s *State) (*Model, []Problem) {
 
 // update brings the index up to date with the pods and namespaces changed
 // since the last build and returns what the build may reuse.
-func (bl *Builder) update(node string, s *State) *buildChanges {
+func (bl *Builder) update(node string) *buildChanges {
 	bl.gen++
 	for p := range bl.viewDirty {
 		k := podKey{p.Namespace, p.Name}
@@ -519,20 +602,19 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 			ch.dirty[ns] = true
 		}
 	}
-	podNamespacesChanged := false
 	for ns := range ch.dirty {
 		bl.podsChanged[ns] = bl.gen
 		pods := bl.byNamespace[ns]
 		if len(pods) == 0 {
 			if _, ok := ix.podsByNamespace[ns]; ok {
-				podNamespacesChanged = true
+				bl.nsDirty[ns] = true // may be known by its pods only
 			}
 			delete(ix.podsByNamespace, ns)
 			delete(bl.local, ns)
 			continue
 		}
 		if _, ok := ix.podsByNamespace[ns]; !ok {
-			podNamespacesChanged = true
+			bl.nsDirty[ns] = true
 		}
 		list := make([]*Pod, 0, len(pods))
 		for _, p := range pods {
@@ -556,47 +638,33 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 	}
 
 	// Namespace labels decide which namespaces a namespaceSelector covers:
-	// when any differ, no set of such a peer is reused. They are compared
-	// object by object; the index's labels are remade only on a change.
-	nsChanged := podNamespacesChanged || !bl.nsExact || len(s.Namespaces) != len(bl.nsObjects)
-	if !nsChanged {
-		for _, ns := range s.Namespaces {
-			if ns == nil {
-				nsChanged = true
-				break
-			}
-			if old, ok := bl.nsObjects[ns.Name]; !ok || !sameLabels(old, ns.Labels) {
-				nsChanged = true
-				break
-			}
+	// when any differ, no set of such a peer is reused. Only the
+	// namespaces set, deleted, or given or left by their last pod since
+	// the last build are looked at.
+	for name := range bl.nsDirty {
+		var want labels.Set
+		if e, ok := bl.namespaces[name]; ok {
+			want = namespaceLabelSet(name, e.labels)
+		} else if _, ok := ix.podsByNamespace[name]; ok {
+			want = namespaceLabelSet(name, nil)
+		}
+		old, had := ix.namespaceLabels[name]
+		switch {
+		case want == nil && had:
+			delete(ix.namespaceLabels, name)
+			ix.namespaceNames = slices.DeleteFunc(ix.namespaceNames, func(n string) bool { return n == name })
+			ch.namespacesChanged = true
+		case want != nil && !had:
+			ix.namespaceNames = append(ix.namespaceNames, name)
+			fallthrough
+		case want != nil && !maps.Equal(old, want):
+			ix.namespaceLabels[name] = want
+			ch.namespacesChanged = true
 		}
 	}
-	if nsChanged {
-		clear(bl.nsObjects)
-		fresh := &index{podsByNamespace: ix.podsByNamespace, namespaceLabels: make(map[string]labels.Set, len(s.Namespaces))}
-		for _, ns := range s.Namespaces {
-			if ns != nil {
-				fresh.addNamespace(ns.Name, ns.Labels)
-				bl.nsObjects[ns.Name] = ns.Labels
-			}
-		}
-		bl.nsExact = len(bl.nsObjects) == len(s.Namespaces)
-		for ns := range ix.podsByNamespace {
-			if _, ok := fresh.namespaceLabels[ns]; !ok {
-				fresh.addNamespace(ns, nil)
-			}
-		}
-		ch.namespacesChanged = len(fresh.namespaceLabels) != len(ix.namespaceLabels)
-		for ns, l := range fresh.namespaceLabels {
-			if old, ok := ix.namespaceLabels[ns]; !ok || !maps.Equal(old, l) {
-				ch.namespacesChanged = true
-				break
-			}
-		}
-		if ch.namespacesChanged {
-			bl.labelsChanged = bl.gen
-		}
-		ix.namespaceLabels, ix.namespaceNames = fresh.namespaceLabels, fresh.namespaceNames
+	clear(bl.nsDirty)
+	if ch.namespacesChanged {
+		bl.labelsChanged = bl.gen
 	}
 	return ch
 }
