@@ -579,7 +579,10 @@ func (bl *Builder) update(node string) *buildChanges {
 			bl.setView(k, e, bl.viewOf(p))
 		}
 	}
-	clear(bl.viewDirty)
+	// New maps, not cleared ones: a map keeps the room it once needed
+	// (every pod, after the first sync), and ranging over an empty map
+	// costs that room at every build.
+	bl.viewDirty = map[*Pod]bool{}
 	ch := &buildChanges{builder: bl, dirty: bl.dirty, localChanged: len(bl.localDirty) > 0}
 	bl.dirty = map[string]bool{}
 	localDirty := bl.localDirty
@@ -662,7 +665,7 @@ func (bl *Builder) update(node string) *buildChanges {
 			ch.namespacesChanged = true
 		}
 	}
-	clear(bl.nsDirty)
+	bl.nsDirty = map[string]bool{}
 	if ch.namespacesChanged {
 		bl.labelsChanged = bl.gen
 	}
