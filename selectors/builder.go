@@ -26,12 +26,19 @@ import (
 //
 // Two ways to feed it, which give the same models:
 //   - events: SetPod and DeletePod for each pod that changed, SetPolicy
-//     and DeletePolicy for each NetworkPolicy that changed, then
-//     BuildFromEvents with a State whose Pods and Policies are ignored
-//     (the agent);
-//   - states: Build with a whole State; it finds the changed pods and
-//     policies by comparing pointers, one map lookup per object (tests,
-//     benchmarks).
+//     and DeletePolicy for each NetworkPolicy that changed, SetNamespace
+//     and DeleteNamespace for each namespace that changed, then
+//     BuildFromEvents with a State whose Pods, Policies and (once a
+//     namespace event was given) Namespaces are ignored (the agent);
+//   - states: Build with a whole State; it finds the changed pods,
+//     policies and namespaces by comparing pointers, one map lookup per
+//     object (tests, benchmarks).
+//
+// A build after changes that only moved pods of other nodes, with no
+// policy or namespace changed (the most common sync by far), does not
+// visit the node's policies at all: it hands the last model again with
+// the peer sets covering the changed namespaces brought up to date
+// (reuseLast).
 //
 // It relies on what the agent's cache guarantees: a *Pod or a policy passed
 // in is never changed afterwards; a changed one comes as a new object, and
