@@ -54,7 +54,7 @@ type Builder struct {
 	// owners is the endpoint pod that owns each address (AddressOwners,
 	// kept up to date pod by pod); contested holds every claimant of the
 	// addresses several endpoint pods claim, usually none.
-	owners    map[netip.Addr]*Pod
+	owners    addrMap[*Pod]
 	contested map[netip.Addr][]*Pod
 	// viewDirty are the pods whose owned addresses may have changed since
 	// the last build.
@@ -183,7 +183,6 @@ const peerSetRetention = 32
 func NewBuilder() *Builder {
 	return &Builder{
 		pods:        map[string]map[string]*podEntry{},
-		owners:      map[netip.Addr]*Pod{},
 		contested:   map[netip.Addr][]*Pod{},
 		viewDirty:   map[*Pod]bool{},
 		dirty:       map[string]bool{},
@@ -375,9 +374,9 @@ func (bl *Builder) claim(p *Pod) {
 		return
 	}
 	for _, ip := range p.IPs {
-		o, ok := bl.owners[ip]
+		o, ok := bl.owners.get(ip)
 		if !ok {
-			bl.owners[ip] = p
+			bl.owners.set(ip, p)
 			continue
 		}
 		c := bl.contested[ip]
@@ -386,7 +385,7 @@ func (bl *Builder) claim(p *Pod) {
 		}
 		bl.contested[ip] = append(c, p)
 		if p.claimsBefore(o) {
-			bl.owners[ip] = p
+			bl.owners.set(ip, p)
 			bl.viewDirty[o] = true
 		}
 	}
@@ -401,8 +400,8 @@ func (bl *Builder) unclaim(p *Pod) {
 	for _, ip := range p.IPs {
 		c, ok := bl.contested[ip]
 		if !ok {
-			if bl.owners[ip] == p {
-				delete(bl.owners, ip)
+			if o, _ := bl.owners.get(ip); o == p {
+				bl.owners.delete(ip)
 			}
 			continue
 		}
@@ -423,8 +422,8 @@ func (bl *Builder) unclaim(p *Pod) {
 		} else {
 			bl.contested[ip] = c
 		}
-		if bl.owners[ip] != best {
-			bl.owners[ip] = best
+		if o, _ := bl.owners.get(ip); o != best {
+			bl.owners.set(ip, best)
 			bl.viewDirty[best] = true
 		}
 	}
@@ -460,14 +459,13 @@ func (bl *Builder) viewOf(p *Pod) *Pod {
 	if !p.IsEndpoint() {
 		return nil
 	}
-	return withOwnedIPs(p, func(ip netip.Addr) bool { return bl.owners[ip] == p })
+	return withOwnedIPs(p, func(ip netip.Addr) bool { o, _ := bl.owners.get(ip); return o == p })
 }
 
 // Owner returns the endpoint pod that owns the address, as of the pods
 // given so far (see AddressOwners).
 func (bl *Builder) Owner(ip netip.Addr) (*Pod, bool) {
-	p, ok := bl.owners[ip]
-	return p, ok
+	return bl.owners.get(ip)
 }
 
 // LocalEndpoints returns how many endpoint pods of the node of the last
@@ -629,6 +627,8 @@ func (bl *Builder) update(node string) *buildChanges {
 		if _, ok := ix.podsByNamespace[ns]; !ok {
 			bl.nsDirty[ns] = true
 		}
+		// Always a new slice, never the old one refilled: peer sets keep
+		// the old one as what the namespace gave them (peerSetMemo).
 		ix.podsByNamespace[ns] = list
 		if !localDirty[ns] && !nodeChanged {
 			continue // the same pods of the node: their slice is kept
