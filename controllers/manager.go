@@ -296,6 +296,11 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	}
 	if opts.CutDeniedFlows {
 		syncer.flows = &FlowCutter{NetNSPath: opts.NetNSPath, Log: opts.Log.WithName("flows")}
+		for _, c := range syncer.flows.Collectors() {
+			if err := reg.Register(c); err != nil {
+				return nil, nil, fmt.Errorf("registering flow cut metrics: %w", err)
+			}
+		}
 	}
 
 	if opts.LogDenied {
