@@ -212,7 +212,7 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 				continue
 			}
 			for _, ip := range pod.IPs {
-				rs.sets[verdictMap(dir, familyOf(ip))].elems[addrKey(ip)] = target
+				rs.sets[verdictMap(dir, familyOf(ip))].elems.put(addrKey(ip), target)
 			}
 		}
 	}
@@ -349,7 +349,7 @@ func policyOfChain(m *selectors.Model, chain string) (string, selectors.Directio
 
 // addVerdictMap adds an empty verdict map of local pod addresses.
 func addVerdictMap(rs *Ruleset, name, comment string, family int) {
-	rs.sets[name] = &setSpec{name: name, kind: vmapKind(family), comment: comment, elems: map[string]string{}}
+	rs.sets[name] = &setSpec{name: name, kind: vmapKind(family), comment: comment}
 }
 
 // baseChainSpec is the base chain of bc's hook and direction, named name

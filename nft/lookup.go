@@ -196,7 +196,7 @@ func lookupTargets(rs *Ruleset, r *ruleSpec) []string {
 	}
 	var out []string
 	for _, k := range s.sortedKeys() {
-		out = append(out, s.elems[k])
+		out = append(out, s.elems.get(k))
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -372,21 +372,21 @@ func (g *lookupCompiler) compileSegment(id string, seg *compiledSegment, run []*
 		}
 		for _, fam := range []int{4, 6} {
 			name := fmt.Sprintf("l-%s-%s-v%d", shortHash(id), shape.suffix(), fam)
-			spec := &setSpec{name: name, kind: shape.kind(fam), elems: map[string]string{},
+			spec := &setSpec{name: name, kind: shape.kind(fam),
 				comment: truncateComment(fmt.Sprintf("lookup of %s to %s", dirSuffix(dir), run[len(run)-1].Key))}
 			target := func(idx int) string { return policyChainName(run[idx].Key, dir) }
 			switch shape {
 			case shapeAddrPort:
 				for key, idx := range c.addrPort[famIdx(fam)] {
-					spec.elems[key] = target(idx)
+					spec.elems.put(key, target(idx))
 				}
 			case shapeAddr:
 				for key, idx := range c.addr[famIdx(fam)] {
-					spec.elems[key] = target(idx)
+					spec.elems.put(key, target(idx))
 				}
 			case shapeRange:
 				for _, p := range c.ranges[famIdx(fam)] {
-					spec.elems[rangeKey(p.first, p.last)] = target(p.policy)
+					spec.elems.put(rangeKey(p.first, p.last), target(p.policy))
 				}
 			}
 			g.rs.sets[name] = spec

@@ -120,10 +120,10 @@ func (u *peerUnions) union(ids []string) [2]string {
 		if fam == 6 {
 			kind = kindInterval6
 		}
-		spec := &setSpec{name: names[i], kind: kind, comment: comment, elems: map[string]string{}}
+		spec := &setSpec{name: names[i], kind: kind, comment: comment}
 		for _, r := range ranges {
 			if familyOf(r.First) == fam {
-				spec.elems[rangeKey(r.First, r.Last)] = ""
+				spec.elems.put(rangeKey(r.First, r.Last), "")
 			}
 		}
 		u.rs.sets[names[i]] = spec
