@@ -216,13 +216,14 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 	compileSets(rs, m, comp, names)
 
 	used := map[string]bool{} // policy chains that some pod jumps to
-	unions := newPeerUnions(rs, m)
+	setsByID := addrSetsByID(m)
+	unions := newPeerUnions(rs, setsByID)
 	cc := newClusterCompiler(rs, m, cfg, unions)
 	var segments map[string]*compiledSegment
 	if comp != nil {
 		segments = comp.segments
 	}
-	lc := newLookupCompiler(rs, m, cfg, segments, comp != nil)
+	lc := newLookupCompiler(rs, m, cfg, setsByID, segments, comp != nil)
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
 			var iso string

@@ -85,8 +85,9 @@ func (s lookupShape) kind(family int) setKind {
 // lookupCompiler builds the isolation chains of one compile.
 type lookupCompiler struct {
 	rs       *Ruleset
+	model    *selectors.Model
 	min      int
-	sets     map[string]*selectors.AddrSet
+	sets     map[string]*selectors.AddrSet // shared with the peerUnions
 	policies map[string]*selectors.PolicyRules
 	// prev are the segments of the last compile, by id, that this one may
 	// share; next those of this compile, kept when next is not nil (only
@@ -109,22 +110,28 @@ type compiledSegment struct {
 	maps     []*setSpec
 }
 
-// newLookupCompiler returns the lookup compiler of one compile; prev are
-// the segments of the last compile of a Compiler (nil for none), and
-// keep says to record this compile's segments (in next).
-func newLookupCompiler(rs *Ruleset, m *selectors.Model, cfg Config, prev map[string]*compiledSegment, keep bool) *lookupCompiler {
-	g := &lookupCompiler{rs: rs, min: cfg.lookupMin(), sets: make(map[string]*selectors.AddrSet, len(m.AddrSets)),
-		policies: make(map[string]*selectors.PolicyRules, len(m.Policies)), prev: prev}
+// newLookupCompiler returns the lookup compiler of one compile; sets are
+// the model's peer sets by ID, prev the segments of the last compile of a
+// Compiler (nil for none), and keep says to record this compile's
+// segments (in next).
+func newLookupCompiler(rs *Ruleset, m *selectors.Model, cfg Config, sets map[string]*selectors.AddrSet, prev map[string]*compiledSegment, keep bool) *lookupCompiler {
+	g := &lookupCompiler{rs: rs, model: m, min: cfg.lookupMin(), sets: sets, prev: prev}
 	if keep {
 		g.next = make(map[string]*compiledSegment, len(prev))
 	}
-	for i := range m.AddrSets {
-		g.sets[m.AddrSets[i].ID] = &m.AddrSets[i]
-	}
-	for i := range m.Policies {
-		g.policies[m.Policies[i].Key] = &m.Policies[i]
-	}
 	return g
+}
+
+// policy returns the rules of the policy of key k, or nil. The index is
+// made on first use: most tables have no chain in the lookup layout.
+func (g *lookupCompiler) policy(k string) *selectors.PolicyRules {
+	if g.policies == nil {
+		g.policies = make(map[string]*selectors.PolicyRules, len(g.model.Policies))
+		for i := range g.model.Policies {
+			g.policies[g.model.Policies[i].Key] = &g.model.Policies[i]
+		}
+	}
+	return g.policies[k]
 }
 
 // lookups reports whether an isolation chain of keys takes the lookup
@@ -165,7 +172,7 @@ func (g *lookupCompiler) isolationRules(iso string, keys []string, dir selectors
 		run = nil
 	}
 	for _, k := range keys {
-		if p := g.policies[k]; p != nil && g.fits(p, dir) {
+		if p := g.policy(k); p != nil && g.fits(p, dir) {
 			run = append(run, p)
 			continue
 		}
