@@ -28,6 +28,9 @@ type Compiler struct {
 	chains    map[string]*compiledChain
 	isoChains map[string]*chainSpec
 	segments  map[string]*compiledSegment // lookup segments of prev (lookup.go)
+	// verdicts are the elements the verdict maps of prev were filled
+	// from, by map name (nextVerdicts: during a compile).
+	verdicts, nextVerdicts map[string][]verdictElem
 	names     names
 }
 
@@ -224,6 +227,11 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 		segments = comp.segments
 	}
 	lc := newLookupCompiler(rs, m, cfg, setsByID, segments, comp != nil)
+	verdicts := map[string][]verdictElem{}
+	if comp != nil {
+		comp.nextVerdicts = make(map[string][]verdictElem, len(comp.verdicts))
+		defer func() { comp.verdicts, comp.nextVerdicts = comp.nextVerdicts, nil }()
+	}
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
 			var iso string
@@ -255,9 +263,13 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 				continue
 			}
 			for _, ip := range pod.IPs {
-				rs.sets[verdictMap(dir, familyOf(ip))].elems.put(addrKey(ip), target)
+				name := verdictMap(dir, familyOf(ip))
+				verdicts[name] = append(verdicts[name], verdictElem{addrKey(ip), target})
 			}
 		}
+	}
+	for name, elems := range verdicts {
+		fillVerdictMap(rs, comp, name, elems)
 	}
 	var chains map[string]*compiledChain
 	if comp != nil {
@@ -388,6 +400,28 @@ func policyOfChain(m *selectors.Model, chain string) (string, selectors.Directio
 		}
 	}
 	return "", selectors.Ingress
+}
+
+// verdictElem is one element of a verdict map of local pods.
+type verdictElem struct{ key, target string }
+
+// fillVerdictMap puts elems into the verdict map name of rs, or when the
+// last compile of comp (may be nil) filled that map from the same
+// elements, shares the last table's map: most changes move no local pod,
+// and Diff skips a shared map by identity.
+func fillVerdictMap(rs *Ruleset, comp *Compiler, name string, elems []verdictElem) {
+	spec := rs.sets[name]
+	if comp != nil {
+		last := comp.verdicts[name]
+		comp.nextVerdicts[name] = elems
+		if comp.prev != nil && comp.prev.sets[name] != nil && slices.Equal(last, elems) {
+			rs.sets[name] = comp.prev.sets[name]
+			return
+		}
+	}
+	for _, e := range elems {
+		spec.elems.put(e.key, e.target)
+	}
 }
 
 // addVerdictMap adds an empty verdict map of local pod addresses.
