@@ -31,7 +31,7 @@ type Compiler struct {
 	// verdicts are the elements the verdict maps of prev were filled
 	// from, by map name (nextVerdicts: during a compile).
 	verdicts, nextVerdicts map[string][]verdictElem
-	names     names
+	names                  names
 }
 
 // isolationChain returns the isolation chain name of the last table when
