@@ -57,6 +57,12 @@ type cacheState struct {
 	pendingPolicies map[string]struct{}
 	policyHandler   toolscache.ResourceEventHandlerRegistration
 	policySync      chan event.GenericEvent
+	// pendingNamespaces, namespaceHandler and namespaceSync are the same
+	// for namespaces: a sync hands the Builder the namespaces that
+	// changed, not a list of every namespace (guarded by mu too).
+	pendingNamespaces map[string]struct{}
+	namespaceHandler  toolscache.ResourceEventHandlerRegistration
+	namespaceSync     chan event.GenericEvent
 	// podStart, when the CNI plugin's socket is served, puts the
 	// addresses of starting pods on them (podstart.go); nil does nothing.
 	podStart *podStartHints
@@ -65,7 +71,8 @@ type cacheState struct {
 func newCacheState(c cache.Cache) *cacheState {
 	return &cacheState{cache: c, builder: selectors.NewBuilder(), pending: map[string]struct{}{},
 		podSync: make(chan event.GenericEvent, 1), pendingPolicies: map[string]struct{}{},
-		policySync: make(chan event.GenericEvent, 1)}
+		policySync: make(chan event.GenericEvent, 1), pendingNamespaces: map[string]struct{}{},
+		namespaceSync: make(chan event.GenericEvent, 1)}
 }
 
 // storeOf returns the store behind the informer of obj's type.
@@ -120,21 +127,33 @@ func onModelInputChange(changed func(any)) func(old, new any) {
 // policyChanged records the key of a NetworkPolicy an informer event
 // concerns, then asks for a sync.
 func (c *cacheState) policyChanged(obj any) {
+	c.keyChanged(obj, c.pendingPolicies, c.policySync, &networkingv1.NetworkPolicy{})
+}
+
+// namespaceChanged records the name of a namespace an informer event
+// concerns, then asks for a sync.
+func (c *cacheState) namespaceChanged(obj any) {
+	c.keyChanged(obj, c.pendingNamespaces, c.namespaceSync, &corev1.Namespace{})
+}
+
+// keyChanged records the key of obj in pending (guarded by mu), then asks
+// for a sync on sync with an event of kind's type.
+func (c *cacheState) keyChanged(obj any, pending map[string]struct{}, sync chan event.GenericEvent, kind client.Object) {
 	key, err := toolscache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 	if err != nil {
 		return
 	}
 	c.mu.Lock()
-	c.pendingPolicies[key] = struct{}{}
+	pending[key] = struct{}{}
 	c.mu.Unlock()
 	select {
-	case c.policySync <- event.GenericEvent{Object: &networkingv1.NetworkPolicy{}}:
-	default:
+	case sync <- event.GenericEvent{Object: kind}:
+	default: // a sync is asked for already, and will read the key
 	}
 }
 
-// watchPodEvents registers the pod and NetworkPolicy event handlers;
-// before the cache starts, so they hear of every object.
+// watchPodEvents registers the pod, NetworkPolicy and namespace event
+// handlers; before the cache starts, so they hear of every object.
 func (c *cacheState) watchPodEvents(ctx context.Context) error {
 	pods, err := c.addHandler(ctx, &corev1.Pod{}, c.podChanged)
 	if err != nil {
@@ -144,8 +163,12 @@ func (c *cacheState) watchPodEvents(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	namespaces, err := c.addHandler(ctx, &corev1.Namespace{}, c.namespaceChanged)
+	if err != nil {
+		return err
+	}
 	c.mu.Lock()
-	c.handler, c.policyHandler = pods, policies
+	c.handler, c.policyHandler, c.namespaceHandler = pods, policies, namespaces
 	c.mu.Unlock()
 	return nil
 }
@@ -172,17 +195,17 @@ func (c *cacheState) addHandler(ctx context.Context, obj client.Object, changed 
 // every object already in their stores, so the first sync sees them all.
 func (c *cacheState) watchPods(ctx context.Context) error {
 	c.mu.Lock()
-	regs := []toolscache.ResourceEventHandlerRegistration{c.handler, c.policyHandler}
+	regs := []toolscache.ResourceEventHandlerRegistration{c.handler, c.policyHandler, c.namespaceHandler}
 	c.mu.Unlock()
 	for _, reg := range regs {
 		if reg == nil {
-			return fmt.Errorf("the pod or policy event handler is not registered")
+			return fmt.Errorf("the pod, policy or namespace event handler is not registered")
 		}
 		// Bounded by ctx.
 		for !reg.HasSynced() {
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("waiting for the pod and policy event handlers: %w", ctx.Err())
+				return fmt.Errorf("waiting for the pod, policy and namespace event handlers: %w", ctx.Err())
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
@@ -194,30 +217,56 @@ func (c *cacheState) watchPods(ctx context.Context) error {
 // the last sync, as the store holds them now (a key no longer in the
 // store is a deleted policy).
 func (c *cacheState) applyPolicyChanges(ctx context.Context) error {
-	policies, err := c.storeOf(ctx, &networkingv1.NetworkPolicy{})
+	return c.applyKeyChanges(ctx, &networkingv1.NetworkPolicy{}, &c.pendingPolicies, func(obj any) bool {
+		np, ok := obj.(*networkingv1.NetworkPolicy)
+		if ok {
+			c.builder.SetPolicy(np)
+		}
+		return ok
+	}, c.builder.DeletePolicy)
+}
+
+// applyNamespaceChanges hands the Builder the namespaces changed since
+// the last sync, likewise.
+func (c *cacheState) applyNamespaceChanges(ctx context.Context) error {
+	return c.applyKeyChanges(ctx, &corev1.Namespace{}, &c.pendingNamespaces, func(obj any) bool {
+		ns, ok := obj.(*corev1.Namespace)
+		if ok {
+			c.builder.SetNamespace(selectors.NamespaceFromObject(ns))
+		}
+		return ok
+	}, func(_, name string) { c.builder.DeleteNamespace(name) })
+}
+
+// applyKeyChanges takes the keys in *pending (guarded by mu) and reads
+// each from the store of kind's type: set is given the object when the
+// store holds it (and reports whether it was of the expected type),
+// deleted the key's namespace and name when not. On an error the keys
+// go back to *pending, for the next sync.
+func (c *cacheState) applyKeyChanges(ctx context.Context, kind client.Object, pending *map[string]struct{}, set func(any) bool, deleted func(namespace, name string)) error {
+	store, err := c.storeOf(ctx, kind)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	keys := c.pendingPolicies
-	c.pendingPolicies = map[string]struct{}{}
+	keys := *pending
+	*pending = map[string]struct{}{}
 	c.mu.Unlock()
 	for key := range keys {
-		obj, exists, err := policies.GetByKey(key)
+		obj, exists, err := store.GetByKey(key)
 		if err != nil {
 			c.mu.Lock()
 			for k := range keys {
-				c.pendingPolicies[k] = struct{}{}
+				(*pending)[k] = struct{}{}
 			}
 			c.mu.Unlock()
-			return fmt.Errorf("reading NetworkPolicy %s from the cache: %w", key, err)
+			return fmt.Errorf("reading %T %s from the cache: %w", kind, key, err)
 		}
-		if np, ok := obj.(*networkingv1.NetworkPolicy); exists && ok {
-			c.builder.SetPolicy(np)
+		if exists && set(obj) {
 			continue
 		}
 		if ns, name, err := toolscache.SplitMetaNamespaceKey(key); err == nil {
-			c.builder.DeletePolicy(ns, name)
+			deleted(ns, name)
 		}
 	}
 	return nil
@@ -287,9 +336,10 @@ func (c *cacheState) ownerName(a netip.Addr) (string, bool) {
 	return "", false
 }
 
-// Read brings the Builder's pods and NetworkPolicies up to date and
-// returns the rest of the cluster as the model takes it: its Pods and
-// Policies are nil, the model is built with builder.BuildFromEvents. Only
+// Read brings the Builder's pods, NetworkPolicies and namespaces up to
+// date and returns the rest of the cluster as the model takes it: its
+// Pods, Policies and Namespaces are nil, the model is built with
+// builder.BuildFromEvents. Only
 // the syncer calls it, one sync at a time.
 func (c *cacheState) Read(ctx context.Context) (*selectors.State, error) {
 	if err := c.applyPodChanges(ctx); err != nil {
@@ -298,17 +348,10 @@ func (c *cacheState) Read(ctx context.Context) (*selectors.State, error) {
 	if err := c.applyPolicyChanges(ctx); err != nil {
 		return nil, err
 	}
-	namespaces, err := c.storeOf(ctx, &corev1.Namespace{})
-	if err != nil {
+	if err := c.applyNamespaceChanges(ctx); err != nil {
 		return nil, err
 	}
-	nsObjs := namespaces.List()
-	state := &selectors.State{Namespaces: make([]*selectors.Namespace, 0, len(nsObjs))}
-	for _, o := range nsObjs {
-		if ns, ok := o.(*corev1.Namespace); ok {
-			state.Namespaces = append(state.Namespaces, selectors.NamespaceFromObject(ns))
-		}
-	}
+	state := &selectors.State{}
 	if c.clusterPolicies.Active() {
 		cnps, err := c.storeOf(ctx, &cnpv1beta1.ClusterNetworkPolicy{})
 		if err != nil {

@@ -7,24 +7,16 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	"github.com/nftpol/nftpol/selectors"
 )
 
-// modelInputChanged filters update events: a sync reads the whole cluster,
-// so an update that leaves everything the model reads of the object as it
-// was (a condition, an annotation, a container status, a periodic resync)
-// must not cost one. It compares exactly what selectors reads: the
-// converted pod and namespace, the policy's spec and audit mode. Creates and deletes
-// always pass.
-func modelInputChanged() predicate.Predicate {
-	return predicate.Funcs{
-		UpdateFunc: func(e event.UpdateEvent) bool { return modelInputDiffers(e.ObjectOld, e.ObjectNew) },
-	}
-}
-
+// modelInputDiffers tells the update events that matter: a sync costs
+// CPU, so an update that leaves everything the model reads of the object
+// as it was (a condition, an annotation, a container status, a periodic
+// resync) must not cost one. It compares exactly what selectors reads:
+// the converted pod and namespace, the policy's spec and audit mode. The
+// event handlers (cacheState.addHandler) always pass creates and deletes.
 func modelInputDiffers(old, new client.Object) bool {
 	if o, ok := modelPod(old); ok {
 		n, ok := modelPod(new)

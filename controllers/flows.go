@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/mdlayher/netlink"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
@@ -78,6 +79,8 @@ type FlowCutter struct {
 	report func(FlowCutStats, error)
 	// sweeps waits for the sweeping goroutine.
 	sweeps sync.WaitGroup
+	// swept counts the sweeps Sweep started that have ended.
+	swept atomic.Int64
 }
 
 // tcpLooseSysctl is where conntrack is told whether to pick up TCP
@@ -175,6 +178,34 @@ func (c *FlowCutter) sweepWanted() {
 		c.sweepMu.Unlock()
 		st, err := c.sweep(c.newest.Load)
 		report(st, err)
+		c.swept.Add(1)
+	}
+}
+
+// Busy reports whether a sweep Sweep started runs or waits to run.
+func (c *FlowCutter) Busy() bool {
+	c.sweepMu.Lock()
+	defer c.sweepMu.Unlock()
+	return c.sweeping
+}
+
+// Collectors are the metrics of the sweeps: whether one runs (or waits)
+// now, and how many ended. A sweep after a policy change competes with
+// the packet path for the CPU; BenchmarkPacketPath waits for the gauge to
+// fall to 0 before it measures, so that it measures the packets alone.
+func (c *FlowCutter) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nftpol_flow_sweep_running",
+			Help: "1 while a sweep of the conntrack table after a commit runs or waits to run, else 0."},
+			func() float64 {
+				if c.Busy() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nftpol_flow_sweeps_total",
+			Help: "Sweeps of the conntrack table after a commit that have ended."},
+			func() float64 { return float64(c.swept.Load()) }),
 	}
 }
 
@@ -205,7 +236,7 @@ func (c *FlowCutter) sweep(latest func() *selectors.Model) (FlowCutStats, error)
 			c.Log.Error(err, "TCP pickups stay on: a cut TCP connection whose server keeps sending can be picked up again by conntrack")
 		}
 	}
-	d := selectors.NewDecider(model)
+	d := newFlowDecider(model)
 	if len(model.Pods) == 0 {
 		// No pod is isolated: nothing can be denied.
 		return st, nil
@@ -228,15 +259,15 @@ func (c *FlowCutter) sweep(latest func() *selectors.Model) (FlowCutStats, error)
 	var reverse []conntrack.Tuple
 	for i := range flows {
 		if m := latest(); m != model {
-			model, d = m, selectors.NewDecider(m)
+			model, d = m, newFlowDecider(m)
 			st.Superseded++
 		}
 		f := &flows[i]
-		if !involves(d, f) {
+		if !involves(d.Decider, f) {
 			continue
 		}
 		st.Considered++
-		if !denied(d, nodeAddrs, f) {
+		if !d.denied(nodeAddrs, f) {
 			continue
 		}
 		switch err := conn.Delete(deletion(f)); {
@@ -325,21 +356,51 @@ func involves(d *selectors.Decider, f *conntrack.Flow) bool {
 	return d.Involves(f.TupleOrig.IP.SourceAddress) || d.Involves(f.TupleReply.IP.SourceAddress)
 }
 
+// flowDecider decides conntrack entries with one model, each connection
+// once: the entries of a sweep are mostly many connections between the
+// same two pods to the same port (a client's short connections and their
+// TIME_WAIT entries), which differ only in the source port, which no rule
+// reads. Deciding one against a pod that 1,000 policies select checks
+// their rules one by one; a sweep after a phase change of
+// BenchmarkPacketPath did that for each of ~16,000 entries.
+type flowDecider struct {
+	*selectors.Decider
+	verdicts map[flowConn]bool // denied, by connection
+}
+
+// flowConn is what decides an entry: source, destination after DNAT,
+// protocol and destination port (0 for protocols without ports).
+type flowConn struct {
+	src, dst netip.Addr
+	proto    selectors.Protocol
+	port     uint16
+}
+
+func newFlowDecider(m *selectors.Model) *flowDecider {
+	return &flowDecider{Decider: selectors.NewDecider(m), verdicts: map[flowConn]bool{}}
+}
+
 // denied decides one entry with the model.
-func denied(d *selectors.Decider, nodeAddrs map[netip.Addr]bool, f *conntrack.Flow) bool {
-	src := f.TupleOrig.IP.SourceAddress.Unmap()
-	// After DNAT the connection goes to where replies come from.
-	dst := f.TupleReply.IP.SourceAddress.Unmap()
-	if nodeAddrs[src] {
+func (d *flowDecider) denied(nodeAddrs map[netip.Addr]bool, f *conntrack.Flow) bool {
+	c := flowConn{
+		src: f.TupleOrig.IP.SourceAddress.Unmap(),
+		// After DNAT the connection goes to where replies come from.
+		dst:   f.TupleReply.IP.SourceAddress.Unmap(),
+		proto: selectors.Protocol(f.TupleOrig.Proto.Protocol),
+	}
+	if nodeAddrs[c.src] {
 		return false
 	}
-	proto := selectors.Protocol(f.TupleOrig.Proto.Protocol)
-	var port uint16
-	switch proto {
+	switch c.proto {
 	case selectors.ProtocolTCP, selectors.ProtocolUDP, selectors.ProtocolSCTP:
-		port = f.TupleReply.Proto.SourcePort
+		c.port = f.TupleReply.Proto.SourcePort
 	}
-	return !d.Allowed(src, dst, proto, port)
+	v, ok := d.verdicts[c]
+	if !ok {
+		v = !d.Allowed(c.src, c.dst, c.proto, c.port)
+		d.verdicts[c] = v
+	}
+	return v
 }
 
 // deletion is the request that deletes exactly entry f: its tuples, zone

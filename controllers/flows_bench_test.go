@@ -119,3 +119,55 @@ func BenchmarkFlowCut100k(b *testing.B) {
 	b.ReportMetric(float64(entries), "entries/op")
 	b.ReportMetric(float64(entries/deniedEvery), "cut/op")
 }
+
+// BenchmarkFlowDecidePhaseChange measures deciding the entries of a sweep
+// after BenchmarkPacketPath's phase change to C: 16,000 TCP entries from
+// one client to a server that 1,000 policies select, the client allowed by
+// the last, differing only in the source port (a connect benchmark's
+// TIME_WAIT entries). "each entry" decides every entry with the model, as
+// sweeps did; "each connection" is the sweep's flowDecider. ns/op is one
+// sweep's decisions.
+func BenchmarkFlowDecidePhaseChange(b *testing.B) {
+	const policies, entries = 1000, 16_000
+	client, server := netip.MustParseAddr("10.2.0.1"), netip.MustParseAddr("10.1.0.1")
+	m := &selectors.Model{}
+	var keys []string
+	for i := range policies {
+		id := fmt.Sprintf("peers-%d", i)
+		peer := netip.AddrFrom4([4]byte{10, 3, byte(i >> 8), byte(i)})
+		if i == policies-1 {
+			peer = client
+		}
+		m.AddrSets = append(m.AddrSets, selectors.AddrSet{ID: id, Addrs: []netip.Addr{peer}})
+		key := fmt.Sprintf("srv/p%04d", i)
+		m.Policies = append(m.Policies, selectors.PolicyRules{Key: key, HasIngress: true, Ingress: []selectors.Rule{{
+			Peers: selectors.PeerMatch{Sets: []string{id}},
+			Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 80, Last: 80}}}}}})
+		keys = append(keys, key)
+	}
+	m.Pods = []selectors.PodRules{{Key: "srv/server", IPs: []netip.Addr{server}, Ingress: keys}}
+	flows := make([]conntrack.Flow, entries)
+	for i := range flows {
+		flows[i] = conntrack.NewFlow(6, 0, client, server, uint16(10000+i), 80, 60, 0)
+	}
+	for _, bc := range []struct {
+		name   string
+		denied func(d *flowDecider, f *conntrack.Flow) bool
+	}{
+		{"each entry", func(d *flowDecider, f *conntrack.Flow) bool {
+			return !d.Allowed(f.TupleOrig.IP.SourceAddress, f.TupleReply.IP.SourceAddress, selectors.ProtocolTCP, f.TupleReply.Proto.SourcePort)
+		}},
+		{"each connection", func(d *flowDecider, f *conntrack.Flow) bool { return d.denied(nil, f) }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				d := newFlowDecider(m)
+				for i := range flows {
+					if bc.denied(d, &flows[i]) {
+						b.Fatal("the client's connection is denied")
+					}
+				}
+			}
+		})
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/nftpol/nftpol/selectors"
 )
 
@@ -96,6 +98,10 @@ func TestSweepNeverHoldsUpTheCaller(t *testing.T) {
 		close(release)
 		t.Fatal("Sweep waited for the running sweep")
 	}
+	running, swept := sweepMetrics(t, cutter)
+	if running() != 1 || swept() != 0 {
+		t.Errorf("while the first sweep runs: nftpol_flow_sweep_running %v, nftpol_flow_sweeps_total %v; want 1 and 0", running(), swept())
+	}
 	close(release)
 
 	first := deniedBy(sweepPeers, sweepPeers+1000)
@@ -113,6 +119,36 @@ func TestSweepNeverHoldsUpTheCaller(t *testing.T) {
 	if n := calls.Load(); n != 2 {
 		t.Errorf("%d sweeps ran for four commits, three of them during the first sweep; want 2", n)
 	}
+	if running() != 0 || swept() != 2 {
+		t.Errorf("after the sweeps: nftpol_flow_sweep_running %v, nftpol_flow_sweeps_total %v; want 0 and 2", running(), swept())
+	}
+}
+
+// sweepMetrics reads the cutter's two metrics (Collectors).
+func sweepMetrics(t *testing.T, c *FlowCutter) (running, swept func() float64) {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	for _, col := range c.Collectors() {
+		reg.MustRegister(col)
+	}
+	read := func(name string) func() float64 {
+		return func() float64 {
+			families, err := reg.Gather()
+			if err != nil {
+				t.Fatalf("gathering the flow cut metrics: %v", err)
+			}
+			for _, f := range families {
+				if f.GetName() != name || len(f.GetMetric()) != 1 {
+					continue
+				}
+				m := f.GetMetric()[0]
+				return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+			t.Fatalf("no metric %s", name)
+			return 0
+		}
+	}
+	return read("nftpol_flow_sweep_running"), read("nftpol_flow_sweeps_total")
 }
 
 // TestSweepTakesUpANewerModelMidway: a sweep whose model is superseded

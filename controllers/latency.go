@@ -34,7 +34,7 @@ type change struct {
 
 // latencyTracker measures how long a change takes to reach the kernel:
 // from the event (after the cache holds the object, and only when the
-// change matters to the model: see modelInputChanged) to the commit of
+// change matters to the model: see modelInputDiffers) to the commit of
 // the first sync that started after it. Events arrive on informer
 // goroutines while a sync runs; a sync takes what was received before it
 // read the cache, so everything it takes is enforced by its commit.

@@ -296,6 +296,11 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	}
 	if opts.CutDeniedFlows {
 		syncer.flows = &FlowCutter{NetNSPath: opts.NetNSPath, Log: opts.Log.WithName("flows")}
+		for _, c := range syncer.flows.Collectors() {
+			if err := reg.Register(c); err != nil {
+				return nil, nil, fmt.Errorf("registering flow cut metrics: %w", err)
+			}
+		}
 	}
 
 	if opts.LogDenied {
@@ -318,8 +323,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		// Pods through the handler that hands them to the Builder: it asks
 		// for the sync after it recorded the pod (see cacheState).
 		WatchesRawSource(source.Channel(cached.podSync, changed(ChangePod))).
-		Watches(&corev1.Namespace{}, changed(ChangeNamespace), builder.WithPredicates(modelInputChanged())).
-		// NetworkPolicies likewise, through their handler (see cacheState).
+		// Namespaces and NetworkPolicies likewise, through their handlers
+		// (see cacheState).
+		WatchesRawSource(source.Channel(cached.namespaceSync, changed(ChangeNamespace))).
 		WatchesRawSource(source.Channel(cached.policySync, changed(ChangeNetworkPolicy))).
 		// The ClusterNetworkPolicy watch records its changes itself.
 		WatchesRawSource(source.Channel(cnpWatch.sync, toNodeSync)).

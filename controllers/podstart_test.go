@@ -231,8 +231,8 @@ func startControlPlane(t *testing.T) *rest.Config {
 
 // TestPodCIDRSource reads the guard's pod CIDRs as the agent does: the
 // given ones first; else the Node's spec.podCIDRs from the API server,
-// asked again (not more often than podCIDRRetry) while it has none, and
-// kept once found.
+// asked again (not more often than podCIDRRetry, in the background) while
+// it has none, and kept once found.
 func TestPodCIDRSource(t *testing.T) {
 	cfg := startControlPlane(t)
 	c, err := client.New(cfg, client.Options{})
@@ -255,10 +255,20 @@ func TestPodCIDRSource(t *testing.T) {
 	if got := src.cidrs(ctx); got != nil {
 		t.Fatalf("asked the API server again within %s: %v", podCIDRRetry, got)
 	}
+	src.mu.Lock()
 	src.lastTry = time.Now().Add(-podCIDRRetry)
+	src.mu.Unlock()
+	// Asked again, in the background: the sync that asks does not wait,
+	// a later one has the answer.
+	if got := src.cidrs(ctx); got != nil {
+		t.Fatalf("a sync waited for the API server after the first read: %v", got)
+	}
 	want := []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}
-	if got := src.cidrs(ctx); !slices.Equal(got, want) {
-		t.Fatalf("pod CIDRs %v, want %v", got, want)
+	for attempt := 0; !slices.Equal(src.cidrs(ctx), want); attempt++ {
+		if attempt == 100 {
+			t.Fatalf("pod CIDRs %v 10 s after the background read began, want %v", src.cidrs(ctx), want)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	src.reader = nil // found: never asked again
 	if got := src.cidrs(ctx); !slices.Equal(got, want) {

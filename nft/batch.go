@@ -72,10 +72,48 @@ func oneAck(msgs []netlink.Message) int {
 // sendBatch sends the recorded batch msgs in the enforcer's namespace and
 // waits for the kernel's answer: the acknowledgement of the last command,
 // or the first error, which means the kernel kept the table as it was.
+//
+// The socket is kept from one commit to the next (e.batches, under e.mu):
+// dialing one means entering the namespace on a locked thread and raising
+// its buffers, for every sync. It is kept only after a batch whose
+// acknowledgement was read, which is the last message the kernel sends
+// for a batch it applied, so the next batch finds nothing of this one
+// left to read. After any other outcome it is closed, and the next batch
+// dials a new one. A send that fails on a kept socket is sent once more on
+// a new one: a netlink send that fails delivered nothing to the kernel.
 func (e *Enforcer) sendBatch(msgs []netlink.Message) error {
 	acked := oneAck(msgs)
 	if acked < 0 {
 		return nil
+	}
+	kept := e.batches != nil
+	conn, err := e.batchConn()
+	if err != nil {
+		return err
+	}
+	sent, err := conn.SendMessages(msgs)
+	if err != nil && kept {
+		e.dropBatchConn()
+		if conn, err = e.batchConn(); err != nil {
+			return err
+		}
+		sent, err = conn.SendMessages(msgs)
+	}
+	if err != nil {
+		e.dropBatchConn()
+		return fmt.Errorf("sending the batch: %w", err)
+	}
+	if err := awaitAck(conn, sent[acked].Header.Sequence); err != nil {
+		e.dropBatchConn()
+		return err
+	}
+	return nil
+}
+
+// batchConn returns the kept batch socket, dialing it when there is none.
+func (e *Enforcer) batchConn() (*netlink.Conn, error) {
+	if e.batches != nil {
+		return e.batches, nil
 	}
 	cfg := &netlink.Config{}
 	if e.netns != nil {
@@ -83,17 +121,27 @@ func (e *Enforcer) sendBatch(msgs []netlink.Message) error {
 	}
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
 	if err != nil {
-		return fmt.Errorf("opening netlink: %w", err)
+		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
-	defer conn.Close()
 	if err := raiseBuffers(conn); err != nil {
-		return err
+		_ = conn.Close()
+		return nil, err
 	}
-	sent, err := conn.SendMessages(msgs)
-	if err != nil {
-		return fmt.Errorf("sending the batch: %w", err)
+	e.batches = conn
+	return conn, nil
+}
+
+// dropBatchConn closes the kept batch socket, if any.
+func (e *Enforcer) dropBatchConn() {
+	if e.batches != nil {
+		_ = e.batches.Close()
+		e.batches = nil
 	}
-	want := sent[acked].Header.Sequence
+}
+
+// awaitAck reads the kernel's answer to a batch until the acknowledgement
+// of the message numbered want, or an error.
+func awaitAck(conn *netlink.Conn, want uint32) error {
 	if err := conn.SetReadDeadline(time.Now().Add(batchTimeout)); err != nil {
 		return err
 	}

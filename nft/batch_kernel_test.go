@@ -76,3 +76,48 @@ func TestReadBackAnnotations(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchSocketKeptAndRedialed: commits share one netlink socket
+// (batch.go), which must never carry anything of one batch into the next:
+// a socket that broke since the last commit is replaced and the batch
+// sent again, and after a refused batch (whose error replies may still be
+// unread) the next batch goes out on a new socket. Each commit is checked
+// against the kernel's table.
+func TestBatchSocketKeptAndRedialed(t *testing.T) {
+	e := newTestEnforcer(t, testNetns(t), DenyDrop)
+	m := sampleModel()
+	commit := func(step string, addr string) {
+		t.Helper()
+		m.AddrSets[1].Addrs = append(m.AddrSets[1].Addrs, netip.MustParseAddr(addr))
+		if _, err := e.Sync(m); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if err := e.Verify(); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+	}
+	commit("first commit", "10.0.1.10")
+	first := e.batches
+	if first == nil {
+		t.Fatal("no socket kept after a commit")
+	}
+	commit("second commit", "10.0.1.11")
+	if e.batches != first {
+		t.Fatal("the second commit dialed a new socket")
+	}
+	// Broken under the enforcer: the next commit must not fail for it.
+	_ = first.Close()
+	commit("commit after the socket broke", "10.0.1.12")
+
+	// Two refused messages: the first error ends the wait, the second
+	// stays unread on that socket.
+	bad := e.compiler.Compile(m)
+	for _, name := range []string{"aaa-broken", "zzz-broken"} {
+		bad.chains[name] = &chainSpec{name: name, rules: []ruleSpec{{verdict: verdictJump, target: "no-such-chain"}}}
+	}
+	if _, err := e.Commit(bad); err == nil {
+		t.Fatal("a batch with jumps to a missing chain committed")
+	}
+	commit("commit after a refused batch", "10.0.1.13")
+	commit("commit after that", "10.0.1.14")
+}

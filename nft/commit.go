@@ -41,6 +41,9 @@ type Enforcer struct {
 	committed *Ruleset
 	// counters keeps the policy counters monotonic across rewrites.
 	counters counterState
+	// batches is the socket transactions are sent on, kept from one
+	// commit to the next (batch.go); nil until the next commit dials it.
+	batches *netlink.Conn
 }
 
 // NewEnforcer opens the network namespace (if any). It does not touch the
@@ -64,8 +67,12 @@ func NewEnforcer(cfg Config) (*Enforcer, error) {
 // Config returns the enforcer's configuration, defaults filled in.
 func (e *Enforcer) Config() Config { return e.cfg }
 
-// Close releases the namespace handle. The table stays in the kernel.
+// Close releases the netlink socket and the namespace handle. The table
+// stays in the kernel.
 func (e *Enforcer) Close() error {
+	e.mu.Lock()
+	e.dropBatchConn()
+	e.mu.Unlock()
 	if e.netns != nil {
 		return e.netns.Close()
 	}

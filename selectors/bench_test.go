@@ -36,7 +36,8 @@ func BenchmarkBuildModel(b *testing.B) {
 // BenchmarkOnePodChangeEvent is the compute of the agent's sync after one
 // pod change, fed as the agent feeds it: the informer's event for one
 // remote pod (relabeled in and out of the "api" peer sets) goes to
-// Builder.SetPod, then BuildFromEvents (policies given once by SetPolicy); "+compile" adds the nft compile and
+// Builder.SetPod, then BuildFromEvents (policies and namespaces given once
+// by SetPolicy and SetNamespace); "+compile" adds the nft compile and
 // the diff against the last ruleset, which is the whole compute of a sync
 // before the kernel commit.
 func BenchmarkOnePodChangeEvent(b *testing.B) {
@@ -101,6 +102,9 @@ func syncedOnce(b *testing.B, s *selectors.State) (*nft.Compiler, *selectors.Bui
 	}
 	for _, np := range s.Policies {
 		builder.SetPolicy(np)
+	}
+	for _, ns := range s.Namespaces {
+		builder.SetNamespace(ns)
 	}
 	m, _ := builder.BuildFromEvents(selectorstest.ScaleNode, s)
 	return compiler, builder, compiler.Compile(m)

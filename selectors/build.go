@@ -349,6 +349,9 @@ func (b *modelBuilder) portSet(cp *policy, dir Direction, r *rule, named []port,
 		sort.Strings(peerIDs)
 		id = "eg|peers=" + strings.Join(peerIDs, ";") + "|ports=" + strings.Join(names, ",")
 		candidates = b.egressCandidates(cp, r)
+		if b.changes != nil {
+			b.changes.egressNamedPorts = true
+		}
 	}
 	if _, ok := b.portSets[id]; ok {
 		// Every policy sharing the set hears of its unresolved names, not

@@ -26,12 +26,19 @@ import (
 //
 // Two ways to feed it, which give the same models:
 //   - events: SetPod and DeletePod for each pod that changed, SetPolicy
-//     and DeletePolicy for each NetworkPolicy that changed, then
-//     BuildFromEvents with a State whose Pods and Policies are ignored
-//     (the agent);
-//   - states: Build with a whole State; it finds the changed pods and
-//     policies by comparing pointers, one map lookup per object (tests,
-//     benchmarks).
+//     and DeletePolicy for each NetworkPolicy that changed, SetNamespace
+//     and DeleteNamespace for each namespace that changed, then
+//     BuildFromEvents with a State whose Pods, Policies and (once a
+//     namespace event was given) Namespaces are ignored (the agent);
+//   - states: Build with a whole State; it finds the changed pods,
+//     policies and namespaces by comparing pointers, one map lookup per
+//     object (tests, benchmarks).
+//
+// A build after changes that only moved pods of other nodes, with no
+// policy or namespace changed (the most common sync by far), does not
+// visit the node's policies at all: it hands the last model again with
+// the peer sets covering the changed namespaces brought up to date
+// (reuseLast).
 //
 // It relies on what the agent's cache guarantees: a *Pod or a policy passed
 // in is never changed afterwards; a changed one comes as a new object, and
@@ -50,6 +57,11 @@ type Builder struct {
 	// viewDirty are the pods whose owned addresses may have changed since
 	// the last build.
 	viewDirty map[*Pod]bool
+	// localDirty are the namespaces where a pod of the node changed since
+	// the last build (a subset of dirty): only there the node's endpoint
+	// pods are listed again, elsewhere their slice is kept, and with it
+	// what was resolved on it (see buildChanges.selected).
+	localDirty map[string]bool
 	// byNamespace holds the model's view of every endpoint pod that owns
 	// an address (the pod, or a copy with the addresses it owns), per
 	// namespace; dirty are the namespaces changed since the last build.
@@ -60,12 +72,16 @@ type Builder struct {
 	ix    *index
 	node  string
 	local map[string][]*Pod
-	// nsObjects are the namespace objects' labels at the last build;
-	// nsExact is false when that build's list had nil or repeated
-	// objects, and the next one compares in full.
-	nsObjects map[string]map[string]string
-	nsExact   bool
-	// stateGen counts the States given to Build.
+	// namespaces are the namespace objects' labels by name, given by
+	// SetNamespace and DeleteNamespace, or taken from a State's list
+	// (fromStateNamespaces); nsDirty are the names set or deleted since
+	// the last build, the only ones a build looks at.
+	namespaces map[string]*namespaceEntry
+	nsDirty    map[string]bool
+	// namespaceEvents is true once a namespace was given as an event:
+	// BuildFromEvents then ignores the State's Namespaces.
+	namespaceEvents bool
+	// stateGen counts the States given to Build or read for namespaces.
 	stateGen uint64
 	// peerSets are the address sets of selector peers by peer ID, kept
 	// peerSetRetention builds after their last use: a policy deleted and
@@ -79,6 +95,13 @@ type Builder struct {
 	policyIndex map[string]map[string]*policyEntry
 	policyLists map[string][]*networkingv1.NetworkPolicy
 	policyCount int
+	// policiesChanged is true when a NetworkPolicy was set or deleted
+	// since the last build.
+	policiesChanged bool
+	// last is what the last build made, when the next may reuse it (see
+	// reuseLast); nil when it resolved ClusterNetworkPolicies or egress
+	// named ports, which read pods beyond the peer sets.
+	last *lastBuild
 	// podsChanged is the last build whose dirty namespaces held each
 	// namespace, for the namespaces changed in the last peerSetRetention
 	// builds; labelsChanged the last build where namespace labels changed.
@@ -102,6 +125,12 @@ type podEntry struct {
 	// endpoint or owns no address.
 	view *Pod
 	// stateGen is the last Build whose State held the pod.
+	stateGen uint64
+}
+
+type namespaceEntry struct {
+	labels map[string]string
+	// stateGen is the last State whose Namespaces held it.
 	stateGen uint64
 }
 
@@ -131,6 +160,9 @@ type portSetMemo struct {
 
 type peerSetMemo struct {
 	set *AddrSet
+	// peer is a selector peer whose set this is (every peer of that ID
+	// selects alike).
+	peer *peer
 	// byNamespace holds, for every namespace whose pods the set was made
 	// of, the addresses that namespace gave it, ascending (none is nil).
 	byNamespace map[string][]netip.Addr
@@ -154,9 +186,11 @@ func NewBuilder() *Builder {
 		viewDirty:   map[*Pod]bool{},
 		byNamespace: map[string]map[podKey]*Pod{},
 		dirty:       map[string]bool{},
+		localDirty:  map[string]bool{},
 		ix:          &index{podsByNamespace: map[string][]*Pod{}, namespaceLabels: map[string]labels.Set{}},
 		local:       map[string][]*Pod{},
-		nsObjects:   map[string]map[string]string{},
+		namespaces:  map[string]*namespaceEntry{},
+		nsDirty:     map[string]bool{},
 		peerSets:    map[string]*peerSetMemo{},
 		podsChanged: map[string]uint64{},
 		policies:    map[*networkingv1.NetworkPolicy]*policyMemo{},
@@ -224,6 +258,7 @@ func (bl *Builder) SetPolicy(np *networkingv1.NetworkPolicy) {
 	}
 	e.np = np
 	delete(bl.policyLists, np.Namespace)
+	bl.policiesChanged = true
 }
 
 // DeletePolicy forgets the NetworkPolicy namespace/name.
@@ -238,6 +273,68 @@ func (bl *Builder) DeletePolicy(namespace, name string) {
 	}
 	bl.policyCount--
 	delete(bl.policyLists, namespace)
+	bl.policiesChanged = true
+}
+
+// SetNamespace records ns as the namespace's current object (nil is
+// ignored). Once a namespace is given this way, BuildFromEvents takes the
+// namespaces from these events only, not from its State.
+func (bl *Builder) SetNamespace(ns *Namespace) {
+	if ns == nil {
+		return
+	}
+	bl.namespaceEvents = true
+	bl.setNamespace(ns)
+}
+
+// DeleteNamespace forgets the namespace name (see SetNamespace).
+func (bl *Builder) DeleteNamespace(name string) {
+	bl.namespaceEvents = true
+	if _, ok := bl.namespaces[name]; ok {
+		delete(bl.namespaces, name)
+		bl.nsDirty[name] = true
+	}
+}
+
+// setNamespace records ns, unless it holds the same labels (at once when
+// it is the same map, which an unchanged object of the agent's cache
+// hands every time).
+func (bl *Builder) setNamespace(ns *Namespace) *namespaceEntry {
+	e := bl.namespaces[ns.Name]
+	if e == nil {
+		e = &namespaceEntry{}
+		bl.namespaces[ns.Name] = e
+	} else if sameLabels(e.labels, ns.Labels) {
+		return e
+	}
+	e.labels = ns.Labels
+	bl.nsDirty[ns.Name] = true
+	return e
+}
+
+// namespacesFromState turns a State's list of namespaces into the events
+// it implies: one map lookup per namespace, for the callers that do not
+// give namespace events (Build; BuildFromEvents before any).
+func (bl *Builder) namespacesFromState(list []*Namespace) {
+	bl.stateGen++
+	seen := 0
+	for _, ns := range list {
+		if ns == nil {
+			continue
+		}
+		if e := bl.setNamespace(ns); e.stateGen != bl.stateGen {
+			e.stateGen = bl.stateGen
+			seen++
+		}
+	}
+	if seen != len(bl.namespaces) {
+		for name, e := range bl.namespaces {
+			if e.stateGen != bl.stateGen {
+				delete(bl.namespaces, name)
+				bl.nsDirty[name] = true
+			}
+		}
+	}
 }
 
 // localPolicies returns the policies of the namespaces with endpoint pods
@@ -329,6 +426,9 @@ func (bl *Builder) setView(k podKey, e *podEntry, view *Pod) {
 	if e.view == view {
 		return
 	}
+	if bl.onNode(e.view) || bl.onNode(view) {
+		bl.localDirty[k.namespace] = true
+	}
 	e.view = view
 	bl.dirty[k.namespace] = true
 	ns := bl.byNamespace[k.namespace]
@@ -344,6 +444,12 @@ func (bl *Builder) setView(k podKey, e *podEntry, view *Pod) {
 		bl.byNamespace[k.namespace] = ns
 	}
 	ns[k] = view
+}
+
+// onNode reports whether view is an endpoint pod of the node of the last
+// build.
+func (bl *Builder) onNode(view *Pod) bool {
+	return view != nil && view.NodeName == bl.node
 }
 
 // viewOf returns the pod as the model sees it (see index.ownedPart): the
@@ -413,15 +519,35 @@ func (bl *Builder) Build(node string, s *State) (*Model, []Problem) {
 			}
 		}
 	}
-	return bl.BuildFromEvents(node, s)
+	bl.namespacesFromState(s.Namespaces)
+	return bl.build(node, s)
 }
 
 // BuildFromEvents returns what BuildModel returns for s with the pods
 // given by SetPod and DeletePod instead of s.Pods, and the NetworkPolicies
 // given by SetPolicy and DeletePolicy instead of s.Policies.
+// The namespaces too come from SetNamespace and DeleteNamespace once one
+// was given so; until then from s.Namespaces.
 func (bl *Builder) BuildFromEvents(node string, s *State) (*Model, []Problem) {
-	ch := bl.update(node, s)
+	if !bl.namespaceEvents {
+		bl.namespacesFromState(s.Namespaces)
+	}
+	return bl.build(node, s)
+}
+
+// build builds the model of node from what the Builder was given.
+func (bl *Builder) build(node string, s *State) (*Model, []Problem) {
+	ch := bl.update(node)
+	if m, problems, ok := bl.reuseLast(ch, s); ok {
+		// Nothing of the last build went unused: nothing to forget.
+		return m, problems
+	}
 	m, problems := buildModel(node, bl.ix, bl.local, bl.localPolicies(), s, ch)
+	bl.policiesChanged = false
+	bl.last = nil
+	if len(s.ClusterPolicies) == 0 && !ch.egressNamedPorts {
+		bl.last = &lastBuild{model: m, problems: problems, policies: ch.usedPolicies, portSets: ch.usedPortSets}
+	}
 	for id, memo := range bl.peerSets {
 		if memo.gen+peerSetRetention <= bl.gen {
 			delete(bl.peerSets, id)
@@ -452,7 +578,7 @@ func (bl *Builder) BuildFromEvents(node string, s *State) (*Model, []Problem) {
 
 // update brings the index up to date with the pods and namespaces changed
 // since the last build and returns what the build may reuse.
-func (bl *Builder) update(node string, s *State) *buildChanges {
+func (bl *Builder) update(node string) *buildChanges {
 	bl.gen++
 	for p := range bl.viewDirty {
 		k := podKey{p.Namespace, p.Name}
@@ -460,17 +586,24 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 			bl.setView(k, e, bl.viewOf(p))
 		}
 	}
-	clear(bl.viewDirty)
-	ch := &buildChanges{builder: bl, dirty: bl.dirty}
+	// New maps, not cleared ones: a map keeps the room it once needed
+	// (every pod, after the first sync), and ranging over an empty map
+	// costs that room at every build.
+	bl.viewDirty = map[*Pod]bool{}
+	ch := &buildChanges{builder: bl, dirty: bl.dirty, localChanged: len(bl.localDirty) > 0}
 	bl.dirty = map[string]bool{}
+	localDirty := bl.localDirty
+	bl.localDirty = map[string]bool{}
 
 	ix := bl.ix
 	if len(ch.dirty) > 0 {
 		ix.byIP = nil
 	}
-	if node != bl.node {
+	nodeChanged := node != bl.node
+	if nodeChanged {
 		// Another node: every namespace's local pods are recomputed.
 		bl.node = node
+		ch.localChanged = true
 		clear(bl.local)
 		for ns := range bl.byNamespace {
 			ch.dirty[ns] = true
@@ -479,30 +612,34 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 			ch.dirty[ns] = true
 		}
 	}
-	podNamespacesChanged := false
 	for ns := range ch.dirty {
 		bl.podsChanged[ns] = bl.gen
 		pods := bl.byNamespace[ns]
 		if len(pods) == 0 {
 			if _, ok := ix.podsByNamespace[ns]; ok {
-				podNamespacesChanged = true
+				bl.nsDirty[ns] = true // may be known by its pods only
 			}
 			delete(ix.podsByNamespace, ns)
 			delete(bl.local, ns)
 			continue
 		}
 		if _, ok := ix.podsByNamespace[ns]; !ok {
-			podNamespacesChanged = true
+			bl.nsDirty[ns] = true
 		}
 		list := make([]*Pod, 0, len(pods))
-		var local []*Pod
 		for _, p := range pods {
 			list = append(list, p)
+		}
+		ix.podsByNamespace[ns] = list
+		if !localDirty[ns] && !nodeChanged {
+			continue // the same pods of the node: their slice is kept
+		}
+		var local []*Pod
+		for _, p := range list {
 			if p.NodeName == node {
 				local = append(local, p)
 			}
 		}
-		ix.podsByNamespace[ns] = list
 		if len(local) > 0 {
 			bl.local[ns] = local
 		} else {
@@ -511,47 +648,33 @@ func (bl *Builder) update(node string, s *State) *buildChanges {
 	}
 
 	// Namespace labels decide which namespaces a namespaceSelector covers:
-	// when any differ, no set of such a peer is reused. They are compared
-	// object by object; the index's labels are remade only on a change.
-	nsChanged := podNamespacesChanged || !bl.nsExact || len(s.Namespaces) != len(bl.nsObjects)
-	if !nsChanged {
-		for _, ns := range s.Namespaces {
-			if ns == nil {
-				nsChanged = true
-				break
-			}
-			if old, ok := bl.nsObjects[ns.Name]; !ok || !sameLabels(old, ns.Labels) {
-				nsChanged = true
-				break
-			}
+	// when any differ, no set of such a peer is reused. Only the
+	// namespaces set, deleted, or given or left by their last pod since
+	// the last build are looked at.
+	for name := range bl.nsDirty {
+		var want labels.Set
+		if e, ok := bl.namespaces[name]; ok {
+			want = namespaceLabelSet(name, e.labels)
+		} else if _, ok := ix.podsByNamespace[name]; ok {
+			want = namespaceLabelSet(name, nil)
+		}
+		old, had := ix.namespaceLabels[name]
+		switch {
+		case want == nil && had:
+			delete(ix.namespaceLabels, name)
+			ix.namespaceNames = slices.DeleteFunc(ix.namespaceNames, func(n string) bool { return n == name })
+			ch.namespacesChanged = true
+		case want != nil && !had:
+			ix.namespaceNames = append(ix.namespaceNames, name)
+			fallthrough
+		case want != nil && !maps.Equal(old, want):
+			ix.namespaceLabels[name] = want
+			ch.namespacesChanged = true
 		}
 	}
-	if nsChanged {
-		clear(bl.nsObjects)
-		fresh := &index{podsByNamespace: ix.podsByNamespace, namespaceLabels: make(map[string]labels.Set, len(s.Namespaces))}
-		for _, ns := range s.Namespaces {
-			if ns != nil {
-				fresh.addNamespace(ns.Name, ns.Labels)
-				bl.nsObjects[ns.Name] = ns.Labels
-			}
-		}
-		bl.nsExact = len(bl.nsObjects) == len(s.Namespaces)
-		for ns := range ix.podsByNamespace {
-			if _, ok := fresh.namespaceLabels[ns]; !ok {
-				fresh.addNamespace(ns, nil)
-			}
-		}
-		ch.namespacesChanged = len(fresh.namespaceLabels) != len(ix.namespaceLabels)
-		for ns, l := range fresh.namespaceLabels {
-			if old, ok := ix.namespaceLabels[ns]; !ok || !maps.Equal(old, l) {
-				ch.namespacesChanged = true
-				break
-			}
-		}
-		if ch.namespacesChanged {
-			bl.labelsChanged = bl.gen
-		}
-		ix.namespaceLabels, ix.namespaceNames = fresh.namespaceLabels, fresh.namespaceNames
+	bl.nsDirty = map[string]bool{}
+	if ch.namespacesChanged {
+		bl.labelsChanged = bl.gen
 	}
 	return ch
 }
@@ -574,6 +697,64 @@ type buildChanges struct {
 	// dirty are the namespaces whose endpoint pods changed.
 	dirty             map[string]bool
 	namespacesChanged bool
+	// localChanged is true when the endpoint pods of the node changed.
+	localChanged bool
+	// usedPolicies and usedPortSets are the parsed policies and ingress
+	// named-port sets this build used; egressNamedPorts is true when it
+	// resolved egress named ports, whose pods are not those of the peer
+	// sets alone.
+	usedPolicies     []*policyMemo
+	usedPortSets     []*portSetMemo
+	egressNamedPorts bool
+}
+
+// lastBuild is a model with what made it, for the next build to reuse.
+type lastBuild struct {
+	model    *Model
+	problems []Problem
+	policies []*policyMemo
+	portSets []*portSetMemo
+}
+
+// reuseLast returns the last model with its peer sets brought up to
+// date, when that is all that changed: only pods of other nodes moved,
+// and no policy or namespace label did, so every policy selects the same
+// pods of the node with the same rules, named ports and problems. Such a
+// change, the most common by far, then costs the sets that cover the
+// changed namespaces, not a pass over the node's policies.
+func (bl *Builder) reuseLast(ch *buildChanges, s *State) (*Model, []Problem, bool) {
+	last := bl.last
+	if last == nil || ch.localChanged || ch.namespacesChanged || bl.policiesChanged || len(s.ClusterPolicies) > 0 {
+		return nil, nil, false
+	}
+	m := *last.model
+	cloned := false
+	for i := range m.AddrSets {
+		memo := bl.peerSets[m.AddrSets[i].ID]
+		if memo == nil {
+			continue // not made of pods
+		}
+		set := ch.updatedPeerSet(bl.ix, memo.peer)
+		if set == nil {
+			// Not expected with the labels unchanged; a whole build is
+			// right anyway, and finds the sets updated so far current.
+			return nil, nil, false
+		}
+		if set.Version != m.AddrSets[i].Version {
+			if !cloned {
+				m.AddrSets, cloned = slices.Clone(m.AddrSets), true
+			}
+			m.AddrSets[i] = *set
+		}
+	}
+	for _, memo := range last.policies {
+		memo.gen = bl.gen
+	}
+	for _, memo := range last.portSets {
+		memo.gen = bl.gen
+	}
+	last.model = &m
+	return &m, slices.Clone(last.problems), true
 }
 
 // updatedPeerSet returns the set of a selector peer from an earlier build,
@@ -700,7 +881,10 @@ func (ch *buildChanges) parse(np *networkingv1.NetworkPolicy) *policy {
 		memo = &policyMemo{parsed: parsePolicy(np), resourceVersion: np.ResourceVersion}
 		ch.builder.policies[np] = memo
 	}
-	memo.gen = ch.builder.gen
+	if memo.gen != ch.builder.gen {
+		memo.gen = ch.builder.gen
+		ch.usedPolicies = append(ch.usedPolicies, memo)
+	}
 	return memo.parsed
 }
 
@@ -733,7 +917,10 @@ func (ch *buildChanges) ingressPortSet(id string, selected []*Pod) (*PortSet, []
 	if memo == nil || !sameSlice(memo.candidates, selected) {
 		return nil, nil, false
 	}
-	memo.gen = ch.builder.gen
+	if memo.gen != ch.builder.gen {
+		memo.gen = ch.builder.gen
+		ch.usedPortSets = append(ch.usedPortSets, memo)
+	}
 	return memo.set, memo.problems, true
 }
 
@@ -743,7 +930,9 @@ func (ch *buildChanges) rememberIngressPortSet(id string, selected []*Pod, set *
 	if ch == nil {
 		return
 	}
-	ch.builder.ingressPortSets[id] = &portSetMemo{candidates: selected, set: set, problems: problems, gen: ch.builder.gen}
+	memo := &portSetMemo{candidates: selected, set: set, problems: problems, gen: ch.builder.gen}
+	ch.builder.ingressPortSets[id] = memo
+	ch.usedPortSets = append(ch.usedPortSets, memo)
 }
 
 // remember keeps the set of a selector peer for the next build, with the
@@ -753,5 +942,5 @@ func (ch *buildChanges) remember(pe *peer, set *AddrSet, byNamespace map[string]
 		return
 	}
 	set.Version = &SetVersion{}
-	ch.builder.peerSets[pe.id] = &peerSetMemo{set: set, byNamespace: byNamespace, gen: ch.builder.gen}
+	ch.builder.peerSets[pe.id] = &peerSetMemo{set: set, peer: pe, byNamespace: byNamespace, gen: ch.builder.gen}
 }

@@ -23,9 +23,10 @@ import (
 // new object, as the agent's cache hands them), ClusterNetworkPolicies
 // included, and requires every build to equal a fresh BuildModel of the
 // same state. Two Builders per node follow each history: one given whole
-// States (Build), one given only the pod and policy events of each change
-// (SetPod, DeletePod, SetPolicy, DeletePolicy, then BuildFromEvents), as
-// the agent feeds it.
+// States (Build), one given only the pod, policy and namespace events of
+// each change (SetPod, DeletePod, SetPolicy, DeletePolicy, SetNamespace,
+// DeleteNamespace, then BuildFromEvents), as the agent feeds it; every
+// other seed without namespace events, as a caller that gives none.
 func TestBuilderAgreesWithBuildModel(t *testing.T) {
 	const seeds, steps = 300, 25
 	for seed := int64(0); seed < seeds; seed++ {
@@ -36,6 +37,9 @@ func TestBuilderAgreesWithBuildModel(t *testing.T) {
 			s.ClusterPolicies = randomClusterPolicies(r)
 		}
 		builders, fed := map[string]*selectors.Builder{}, map[string]*selectors.Builder{}
+		// Every other seed the fed Builder takes the namespaces from the
+		// State, as a caller that gives no namespace events.
+		namespaceEvents := seed%2 == 0
 		versions := map[string]map[*selectors.SetVersion]selectors.AddrSet{}
 		for _, node := range selectorstest.Nodes() {
 			builders[node] = selectors.NewBuilder()
@@ -46,6 +50,11 @@ func TestBuilderAgreesWithBuildModel(t *testing.T) {
 			}
 			for _, np := range s.Policies {
 				fed[node].SetPolicy(np)
+			}
+			for _, ns := range s.Namespaces {
+				if namespaceEvents {
+					fed[node].SetNamespace(ns)
+				}
 			}
 		}
 		for step := 0; step < steps; step++ {
@@ -85,6 +94,9 @@ func TestBuilderAgreesWithBuildModel(t *testing.T) {
 					}
 				}
 				feedPolicyEvents(fed[node], before.Policies, s.Policies)
+				if namespaceEvents {
+					feedNamespaceEvents(fed[node], before.Namespaces, s.Namespaces)
+				}
 			}
 		}
 	}
@@ -269,19 +281,32 @@ func randomClusterPolicies(r *rand.Rand) []*cnpv1beta1.ClusterNetworkPolicy {
 // deliver going from the policies before to after: an update or an add
 // for each new object, a delete for each key gone.
 func feedPolicyEvents(b *selectors.Builder, before, after []*networkingv1.NetworkPolicy) {
-	key := func(np *networkingv1.NetworkPolicy) string { return np.Namespace + "/" + np.Name }
-	now := map[string]*networkingv1.NetworkPolicy{}
-	for _, np := range after {
-		now[key(np)] = np
+	feedEvents(before, after, func(np *networkingv1.NetworkPolicy) string { return np.Namespace + "/" + np.Name },
+		b.SetPolicy, func(np *networkingv1.NetworkPolicy) { b.DeletePolicy(np.Namespace, np.Name) })
+}
+
+// feedNamespaceEvents gives b the namespace events that turn before into
+// after: a namespace created, relabeled (a new object) or deleted.
+func feedNamespaceEvents(b *selectors.Builder, before, after []*selectors.Namespace) {
+	feedEvents(before, after, func(ns *selectors.Namespace) string { return ns.Name },
+		b.SetNamespace, func(ns *selectors.Namespace) { b.DeleteNamespace(ns.Name) })
+}
+
+// feedEvents calls del for each object of before whose key after lacks,
+// then set for each object of after that before does not hold.
+func feedEvents[T comparable](before, after []T, key func(T) string, set, del func(T)) {
+	now := map[string]bool{}
+	for _, o := range after {
+		now[key(o)] = true
 	}
-	for _, np := range before {
-		if _, ok := now[key(np)]; !ok {
-			b.DeletePolicy(np.Namespace, np.Name)
+	for _, o := range before {
+		if !now[key(o)] {
+			del(o)
 		}
 	}
-	for _, np := range after {
-		if !slices.Contains(before, np) {
-			b.SetPolicy(np)
+	for _, o := range after {
+		if !slices.Contains(before, o) {
+			set(o)
 		}
 	}
 }
@@ -349,9 +374,13 @@ func changeOne(r *rand.Rand, s *selectors.State, step int) (*selectors.State, []
 			out.Namespaces = slices.Delete(out.Namespaces, i, i+1)
 		default:
 			l := maps.Clone(out.Namespaces[i].Labels)
-			if l["env"] == "prod" {
+			// One time in four a new object with the same labels (a
+			// resync, an annotation changed).
+			switch {
+			case r.Intn(4) == 0:
+			case l["env"] == "prod":
 				l["env"] = "dev"
-			} else {
+			default:
 				l["env"] = "prod"
 			}
 			out.Namespaces[i] = &selectors.Namespace{Name: ns, Labels: l}

@@ -196,6 +196,16 @@ func contestedOwners(pods []*Pod) map[netip.Addr]*Pod {
 // server always sets, so selectors on it work even for a namespace whose
 // object has not been seen.
 func (ix *index) addNamespace(name string, l map[string]string) {
+	set := namespaceLabelSet(name, l)
+	if _, seen := ix.namespaceLabels[name]; !seen {
+		ix.namespaceNames = append(ix.namespaceNames, name)
+	}
+	ix.namespaceLabels[name] = set
+}
+
+// namespaceLabelSet returns a namespace's labels as selectors see them:
+// with the name label the API server always sets.
+func namespaceLabelSet(name string, l map[string]string) labels.Set {
 	set := make(labels.Set, len(l)+1)
 	for k, v := range l {
 		set[k] = v
@@ -203,10 +213,7 @@ func (ix *index) addNamespace(name string, l map[string]string) {
 	if _, ok := set[metadataNameLabel]; !ok {
 		set[metadataNameLabel] = name
 	}
-	if _, seen := ix.namespaceLabels[name]; !seen {
-		ix.namespaceNames = append(ix.namespaceNames, name)
-	}
-	ix.namespaceLabels[name] = set
+	return set
 }
 
 // selectsPod reports whether a policy's podSelector selects pod.

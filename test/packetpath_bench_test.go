@@ -99,6 +99,9 @@ type pathBench struct {
 	serverSelected pathPhase // whose labels the server has
 	tiers          cnpMix    // phase T's ClusterNetworkPolicies
 	tiersWritten   bool      // whether they are in the API
+	// sweepWaits are how long entering each phase waited for the
+	// agents' conntrack sweeps (waitSweeps), in round order.
+	sweepWaits [pathPhases][]time.Duration
 }
 
 // BenchmarkPacketPath measures new TCP connections per second and a long
@@ -176,6 +179,14 @@ func BenchmarkPacketPath(b *testing.B) {
 			b.ReportMetric(tiers, "T-conn/s")
 			b.ReportMetric(tiers/a, "T/A-conn")
 			b.ReportMetric(tiers/ten, "T/B-conn")
+			// How long entering a phase waited for the agents' sweeps
+			// (waitSweeps): C's, and the longest of any phase.
+			b.ReportMetric(slices.Max(append(pb.sweepWaits[phaseAll], 0)).Seconds(), "C-sweep-wait-s")
+			var longest time.Duration
+			for _, ws := range pb.sweepWaits {
+				longest = max(longest, slices.Max(append(ws, 0)))
+			}
+			b.ReportMetric(longest.Seconds(), "sweep-wait-max-s")
 			b.ReportMetric(ma, "A-MB/s")
 			b.ReportMetric(mten, "B-MB/s")
 			b.ReportMetric(mten/ma, "B/A-MB/s")
@@ -375,6 +386,40 @@ func (pb *pathBench) enter(phase pathPhase) {
 			b.Fatalf("%s: cli/other reaches the server over IPv%d: the table is not in force", phase, fam)
 		}
 	}
+	pb.sweepWaits[phase] = append(pb.sweepWaits[phase], pb.waitSweeps(phase))
+}
+
+// waitSweeps waits, at most 60 s, until no agent sweeps its conntrack
+// table (nftpol_flow_sweep_running 0 on both, twice 100 ms apart) and
+// returns how long it waited. After a phase change each agent decides
+// every entry of its table (the previous windows' thousands of
+// connections) against the new model (--cut-denied-flows), on the CPU
+// the windows measure: the windows measure the packet path, not that
+// sweep (BENCHMARKS.md, round four).
+func (pb *pathBench) waitSweeps(phase pathPhase) time.Duration {
+	b := pb.b
+	b.Helper()
+	start := time.Now()
+	quiet := 0
+	for attempt := 0; attempt < 600 && time.Since(start) < 60*time.Second; attempt++ {
+		busy := false
+		for _, a := range pb.agents {
+			running, ok := scrape(b, "http://"+a.MetricsAddr+"/metrics")["nftpol_flow_sweep_running"]
+			if !ok {
+				b.Fatalf("%s: the agent of %s has no nftpol_flow_sweep_running metric", phase, a.Node.Name)
+			}
+			busy = busy || running != 0
+		}
+		if quiet = quiet + 1; busy {
+			quiet = 0
+		}
+		if quiet == 2 {
+			return time.Since(start).Round(time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b.Fatalf("%s: the agents still sweep their conntrack tables after %s", phase, time.Since(start).Round(time.Millisecond))
+	return 0
 }
 
 // setClusterPolicies writes phase T's ClusterNetworkPolicies or deletes

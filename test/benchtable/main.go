@@ -1,6 +1,6 @@
 // Command benchtable reads the output of `go test -bench` (files named on
-// the command line, or standard input) and prints the figures issue #4
-// asks for next to their targets, as a Markdown table: `make bench` ends
+// the command line, or standard input) and prints the figures the
+// performance issues ask for next to their targets, as a Markdown table: `make bench` ends
 // with it, and BENCHMARKS.md records its output.
 package main
 
@@ -106,7 +106,8 @@ func rows() []row {
 		{"one peer joins a 100k-element table (kernel)", "BenchmarkSyncPodJoin", "ns/op", 1e-6, "%.2f ms", "", nil},
 		{"agent RSS, cache warm, 10k pods", "BenchmarkScale/pods=10000/policies=1000", "agent-RSS-MiB", 1, "%.1f MiB", "< 100 MB (95.4 MiB)", below(95.4)},
 		{"agent RSS at the end of the run, 10k pods", "BenchmarkScale/pods=10000/policies=1000", "agent-RSS-end-MiB", 1, "%.1f MiB", "< 100 MB (95.4 MiB)", below(95.4)},
-		{"agent RSS, cache warm, 100k pods", "BenchmarkScale/pods=100000/policies=10000", "agent-RSS-MiB", 1, "%.1f MiB", "< 400 MB (381 MiB)", below(381.5)},
+		{"agent RSS, cache warm, 100k pods", "BenchmarkScale/pods=100000/policies=10000", "agent-RSS-MiB", 1, "%.1f MiB", "< 200 MiB", below(200)},
+		{"agent RSS at the end of the run, 100k pods", "BenchmarkScale/pods=100000/policies=10000", "agent-RSS-end-MiB", 1, "%.1f MiB", "< 200 MiB", below(200)},
 		{"agent live heap in process (cache, Builder, model, ruleset), 100k / 10k", "BenchmarkAgentMemory/pods=100000/policies=10000", "live-MiB", 1, "%.1f MiB", "", nil},
 		{"agent heap goal in process (the heap the GC lets grow: RSS proxy), 100k / 10k", "BenchmarkAgentMemory/pods=100000/policies=10000", "heap-goal-MiB", 1, "%.1f MiB", "RSS < 200 MiB", below(200)},
 		{"fleet, 50 agents (protobuf): API server CPU per pod change and agent", "BenchmarkFleet/agents=50", "apiserver-CPU-us/change/agent-protobuf", 1, "%.0f µs", "", nil},
@@ -124,7 +125,10 @@ func rows() []row {
 		{"fleet, 50 agents: agent RSS warm, 10k pods", "BenchmarkFleet/agents=50", "agent-RSS-MiB-protobuf", 1, "%.1f MiB", "< 100 MB (95.4 MiB)", below(95.4)},
 		{"new connections/s, 1k policies vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "B/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
 		{"new connections/s, 1k policies vs no table (IPv6)", "BenchmarkPacketPath/IPv6", "B/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
-		{"new connections/s, worst case: 1k policies on the pod (IPv4)", "BenchmarkPacketPath/IPv4", "C/A-conn", 1, "%.2f", "", nil},
+		{"new connections/s, 1k policies all selecting the server vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "C/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
+		{"new connections/s, 1k policies all selecting the server vs no table (IPv6)", "BenchmarkPacketPath/IPv6", "C/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
+		{"new connections/s, one rule of 1k ipBlock peers x 5 ports vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "I/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
+		{"new connections/s, one rule of 1k ipBlock peers x 5 ports vs no table (IPv6)", "BenchmarkPacketPath/IPv6", "I/A-conn", 1, "%.2f", ">= 0.90", atLeast(0.90)},
 		{"new connections/s, no table but conntrack on vs no table (IPv4)", "BenchmarkPacketPath/IPv4", "K/A-conn", 1, "%.2f", "", nil},
 		{"new connections/s, 1k policies vs conntrack on (IPv4)", "BenchmarkPacketPath/IPv4", "B/K-conn", 1, "%.2f", "", nil},
 		{"new connections/s, 1k policies vs conntrack on (IPv6)", "BenchmarkPacketPath/IPv6", "B/K-conn", 1, "%.2f", "", nil},
@@ -180,16 +184,21 @@ func main() {
 		}
 		fmt.Printf("| %s | %s | %s | %s |\n", r.what, measured, r.target, verdict)
 	}
-	// The commit ratio, when both sides ran.
-	for _, size := range []string{"1k-chains-10k-elems", "10k-chains-100k-elems"} {
+	// The commit ratio, when both sides ran; issue 15 asks for 0.70 at the
+	// full size.
+	for _, c := range []struct {
+		size  string
+		limit float64
+	}{{"1k-chains-10k-elems", 1}, {"10k-chains-100k-elems", 0.70}} {
+		size := c.size
 		ours, ok1 := res["BenchmarkCommitNetlink/"+size]["ns/op"]
 		theirs, ok2 := res["BenchmarkCommitNftFile/"+size]["ns/op"]
 		if ok1 && ok2 {
 			verdict := "met"
-			if ours > theirs {
+			if ours/theirs > c.limit {
 				verdict = "**missed**"
 			}
-			fmt.Printf("| commit %s: netlink / nft -f | %.2f | <= 1 | %s |\n", size, ours/theirs, verdict)
+			fmt.Printf("| commit %s: netlink / nft -f | %.2f | <= %.2f | %s |\n", size, ours/theirs, c.limit, verdict)
 		}
 	}
 }
