@@ -126,7 +126,7 @@ func compileAudit(rs *Ruleset, m *selectors.Model, cfg Config, u *peerUnions) {
 					continue
 				}
 				for _, ip := range pod.IPs {
-					rs.sets[auditMap(k, dir, familyOf(ip))].elems[addrKey(ip)] = target
+					rs.sets[auditMap(k, dir, familyOf(ip))].elems.put(addrKey(ip), target)
 				}
 			}
 		}

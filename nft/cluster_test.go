@@ -200,7 +200,7 @@ func TestPodChainHoldsOnlyItsPolicies(t *testing.T) {
 	rs := Compile(m, Config{})
 	vmap := rs.sets[MapIngressV4]
 	for i, p := range m.Pods {
-		chain := rs.chains[vmap.elems[addrKey(p.IPs[0])]]
+		chain := rs.chains[vmap.elems.get(addrKey(p.IPs[0]))]
 		if chain == nil {
 			t.Fatalf("%s has no chain", p.Key)
 		}

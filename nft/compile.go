@@ -15,16 +15,23 @@ import (
 // element of the table, and Diff skips the shared sets by identity.
 // A Compiler is not safe for concurrent use.
 type Compiler struct {
-	cfg      Config
-	prev     *Ruleset
-	prevSets *selectors.Model // the sets of the model prev was compiled from
+	cfg  Config
+	prev *Ruleset
+	// addrSets and portSets are the sets of the model prev was compiled
+	// from, by ID (a caller may change the model it passed, so a set
+	// without a Version is a copy).
+	addrSets kept[string, selectors.AddrSet]
+	portSets kept[string, selectors.PortSet]
 	// chains are the policy chains of prev, by name, with the rules they
 	// were compiled from (see compiledChain); isoChains its isolation
 	// chains, which are a function of their policies' keys.
 	chains    map[string]*compiledChain
 	isoChains map[string]*chainSpec
 	segments  map[string]*compiledSegment // lookup segments of prev (lookup.go)
-	names     names
+	// verdicts are the elements the verdict maps of prev were filled
+	// from, by map name (nextVerdicts: during a compile).
+	verdicts, nextVerdicts map[string][]verdictElem
+	names                  names
 }
 
 // isolationChain returns the isolation chain name of the last table when
@@ -42,10 +49,67 @@ func (c *Compiler) isolationChain(name string, keys []string, dir selectors.Dire
 // names keeps the derived names of one Compiler's objects (table.go): a
 // hash of what names the object, the same from compile to compile, and
 // hashing every name again was a good part of a compile after one pod
-// change. A compile keeps the names it used for the next (next becomes
-// cur). A nil *names derives every name.
+// change. A compile keeps the names it used for the next and drops the
+// others (a generation stamp per name: the map is not made again each
+// compile). A nil *names derives every name.
 type names struct {
-	cur, next map[nameKey]string
+	kept kept[nameKey, string]
+}
+
+// kept is a map a Compiler keeps from one compile to the next: a compile
+// (begin to end) marks the entries it uses, and end drops those it did
+// not. Making such maps again each compile (a few entries per peer set
+// and chain of the table: ~10⁴ at 100k pods) was a good part of a compile
+// after one pod change; updating entries in place costs a lookup each, and
+// the sweep runs only when some entry went unused.
+type kept[K comparable, V any] struct {
+	m    map[K]*keptEntry[V]
+	gen  uint64
+	used int
+}
+
+type keptEntry[V any] struct {
+	value V
+	gen   uint64
+}
+
+func (k *kept[K, V]) begin() { k.gen, k.used = k.gen+1, 0 }
+
+// last returns the entry of key as the last compile left it, or nil; it
+// does not mark it used.
+func (k *kept[K, V]) last(key K) *keptEntry[V] {
+	if e := k.m[key]; e != nil && e.gen != k.gen {
+		return e
+	}
+	return nil
+}
+
+// use returns the entry of key, marked used, with a zero value when new.
+func (k *kept[K, V]) use(key K) *keptEntry[V] {
+	e := k.m[key]
+	if e == nil {
+		if k.m == nil {
+			k.m = map[K]*keptEntry[V]{}
+		}
+		e = &keptEntry[V]{}
+		k.m[key] = e
+	}
+	if e.gen != k.gen {
+		e.gen = k.gen
+		k.used++
+	}
+	return e
+}
+
+func (k *kept[K, V]) end() {
+	if len(k.m) == k.used {
+		return
+	}
+	for key, e := range k.m {
+		if e.gen != k.gen {
+			delete(k.m, key)
+		}
+	}
 }
 
 type nameKey struct {
@@ -58,15 +122,11 @@ func (n *names) name(k nameKey, derive func() string) string {
 	if n == nil {
 		return derive()
 	}
-	if v, ok := n.next[k]; ok {
-		return v
+	e := n.kept.use(k)
+	if e.value == "" {
+		e.value = derive()
 	}
-	v, ok := n.cur[k]
-	if !ok {
-		v = derive()
-	}
-	n.next[k] = v
-	return v
+	return e.value
 }
 
 func (n *names) policyChain(key string, dir selectors.Direction) string {
@@ -101,9 +161,8 @@ func NewCompiler(cfg Config) (*Compiler, error) {
 // the previous call's table. Compiled specs are never modified, so sharing
 // them is safe.
 func (c *Compiler) Compile(m *selectors.Model) *Ruleset {
-	rs := compile(m, c.cfg, c)
-	c.prev, c.prevSets = rs, setsOf(m)
-	return rs
+	c.prev = compile(m, c.cfg, c)
+	return c.prev
 }
 
 // newSerial returns a serial no other spec has (see setSpec.serial).
@@ -129,31 +188,17 @@ func (cfg Config) filled() Config {
 	return cfg
 }
 
-// setsOf copies the sets of m: the next compile compares them with its
-// model's, and a caller may reuse and change the model it passed.
-func setsOf(m *selectors.Model) *selectors.Model {
-	out := &selectors.Model{
-		AddrSets: make([]selectors.AddrSet, len(m.AddrSets)),
-		PortSets: make([]selectors.PortSet, len(m.PortSets)),
-	}
-	for i, s := range m.AddrSets {
-		if s.Version != nil {
-			out.AddrSets[i] = s // never changed (see AddrSet.Version)
-			continue
-		}
-		out.AddrSets[i] = selectors.AddrSet{ID: s.ID, Description: s.Description, Addrs: slices.Clone(s.Addrs), Ranges: slices.Clone(s.Ranges)}
-	}
-	for i, s := range m.PortSets {
-		out.PortSets[i] = selectors.PortSet{ID: s.ID, Description: s.Description, Entries: slices.Clone(s.Entries)}
-	}
-	return out
-}
-
 // compile makes the table of m; comp, when not nil, is the Compiler whose
 // last table it may share sets and chains with, and whose derived names
 // it reuses.
 func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 	rs := newRuleset(cfg.Table)
+	if comp != nil && comp.prev != nil {
+		// The next table is about as large as the last: no rehashing
+		// while it fills.
+		rs.sets = make(map[string]*setSpec, len(comp.prev.sets))
+		rs.chains = make(map[string]*chainSpec, len(comp.prev.chains))
+	}
 	for _, dir := range selectors.Directions {
 		for _, family := range []int{4, 6} {
 			addVerdictMap(rs, verdictMap(dir, family), fmt.Sprintf("local pods isolated for %s (IPv%d)", dir, family), family)
@@ -168,19 +213,25 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 	var names *names
 	if comp != nil {
 		names = &comp.names
-		names.next = make(map[nameKey]string, len(names.cur))
-		defer func() { names.cur, names.next = names.next, nil }()
+		names.kept.begin()
+		defer names.kept.end()
 	}
 	compileSets(rs, m, comp, names)
 
 	used := map[string]bool{} // policy chains that some pod jumps to
-	unions := newPeerUnions(rs, m)
+	setsByID := addrSetsByID(m)
+	unions := newPeerUnions(rs, setsByID)
 	cc := newClusterCompiler(rs, m, cfg, unions)
 	var segments map[string]*compiledSegment
 	if comp != nil {
 		segments = comp.segments
 	}
-	lc := newLookupCompiler(rs, m, cfg, segments, comp != nil)
+	lc := newLookupCompiler(rs, m, cfg, setsByID, segments, comp != nil)
+	verdicts := map[string][]verdictElem{}
+	if comp != nil {
+		comp.nextVerdicts = make(map[string][]verdictElem, len(comp.verdicts))
+		defer func() { comp.verdicts, comp.nextVerdicts = comp.nextVerdicts, nil }()
+	}
 	for _, pod := range m.Pods {
 		for _, dir := range selectors.Directions {
 			var iso string
@@ -212,9 +263,13 @@ func compile(m *selectors.Model, cfg Config, comp *Compiler) *Ruleset {
 				continue
 			}
 			for _, ip := range pod.IPs {
-				rs.sets[verdictMap(dir, familyOf(ip))].elems[addrKey(ip)] = target
+				name := verdictMap(dir, familyOf(ip))
+				verdicts[name] = append(verdicts[name], verdictElem{addrKey(ip), target})
 			}
 		}
+	}
+	for name, elems := range verdicts {
+		fillVerdictMap(rs, comp, name, elems)
 	}
 	var chains map[string]*compiledChain
 	if comp != nil {
@@ -347,9 +402,31 @@ func policyOfChain(m *selectors.Model, chain string) (string, selectors.Directio
 	return "", selectors.Ingress
 }
 
+// verdictElem is one element of a verdict map of local pods.
+type verdictElem struct{ key, target string }
+
+// fillVerdictMap puts elems into the verdict map name of rs, or when the
+// last compile of comp (may be nil) filled that map from the same
+// elements, shares the last table's map: most changes move no local pod,
+// and Diff skips a shared map by identity.
+func fillVerdictMap(rs *Ruleset, comp *Compiler, name string, elems []verdictElem) {
+	spec := rs.sets[name]
+	if comp != nil {
+		last := comp.verdicts[name]
+		comp.nextVerdicts[name] = elems
+		if comp.prev != nil && comp.prev.sets[name] != nil && slices.Equal(last, elems) {
+			rs.sets[name] = comp.prev.sets[name]
+			return
+		}
+	}
+	for _, e := range elems {
+		spec.elems.put(e.key, e.target)
+	}
+}
+
 // addVerdictMap adds an empty verdict map of local pod addresses.
 func addVerdictMap(rs *Ruleset, name, comment string, family int) {
-	rs.sets[name] = &setSpec{name: name, kind: vmapKind(family), comment: comment, elems: map[string]string{}}
+	rs.sets[name] = &setSpec{name: name, kind: vmapKind(family), comment: comment}
 }
 
 // baseChainSpec is the base chain of bc's hook and direction, named name
@@ -405,21 +482,17 @@ func policyRules(u *peerUnions, p *selectors.PolicyRules, dir selectors.Directio
 // applying to it the Delta of a set that changed since (c may be nil).
 func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler, names *names) {
 	var prev *Ruleset
-	var prevAddr map[string]*selectors.AddrSet
-	var prevPort map[string]*selectors.PortSet
-	if c != nil && c.prev != nil && c.prevSets != nil {
+	if c != nil {
 		prev = c.prev
-		prevSets := c.prevSets
-		prevAddr = make(map[string]*selectors.AddrSet, len(prevSets.AddrSets))
-		for i := range prevSets.AddrSets {
-			prevAddr[prevSets.AddrSets[i].ID] = &prevSets.AddrSets[i]
-		}
-		prevPort = make(map[string]*selectors.PortSet, len(prevSets.PortSets))
-		for i := range prevSets.PortSets {
-			prevPort[prevSets.PortSets[i].ID] = &prevSets.PortSets[i]
-		}
+		c.addrSets.begin()
+		defer c.addrSets.end()
+		c.portSets.begin()
+		defer c.portSets.end()
 	}
 	reuse := func(names ...string) bool {
+		if prev == nil {
+			return false
+		}
 		for _, n := range names {
 			if prev.sets[n] == nil {
 				return false
@@ -432,13 +505,25 @@ func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler, names *names) {
 	}
 	for i := range m.AddrSets {
 		s := &m.AddrSets[i]
-		if p := prevAddr[s.ID]; p != nil && (s.Version != nil && p.Version == s.Version ||
-			p.Description == s.Description && slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges)) &&
-			reuse(names.addrSet(s.ID, 4), names.addrSet(s.ID, 6)) {
+		var p *selectors.AddrSet
+		if c != nil {
+			if e := c.addrSets.last(s.ID); e != nil {
+				last := e.value // a copy: the entry is set to s below
+				p = &last
+			}
+		}
+		same := p != nil && (s.Version != nil && p.Version == s.Version ||
+			p.Description == s.Description && slices.Equal(p.Addrs, s.Addrs) && slices.Equal(p.Ranges, s.Ranges))
+		if c != nil && !(same && s.Version == nil) {
+			c.addrSets.use(s.ID).value = keptAddrSet(s)
+		} else if c != nil {
+			c.addrSets.use(s.ID) // an equal copy is kept already
+		}
+		if same && reuse(names.addrSet(s.ID, 4), names.addrSet(s.ID, 6)) {
 			continue
 		}
 		specs, ok := [2]*setSpec{}, false
-		if p := prevAddr[s.ID]; p != nil && s.Delta != nil && p.Version != nil && p.Version == s.Delta.From {
+		if p != nil && prev != nil && s.Delta != nil && p.Version != nil && p.Version == s.Delta.From {
 			specs, ok = addrSetFromDelta(prev, s)
 		}
 		if !ok {
@@ -453,15 +538,36 @@ func compileSets(rs *Ruleset, m *selectors.Model, c *Compiler, names *names) {
 	}
 	for i := range m.PortSets {
 		s := &m.PortSets[i]
-		if p := prevPort[s.ID]; p != nil && p.Description == s.Description &&
-			slices.Equal(p.Entries, s.Entries) &&
-			reuse(names.portSet(s.ID, 4), names.portSet(s.ID, 6)) {
+		var p *selectors.PortSet
+		if c != nil {
+			if e := c.portSets.last(s.ID); e != nil {
+				last := e.value // a copy: the entry is set to s below
+				p = &last
+			}
+		}
+		same := p != nil && p.Description == s.Description && slices.Equal(p.Entries, s.Entries)
+		if c != nil && !same {
+			c.portSets.use(s.ID).value = selectors.PortSet{ID: s.ID, Description: s.Description, Entries: slices.Clone(s.Entries)}
+		} else if c != nil {
+			c.portSets.use(s.ID)
+		}
+		if same && reuse(names.portSet(s.ID, 4), names.portSet(s.ID, 6)) {
 			continue
 		}
 		for _, spec := range portSetSpecs(s) {
 			rs.sets[spec.name] = spec
 		}
 	}
+}
+
+// keptAddrSet is what a Compiler keeps of s for the next compile: s
+// itself when it has a Version (a versioned set never changes, see
+// selectors.AddrSet.Version), else a copy.
+func keptAddrSet(s *selectors.AddrSet) selectors.AddrSet {
+	if s.Version != nil {
+		return *s
+	}
+	return selectors.AddrSet{ID: s.ID, Description: s.Description, Addrs: slices.Clone(s.Addrs), Ranges: slices.Clone(s.Ranges)}
 }
 
 // denyRules end an isolation chain: log (if asked), count, then drop or

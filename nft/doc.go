@@ -17,6 +17,8 @@
 //	compile.go  the Compiler: Model → Ruleset, pure, reusing unchanged sets
 //	            and chains, applying the delta of a changed set (which
 //	            Diff then takes as it is instead of comparing elements)
+//	elements.go the elements of a set: a spec made by a delta shares the
+//	            map of the one it came from, with a small overlay
 //	unions.go   the ipBlocks of one rule merged into one interval set
 //	lookup.go   the one-lookup layout of an isolation chain: policies
 //	            whose rules fit become verdict-map lookups jumping to the

@@ -278,6 +278,7 @@ func checkCompilerReuse(t *testing.T, cfg Config) {
 	for step := 0; step < 300; step++ {
 		m := randomModel(r)
 		versionSets(r, prevModel, m)
+		prevModel0 := prevModel
 		prevModel = m
 		got, want := c.Compile(m), Compile(m, cfg)
 		if g, w := got.NftText(), want.NftText(); g != w {
@@ -287,6 +288,7 @@ func checkCompilerReuse(t *testing.T, cfg Config) {
 			t.Fatalf("step %d: a plan between equal tables: %s", step, p)
 		}
 		if prev != nil {
+			checkDeltasApplied(t, step, prevModel0, m, prev, got)
 			// The plan Diff takes from the Compiler's deltas and shared
 			// objects is the one a comparison of every element gives.
 			plan, compared := Diff(prev, got), Diff(prevFresh, got)
@@ -325,6 +327,29 @@ func TestCompilerReusedChainKeepsItsUnions(t *testing.T) {
 		m := model(ip)
 		if got, want := c.Compile(m).NftText(), Compile(m, Config{}).NftText(); got != want {
 			t.Fatalf("step %d: the reusing compile differs from a fresh one:\n%s", step, lineDiff(want, got))
+		}
+	}
+}
+
+// checkDeltasApplied: a hash set whose Delta starts from the version the
+// last table was compiled from is made from that table's spec (shared, or
+// derived with the delta's keys), never compiled and compared in full.
+func checkDeltasApplied(t *testing.T, step int, last, m *selectors.Model, lastTable, table *Ruleset) {
+	t.Helper()
+	from := map[string]*selectors.SetVersion{}
+	for _, s := range last.AddrSets {
+		from[s.ID] = s.Version
+	}
+	for _, s := range m.AddrSets {
+		if s.Delta == nil || len(s.Ranges) > 0 || from[s.ID] == nil || from[s.ID] != s.Delta.From {
+			continue
+		}
+		for _, fam := range []int{4, 6} {
+			name := addrSetName(s.ID, fam)
+			spec, old := table.sets[name], lastTable.sets[name]
+			if spec != old && (old == nil || spec.base == nil || spec.base != old.serial) {
+				t.Fatalf("step %d: set %s has a delta from the last table's version but was compiled in full", step, name)
+			}
 		}
 	}
 }

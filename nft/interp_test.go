@@ -82,7 +82,7 @@ func toKernel(rs *Ruleset) *kernelTable {
 	}
 	for name, s := range rs.sets {
 		ks := &kernelSet{keyLen: keyLen(s.kind), interval: s.kind.interval()}
-		for key := range s.elems {
+		for key := range s.elems.all() {
 			ks.elems = append(ks.elems, s.kernelElements(key)...)
 		}
 		// An end sorts before a start of the same key: two adjacent

@@ -93,7 +93,7 @@ func TestElementListsFitOneAttribute(t *testing.T) {
 	}
 	for name, s := range desired.sets {
 		want := 0
-		for k := range s.elems {
+		for k := range s.elems.all() {
 			want += len(s.kernelElements(k))
 		}
 		if perSet[name] != want {

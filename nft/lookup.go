@@ -85,8 +85,9 @@ func (s lookupShape) kind(family int) setKind {
 // lookupCompiler builds the isolation chains of one compile.
 type lookupCompiler struct {
 	rs       *Ruleset
+	model    *selectors.Model
 	min      int
-	sets     map[string]*selectors.AddrSet
+	sets     map[string]*selectors.AddrSet // shared with the peerUnions
 	policies map[string]*selectors.PolicyRules
 	// prev are the segments of the last compile, by id, that this one may
 	// share; next those of this compile, kept when next is not nil (only
@@ -109,22 +110,28 @@ type compiledSegment struct {
 	maps     []*setSpec
 }
 
-// newLookupCompiler returns the lookup compiler of one compile; prev are
-// the segments of the last compile of a Compiler (nil for none), and
-// keep says to record this compile's segments (in next).
-func newLookupCompiler(rs *Ruleset, m *selectors.Model, cfg Config, prev map[string]*compiledSegment, keep bool) *lookupCompiler {
-	g := &lookupCompiler{rs: rs, min: cfg.lookupMin(), sets: make(map[string]*selectors.AddrSet, len(m.AddrSets)),
-		policies: make(map[string]*selectors.PolicyRules, len(m.Policies)), prev: prev}
+// newLookupCompiler returns the lookup compiler of one compile; sets are
+// the model's peer sets by ID, prev the segments of the last compile of a
+// Compiler (nil for none), and keep says to record this compile's
+// segments (in next).
+func newLookupCompiler(rs *Ruleset, m *selectors.Model, cfg Config, sets map[string]*selectors.AddrSet, prev map[string]*compiledSegment, keep bool) *lookupCompiler {
+	g := &lookupCompiler{rs: rs, model: m, min: cfg.lookupMin(), sets: sets, prev: prev}
 	if keep {
 		g.next = make(map[string]*compiledSegment, len(prev))
 	}
-	for i := range m.AddrSets {
-		g.sets[m.AddrSets[i].ID] = &m.AddrSets[i]
-	}
-	for i := range m.Policies {
-		g.policies[m.Policies[i].Key] = &m.Policies[i]
-	}
 	return g
+}
+
+// policy returns the rules of the policy of key k, or nil. The index is
+// made on first use: most tables have no chain in the lookup layout.
+func (g *lookupCompiler) policy(k string) *selectors.PolicyRules {
+	if g.policies == nil {
+		g.policies = make(map[string]*selectors.PolicyRules, len(g.model.Policies))
+		for i := range g.model.Policies {
+			g.policies[g.model.Policies[i].Key] = &g.model.Policies[i]
+		}
+	}
+	return g.policies[k]
 }
 
 // lookups reports whether an isolation chain of keys takes the lookup
@@ -165,7 +172,7 @@ func (g *lookupCompiler) isolationRules(iso string, keys []string, dir selectors
 		run = nil
 	}
 	for _, k := range keys {
-		if p := g.policies[k]; p != nil && g.fits(p, dir) {
+		if p := g.policy(k); p != nil && g.fits(p, dir) {
 			run = append(run, p)
 			continue
 		}
@@ -196,7 +203,7 @@ func lookupTargets(rs *Ruleset, r *ruleSpec) []string {
 	}
 	var out []string
 	for _, k := range s.sortedKeys() {
-		out = append(out, s.elems[k])
+		out = append(out, s.elems.get(k))
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -372,21 +379,21 @@ func (g *lookupCompiler) compileSegment(id string, seg *compiledSegment, run []*
 		}
 		for _, fam := range []int{4, 6} {
 			name := fmt.Sprintf("l-%s-%s-v%d", shortHash(id), shape.suffix(), fam)
-			spec := &setSpec{name: name, kind: shape.kind(fam), elems: map[string]string{},
+			spec := &setSpec{name: name, kind: shape.kind(fam),
 				comment: truncateComment(fmt.Sprintf("lookup of %s to %s", dirSuffix(dir), run[len(run)-1].Key))}
 			target := func(idx int) string { return policyChainName(run[idx].Key, dir) }
 			switch shape {
 			case shapeAddrPort:
 				for key, idx := range c.addrPort[famIdx(fam)] {
-					spec.elems[key] = target(idx)
+					spec.elems.put(key, target(idx))
 				}
 			case shapeAddr:
 				for key, idx := range c.addr[famIdx(fam)] {
-					spec.elems[key] = target(idx)
+					spec.elems.put(key, target(idx))
 				}
 			case shapeRange:
 				for _, p := range c.ranges[famIdx(fam)] {
-					spec.elems[rangeKey(p.first, p.last)] = target(p.policy)
+					spec.elems.put(rangeKey(p.first, p.last), target(p.policy))
 				}
 			}
 			g.rs.sets[name] = spec

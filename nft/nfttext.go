@@ -43,7 +43,7 @@ func (r *Ruleset) writeTable(b *strings.Builder, annotated bool) {
 		s := r.sets[name]
 		if annotated {
 			// One line per set, its size and comment above it.
-			fmt.Fprintf(b, "\t# %d elements", len(s.elems))
+			fmt.Fprintf(b, "\t# %d elements", s.elems.len())
 			if s.comment != "" {
 				fmt.Fprintf(b, ": %s", s.comment)
 			}
@@ -105,7 +105,7 @@ func baseChainText(c *chainSpec) string {
 
 func writeElements(b *strings.Builder, s *setSpec) {
 	// nft rejects an empty element list, so an empty set has none.
-	if len(s.elems) == 0 {
+	if s.elems.len() == 0 {
 		return
 	}
 	b.WriteString("\t\telements = {")
@@ -119,7 +119,7 @@ func writeElements(b *strings.Builder, s *setSpec) {
 		default:
 			b.WriteString(", ")
 		}
-		b.WriteString(elementText(s.kind, k, s.elems[k]))
+		b.WriteString(elementText(s.kind, k, s.elems.get(k)))
 	}
 	b.WriteString("\n\t\t}\n")
 }

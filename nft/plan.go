@@ -58,7 +58,7 @@ func Diff(committed, desired *Ruleset) *Plan {
 		switch {
 		case !ok:
 			p.AddSets = append(p.AddSets, name)
-			if len(want.elems) > 0 {
+			if want.elems.len() > 0 {
 				p.AddElems[name] = want.sortedKeys()
 			}
 			continue
@@ -77,8 +77,8 @@ func Diff(committed, desired *Ruleset) *Plan {
 			continue
 		}
 		var add, del []string
-		for k, v := range want.elems {
-			if hv, ok := have.elems[k]; !ok {
+		for k, v := range want.elems.all() {
+			if hv, ok := have.elems.lookup(k); !ok {
 				add = append(add, k)
 			} else if hv != v {
 				// A verdict map element whose target changed.
@@ -86,8 +86,8 @@ func Diff(committed, desired *Ruleset) *Plan {
 				add = append(add, k)
 			}
 		}
-		for k := range have.elems {
-			if _, ok := want.elems[k]; !ok {
+		for k := range have.elems.all() {
+			if _, ok := want.elems.lookup(k); !ok {
 				del = append(del, k)
 			}
 		}
@@ -103,7 +103,7 @@ func Diff(committed, desired *Ruleset) *Plan {
 	for name := range committed.sets {
 		if _, ok := desired.sets[name]; !ok {
 			p.DelSets = append(p.DelSets, name)
-			if have := committed.sets[name]; have.kind.vmap() && len(have.elems) > 0 {
+			if have := committed.sets[name]; have.kind.vmap() && have.elems.len() > 0 {
 				// Its elements jump to chains this plan may delete: they
 				// go first, as a kept map's do (the audit maps come and
 				// go, audit.go).
@@ -139,7 +139,7 @@ func fullPlan(desired *Ruleset) *Plan {
 	p := &Plan{Full: true, AddElems: map[string][]string{}, DelElems: map[string][]string{}, to: desired,
 		AddSets: desired.sortedSetNames(), AddChains: desired.sortedChainNames()}
 	for _, name := range p.AddSets {
-		if s := desired.sets[name]; len(s.elems) > 0 {
+		if s := desired.sets[name]; s.elems.len() > 0 {
 			p.AddElems[name] = s.sortedKeys()
 		}
 	}
@@ -387,7 +387,7 @@ func (p *Plan) String() string {
 			}
 			texts := make([]string, len(st.keys))
 			for i, k := range st.keys {
-				value := st.set.elems[k]
+				value := st.set.elems.get(k)
 				if st.verb == stepDelElems {
 					value = "" // a delete names keys only
 				}

@@ -42,21 +42,21 @@ func addPodGuardSets(rs *Ruleset, g selectors.PodAddrGuard) {
 		return
 	}
 	for _, family := range []int{4, 6} {
-		cidrs := &setSpec{name: podCIDRsSet(family), kind: kindInterval4, elems: map[string]string{},
+		cidrs := &setSpec{name: podCIDRsSet(family), kind: kindInterval4,
 			comment: fmt.Sprintf("this node's pod CIDRs (IPv%d)", family)}
-		addrs := &setSpec{name: podAddrsSet(family), kind: kindAddr4, elems: map[string]string{},
+		addrs := &setSpec{name: podAddrsSet(family), kind: kindAddr4,
 			comment: fmt.Sprintf("this node's pods known to the agent (IPv%d)", family)}
 		if family == 6 {
 			cidrs.kind, addrs.kind = kindInterval6, kindAddr6
 		}
 		for _, r := range g.Ranges() {
 			if familyOf(r.First) == family {
-				cidrs.elems[rangeKey(r.First, r.Last)] = ""
+				cidrs.elems.put(rangeKey(r.First, r.Last), "")
 			}
 		}
 		for _, a := range g.Known {
 			if familyOf(a) == family {
-				addrs.elems[addrKey(a)] = ""
+				addrs.elems.put(addrKey(a), "")
 			}
 		}
 		rs.sets[cidrs.name], rs.sets[addrs.name] = cidrs, addrs

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -256,7 +255,7 @@ type setSpec struct {
 	comment string
 	// elems maps an element's key (see the key functions below) to its
 	// value: the jump target for a verdict map, else "".
-	elems map[string]string
+	elems elements
 	// serial, when not nil, tells this spec apart from every other one
 	// (a Compiler gives one to each address set spec it makes). base,
 	// when not nil, is the serial of the spec this one was made from by
@@ -275,8 +274,8 @@ type setSpec struct {
 type setSerial struct{ _ byte } // not zero-sized: every one has its own address
 
 func (s *setSpec) sortedKeys() []string {
-	keys := make([]string, 0, len(s.elems))
-	for k := range s.elems {
+	keys := make([]string, 0, s.elems.len())
+	for k := range s.elems.all() {
 		keys = append(keys, k)
 	}
 	// Key bytes are big-endian: this is address order.
@@ -299,20 +298,20 @@ func addrSetSpecs(s *selectors.AddrSet) [2]*setSpec {
 		case fam == 6:
 			kind = kindAddr6
 		}
-		spec := &setSpec{name: addrSetName(s.ID, fam), kind: kind, comment: truncateComment(s.Description), elems: map[string]string{}}
+		spec := &setSpec{name: addrSetName(s.ID, fam), kind: kind, comment: truncateComment(s.Description)}
 		for _, a := range s.Addrs {
 			if familyOf(a) != fam {
 				continue
 			}
 			if interval {
-				spec.elems[rangeKey(a, a)] = ""
+				spec.elems.put(rangeKey(a, a), "")
 			} else {
-				spec.elems[addrKey(a)] = ""
+				spec.elems.put(addrKey(a), "")
 			}
 		}
 		for _, r := range s.Ranges {
 			if familyOf(r.First) == fam {
-				spec.elems[rangeKey(r.First, r.Last)] = ""
+				spec.elems.put(rangeKey(r.First, r.Last), "")
 			}
 		}
 		out[i] = spec
@@ -323,8 +322,8 @@ func addrSetSpecs(s *selectors.AddrSet) [2]*setSpec {
 // addrSetFromDelta compiles s, whose Delta starts from the version prev
 // was compiled from, out of prev's specs of that version: a family the
 // delta does not touch keeps its spec (Diff skips it by identity), the
-// other gets a copy of the elements with the delta applied and keeps the
-// delta's keys for Diff. It returns false when prev holds no hash set of
+// other gets the elements with the delta applied (sharing the old ones,
+// see elements) and keeps the delta's keys for Diff. It returns false when prev holds no hash set of
 // that name for a family (then s is compiled in full).
 func addrSetFromDelta(prev *Ruleset, s *selectors.AddrSet) ([2]*setSpec, bool) {
 	var out [2]*setSpec
@@ -342,15 +341,8 @@ func addrSetFromDelta(prev *Ruleset, s *selectors.AddrSet) ([2]*setSpec, bool) {
 			out[i] = old
 			continue
 		}
-		spec := &setSpec{name: old.name, kind: old.kind, comment: old.comment, elems: maps.Clone(old.elems),
+		out[i] = &setSpec{name: old.name, kind: old.kind, comment: old.comment, elems: old.elems.withDelta(added, removed),
 			serial: newSerial(), base: old.serial, added: added, removed: removed}
-		for _, k := range removed {
-			delete(spec.elems, k)
-		}
-		for _, k := range added {
-			spec.elems[k] = ""
-		}
-		out[i] = spec
 	}
 	return out, true
 }
@@ -375,10 +367,10 @@ func portSetSpecs(s *selectors.PortSet) [2]*setSpec {
 		if fam == 6 {
 			kind = kindPorts6
 		}
-		spec := &setSpec{name: portSetName(s.ID, fam), kind: kind, comment: truncateComment(s.Description), elems: map[string]string{}}
+		spec := &setSpec{name: portSetName(s.ID, fam), kind: kind, comment: truncateComment(s.Description)}
 		for _, e := range s.Entries {
 			if familyOf(e.Addr) == fam {
-				spec.elems[portKey(e.Addr, e.Protocol, e.Port)] = ""
+				spec.elems.put(portKey(e.Addr, e.Protocol, e.Port), "")
 			}
 		}
 		out[i] = spec
@@ -440,14 +432,14 @@ func (s *setSpec) kernelElements(key string) []nftables.SetElement {
 		first, last := []byte(key[:n]), []byte(key[n:])
 		out := []nftables.SetElement{{Key: first}}
 		if s.kind.vmap() {
-			out[0].VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems[key]}
+			out[0].VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems.get(key)}
 		}
 		if end, ok := increment(last); ok {
 			out = append(out, nftables.SetElement{Key: end, IntervalEnd: true})
 		}
 		return out
 	case s.kind.vmap():
-		return []nftables.SetElement{{Key: []byte(key), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems[key]}}}
+		return []nftables.SetElement{{Key: []byte(key), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems.get(key)}}}
 	}
 	return []nftables.SetElement{{Key: []byte(key)}}
 }

@@ -281,7 +281,7 @@ func (r *Ruleset) Counts() (chains, rules, sets, elems int) {
 	}
 	for _, s := range r.sets {
 		sets++
-		elems += len(s.elems)
+		elems += s.elems.len()
 	}
 	return
 }

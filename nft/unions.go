@@ -36,12 +36,18 @@ type peerUnions struct {
 	recorded *[][]string
 }
 
-func newPeerUnions(rs *Ruleset, m *selectors.Model) *peerUnions {
-	u := &peerUnions{rs: rs, sets: make(map[string]*selectors.AddrSet, len(m.AddrSets)), merged: map[string]bool{}}
+func newPeerUnions(rs *Ruleset, sets map[string]*selectors.AddrSet) *peerUnions {
+	return &peerUnions{rs: rs, sets: sets, merged: map[string]bool{}}
+}
+
+// addrSetsByID indexes the peer sets of m by ID, once per compile for
+// the unions and the lookup layout.
+func addrSetsByID(m *selectors.Model) map[string]*selectors.AddrSet {
+	sets := make(map[string]*selectors.AddrSet, len(m.AddrSets))
 	for i := range m.AddrSets {
-		u.sets[m.AddrSets[i].ID] = &m.AddrSets[i]
+		sets[m.AddrSets[i].ID] = &m.AddrSets[i]
 	}
-	return u
+	return sets
 }
 
 // mergeable reports whether a set is made of ranges only (an ipBlock or
@@ -120,10 +126,10 @@ func (u *peerUnions) union(ids []string) [2]string {
 		if fam == 6 {
 			kind = kindInterval6
 		}
-		spec := &setSpec{name: names[i], kind: kind, comment: comment, elems: map[string]string{}}
+		spec := &setSpec{name: names[i], kind: kind, comment: comment}
 		for _, r := range ranges {
 			if familyOf(r.First) == fam {
-				spec.elems[rangeKey(r.First, r.Last)] = ""
+				spec.elems.put(rangeKey(r.First, r.Last), "")
 			}
 		}
 		u.rs.sets[names[i]] = spec

@@ -96,7 +96,7 @@ func (e *Enforcer) readTable(c *nftables.Conn) (*Ruleset, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading set %s: %w", name, err)
 		}
-		rs.sets[name] = &setSpec{name: name, kind: kind, comment: comment, elems: elemsFromKernel(kind, elems)}
+		rs.sets[name] = &setSpec{name: name, kind: kind, comment: comment, elems: elementsOf(elemsFromKernel(kind, elems))}
 	}
 	annotateChains(rs)
 	return rs, nil
@@ -478,16 +478,16 @@ func compareSets(want, got *setSpec) error {
 		return fmt.Errorf("comment %q, want %q", got.comment, want.comment)
 	}
 	for _, k := range got.sortedKeys() {
-		wv, ok := want.elems[k]
+		wv, ok := want.elems.lookup(k)
 		if !ok {
 			return fmt.Errorf("unexpected element %s", describeKey(got.kind, k))
 		}
-		if v := got.elems[k]; wv != v {
+		if v := got.elems.get(k); wv != v {
 			return fmt.Errorf("element %s maps to %q, want %q", describeKey(got.kind, k), v, wv)
 		}
 	}
-	if len(got.elems) != len(want.elems) {
-		return fmt.Errorf("%d elements, want %d", len(got.elems), len(want.elems))
+	if got.elems.len() != want.elems.len() {
+		return fmt.Errorf("%d elements, want %d", got.elems.len(), want.elems.len())
 	}
 	return nil
 }
