@@ -258,20 +258,17 @@ func (ix *index) podsOf(pe *peer, ns string) []*Pod {
 	if pe.podSel == nil {
 		return all
 	}
-	n := 0
-	for _, pod := range all {
-		if pe.podSel.Matches(labels.Set(pod.Labels)) {
-			n++
-		}
-	}
-	if n == 0 {
-		return nil
-	}
-	out := make([]*Pod, 0, n)
+	var out []*Pod
 	for _, pod := range all {
 		if pe.podSel.Matches(labels.Set(pod.Labels)) {
 			out = append(out, pod)
 		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	if cap(out) > len(out) {
+		out = slices.Clone(out) // kept with the set: no room to spare
 	}
 	return out
 }
