@@ -7,7 +7,9 @@ import (
 	"runtime/metrics"
 	"runtime/pprof"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -30,6 +32,10 @@ import (
 // syncer keeps the last one). Each figure is the live heap after a full
 // GC, per pod. The black-box RSS at 100k is BenchmarkScale's (writing 100k
 // pods to the API server takes minutes); this isolates the stages.
+// Last, a full resync (every pod decoded and transformed again, handed to
+// the Builder, one model and ruleset) with no forced collection: the GC cycles
+// and CPU it costs under the process's GOGC and GOMEMLIMIT, to weigh a GC
+// policy.
 //
 // NFTPOL_MEM_PROFILE=file writes a heap profile of the end state.
 func BenchmarkAgentMemory(b *testing.B) {
@@ -115,6 +121,34 @@ func measureAgentMemory(b *testing.B, nPods, nPolicies int) {
 	b.ReportMetric(mib(goal[0].Value.Uint64()), "heap-goal-MiB")
 	b.Logf("%d pods: live heap: pod cache %.1f MiB, + policy cache %.1f MiB, + Builder %.1f MiB, + model and ruleset %.1f MiB = %.1f MiB; the whole test process's heap goal (GOGC=%s) %.1f MiB",
 		nPods, mib(cached-base), mib(withPolicies-dropped), mib(built-swapped), mib(compiled-built), mib(total), os.Getenv("GOGC"), mib(goal[0].Value.Uint64()))
+	// A full resync as the agent goes through it with this heap: every
+	// pod decoded again (a relist hands new objects) through the cache
+	// transform into the store and to the Builder as an event (the old
+	// pods become garbage as their new objects come), one model and
+	// ruleset, with no forced collection: the GC cycles and the CPU
+	// the GC policy (GOGC, GOMEMLIMIT) costs for it. The runtime's own GC
+	// CPU figure is only brought up to date by a collection, so the CPU is
+	// the process's (getrusage): compare runs of one binary side by side.
+	cpuBefore, gcBefore := processCPU(), gcCycles()
+	for i, obj := range store.List() {
+		p, _ := modelPod(obj)
+		fresh, err := trimmer.Transform(decodedPod(p, i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := store.Update(fresh); err != nil {
+			b.Fatal(err)
+		}
+		p, _ = modelPod(fresh)
+		builder.SetPod(p)
+	}
+	model, _ = builder.BuildFromEvents(selectorstest.ScaleNode, state)
+	ruleset = compiler.Compile(model)
+	goal[0].Name = "/gc/heap/goal:bytes"
+	metrics.Read(goal)
+	b.ReportMetric(gcCycles()-gcBefore, "resync-gc-cycles")
+	b.ReportMetric((processCPU()-cpuBefore)*1000, "resync-cpu-ms")
+	b.ReportMetric(mib(goal[0].Value.Uint64()), "resync-heap-goal-MiB")
 	if path := os.Getenv("NFTPOL_MEM_PROFILE"); path != "" {
 		f, err := os.Create(fmt.Sprintf("%s.%d", path, nPods))
 		if err != nil {
@@ -157,6 +191,23 @@ func decodedPod(p *selectors.Pod, i int) *corev1.Pod {
 		pod.Status.PodIPs = append(pod.Status.PodIPs, corev1.PodIP{IP: ip.String()})
 	}
 	return pod
+}
+
+// gcCycles is the number of GC cycles so far.
+func gcCycles() float64 {
+	samples := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(samples)
+	return float64(samples[0].Value.Uint64())
+}
+
+// processCPU is the CPU time the process used so far, user and system,
+// in seconds.
+func processCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // liveHeap is the heap in use after a full collection.

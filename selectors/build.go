@@ -276,15 +276,14 @@ func (b *modelBuilder) addrSet(namespace string, pe *peer) string {
 			return pe.id
 		}
 		set.Description = describePeer(pe, namespace)
-		byNamespace := map[string][]netip.Addr{}
-		var cur string
-		b.ix.peerPods(pe, namespace, func(ns string) { cur = ns; byNamespace[ns] = nil },
-			func(p *Pod) { byNamespace[cur] = append(byNamespace[cur], p.IPs...) })
-		for ns, addrs := range byNamespace {
-			byNamespace[ns] = sortAddrs(addrs)
-			set.Addrs = append(set.Addrs, addrs...)
-		}
-		set.Addrs = sortAddrs(set.Addrs)
+		byNamespace := map[string][]*Pod{}
+		var lists [][]*Pod
+		b.ix.peerNamespaces(pe, namespace, func(ns string) {
+			pods := b.ix.podsOf(pe, ns)
+			byNamespace[ns] = pods
+			lists = append(lists, pods)
+		})
+		set.Addrs = podAddrs(lists...)
 		b.changes.remember(pe, set, byNamespace)
 	}
 	b.addrSets[pe.id] = set

@@ -47,12 +47,14 @@ import (
 // not safe for concurrent use.
 type Builder struct {
 	gen uint64
-	// pods are every pod given, endpoint or not, by key.
-	pods map[podKey]*podEntry
+	// pods are every pod given, endpoint or not, by namespace and name,
+	// with the index's view of each (podEntry.view); podCount counts them.
+	pods     map[string]map[string]*podEntry
+	podCount int
 	// owners is the endpoint pod that owns each address (AddressOwners,
 	// kept up to date pod by pod); contested holds every claimant of the
 	// addresses several endpoint pods claim, usually none.
-	owners    map[netip.Addr]*Pod
+	owners    addrMap[*Pod]
 	contested map[netip.Addr][]*Pod
 	// viewDirty are the pods whose owned addresses may have changed since
 	// the last build.
@@ -62,11 +64,9 @@ type Builder struct {
 	// pods are listed again, elsewhere their slice is kept, and with it
 	// what was resolved on it (see buildChanges.selected).
 	localDirty map[string]bool
-	// byNamespace holds the model's view of every endpoint pod that owns
-	// an address (the pod, or a copy with the addresses it owns), per
-	// namespace; dirty are the namespaces changed since the last build.
-	byNamespace map[string]map[podKey]*Pod
-	dirty       map[string]bool
+	// dirty are the namespaces where a pod's view changed since the last
+	// build.
+	dirty map[string]bool
 	// ix is the index the builds read, updated for the dirty namespaces
 	// only; local holds the endpoint pods of node per namespace.
 	ix    *index
@@ -117,11 +117,10 @@ type Builder struct {
 	ingressPortSets map[string]*portSetMemo
 }
 
-type podKey struct{ namespace, name string }
-
 type podEntry struct {
 	pod *Pod
-	// view is what the index holds for the pod: nil when it is no
+	// view is the model's view of the pod, what the index holds for it:
+	// the pod, or a copy with the addresses it owns; nil when it is no
 	// endpoint or owns no address.
 	view *Pod
 	// stateGen is the last Build whose State held the pod.
@@ -164,8 +163,11 @@ type peerSetMemo struct {
 	// selects alike).
 	peer *peer
 	// byNamespace holds, for every namespace whose pods the set was made
-	// of, the addresses that namespace gave it, ascending (none is nil).
-	byNamespace map[string][]netip.Addr
+	// of, the pods that namespace gave it (the index's views, which never
+	// change): their addresses are what the namespace gave. A pointer per
+	// pod, not its addresses (8 bytes, not 24 per address), and none at
+	// all for a peer with no pod selector, which shares the index's slice.
+	byNamespace map[string][]*Pod
 	// gen is the last build that used the set, and the build up to which
 	// its addresses are current; a set unused for peerSetRetention builds
 	// is dropped.
@@ -180,11 +182,9 @@ const peerSetRetention = 32
 // NewBuilder returns a Builder that has built nothing yet.
 func NewBuilder() *Builder {
 	return &Builder{
-		pods:        map[podKey]*podEntry{},
-		owners:      map[netip.Addr]*Pod{},
+		pods:        map[string]map[string]*podEntry{},
 		contested:   map[netip.Addr][]*Pod{},
 		viewDirty:   map[*Pod]bool{},
-		byNamespace: map[string]map[podKey]*Pod{},
 		dirty:       map[string]bool{},
 		localDirty:  map[string]bool{},
 		ix:          &index{podsByNamespace: map[string][]*Pod{}, namespaceLabels: map[string]labels.Set{}},
@@ -209,11 +209,16 @@ func (bl *Builder) SetPod(p *Pod) {
 	if p == nil {
 		return
 	}
-	k := podKey{p.Namespace, p.Name}
-	e := bl.pods[k]
+	byName := bl.pods[p.Namespace]
+	if byName == nil {
+		byName = map[string]*podEntry{}
+		bl.pods[p.Namespace] = byName
+	}
+	e := byName[p.Name]
 	if e == nil {
 		e = &podEntry{}
-		bl.pods[k] = e
+		byName[p.Name] = e
+		bl.podCount++
 	} else if e.pod == p {
 		return
 	} else {
@@ -226,15 +231,19 @@ func (bl *Builder) SetPod(p *Pod) {
 
 // DeletePod forgets the pod namespace/name.
 func (bl *Builder) DeletePod(namespace, name string) {
-	k := podKey{namespace, name}
-	e := bl.pods[k]
+	byName := bl.pods[namespace]
+	e := byName[name]
 	if e == nil {
 		return
 	}
 	bl.unclaim(e.pod)
 	delete(bl.viewDirty, e.pod)
-	bl.setView(k, e, nil)
-	delete(bl.pods, k)
+	bl.setView(namespace, e, nil)
+	delete(byName, name)
+	if len(byName) == 0 {
+		delete(bl.pods, namespace)
+	}
+	bl.podCount--
 }
 
 // SetPolicy records np as the NetworkPolicy's current object (nil is
@@ -365,9 +374,9 @@ func (bl *Builder) claim(p *Pod) {
 		return
 	}
 	for _, ip := range p.IPs {
-		o, ok := bl.owners[ip]
+		o, ok := bl.owners.get(ip)
 		if !ok {
-			bl.owners[ip] = p
+			bl.owners.set(ip, p)
 			continue
 		}
 		c := bl.contested[ip]
@@ -376,7 +385,7 @@ func (bl *Builder) claim(p *Pod) {
 		}
 		bl.contested[ip] = append(c, p)
 		if p.claimsBefore(o) {
-			bl.owners[ip] = p
+			bl.owners.set(ip, p)
 			bl.viewDirty[o] = true
 		}
 	}
@@ -391,8 +400,8 @@ func (bl *Builder) unclaim(p *Pod) {
 	for _, ip := range p.IPs {
 		c, ok := bl.contested[ip]
 		if !ok {
-			if bl.owners[ip] == p {
-				delete(bl.owners, ip)
+			if o, _ := bl.owners.get(ip); o == p {
+				bl.owners.delete(ip)
 			}
 			continue
 		}
@@ -413,8 +422,8 @@ func (bl *Builder) unclaim(p *Pod) {
 		} else {
 			bl.contested[ip] = c
 		}
-		if bl.owners[ip] != best {
-			bl.owners[ip] = best
+		if o, _ := bl.owners.get(ip); o != best {
+			bl.owners.set(ip, best)
 			bl.viewDirty[best] = true
 		}
 	}
@@ -422,28 +431,20 @@ func (bl *Builder) unclaim(p *Pod) {
 
 // setView records the index's view of the pod, marking its namespace
 // dirty when it changed.
-func (bl *Builder) setView(k podKey, e *podEntry, view *Pod) {
+func (bl *Builder) setView(namespace string, e *podEntry, view *Pod) {
 	if e.view == view {
 		return
 	}
 	if bl.onNode(e.view) || bl.onNode(view) {
-		bl.localDirty[k.namespace] = true
+		bl.localDirty[namespace] = true
 	}
 	e.view = view
-	bl.dirty[k.namespace] = true
-	ns := bl.byNamespace[k.namespace]
-	if view == nil {
-		delete(ns, k)
-		if len(ns) == 0 {
-			delete(bl.byNamespace, k.namespace)
-		}
-		return
-	}
-	if ns == nil {
-		ns = map[podKey]*Pod{}
-		bl.byNamespace[k.namespace] = ns
-	}
-	ns[k] = view
+	bl.dirty[namespace] = true
+}
+
+// entry returns the Builder's entry of p's key, nil when it has none.
+func (bl *Builder) entry(p *Pod) *podEntry {
+	return bl.pods[p.Namespace][p.Name]
 }
 
 // onNode reports whether view is an endpoint pod of the node of the last
@@ -458,14 +459,13 @@ func (bl *Builder) viewOf(p *Pod) *Pod {
 	if !p.IsEndpoint() {
 		return nil
 	}
-	return withOwnedIPs(p, func(ip netip.Addr) bool { return bl.owners[ip] == p })
+	return withOwnedIPs(p, func(ip netip.Addr) bool { o, _ := bl.owners.get(ip); return o == p })
 }
 
 // Owner returns the endpoint pod that owns the address, as of the pods
 // given so far (see AddressOwners).
 func (bl *Builder) Owner(ip netip.Addr) (*Pod, bool) {
-	p, ok := bl.owners[ip]
-	return p, ok
+	return bl.owners.get(ip)
 }
 
 // LocalEndpoints returns how many endpoint pods of the node of the last
@@ -487,17 +487,19 @@ func (bl *Builder) Build(node string, s *State) (*Model, []Problem) {
 			continue
 		}
 		seen++
-		e := bl.pods[podKey{p.Namespace, p.Name}]
+		e := bl.entry(p)
 		if e == nil || e.pod != p {
 			bl.SetPod(p)
-			e = bl.pods[podKey{p.Namespace, p.Name}]
+			e = bl.entry(p)
 		}
 		e.stateGen = bl.stateGen
 	}
-	if seen != len(bl.pods) {
-		for k, e := range bl.pods {
-			if e.stateGen != bl.stateGen {
-				bl.DeletePod(k.namespace, k.name)
+	if seen != bl.podCount {
+		for ns, byName := range bl.pods {
+			for name, e := range byName {
+				if e.stateGen != bl.stateGen {
+					bl.DeletePod(ns, name)
+				}
 			}
 		}
 	}
@@ -581,9 +583,8 @@ func (bl *Builder) build(node string, s *State) (*Model, []Problem) {
 func (bl *Builder) update(node string) *buildChanges {
 	bl.gen++
 	for p := range bl.viewDirty {
-		k := podKey{p.Namespace, p.Name}
-		if e := bl.pods[k]; e != nil && e.pod == p {
-			bl.setView(k, e, bl.viewOf(p))
+		if e := bl.entry(p); e != nil && e.pod == p {
+			bl.setView(p.Namespace, e, bl.viewOf(p))
 		}
 	}
 	// New maps, not cleared ones: a map keeps the room it once needed
@@ -605,7 +606,7 @@ func (bl *Builder) update(node string) *buildChanges {
 		bl.node = node
 		ch.localChanged = true
 		clear(bl.local)
-		for ns := range bl.byNamespace {
+		for ns := range bl.pods {
 			ch.dirty[ns] = true
 		}
 		for ns := range ix.podsByNamespace {
@@ -614,8 +615,8 @@ func (bl *Builder) update(node string) *buildChanges {
 	}
 	for ns := range ch.dirty {
 		bl.podsChanged[ns] = bl.gen
-		pods := bl.byNamespace[ns]
-		if len(pods) == 0 {
+		list := bl.views(ns)
+		if len(list) == 0 {
 			if _, ok := ix.podsByNamespace[ns]; ok {
 				bl.nsDirty[ns] = true // may be known by its pods only
 			}
@@ -626,10 +627,8 @@ func (bl *Builder) update(node string) *buildChanges {
 		if _, ok := ix.podsByNamespace[ns]; !ok {
 			bl.nsDirty[ns] = true
 		}
-		list := make([]*Pod, 0, len(pods))
-		for _, p := range pods {
-			list = append(list, p)
-		}
+		// Always a new slice, never the old one refilled: peer sets keep
+		// the old one as what the namespace gave them (peerSetMemo).
 		ix.podsByNamespace[ns] = list
 		if !localDirty[ns] && !nodeChanged {
 			continue // the same pods of the node: their slice is kept
@@ -677,6 +676,27 @@ func (bl *Builder) update(node string) *buildChanges {
 		bl.labelsChanged = bl.gen
 	}
 	return ch
+}
+
+// views returns the views of the pods of namespace ns that have one, in a
+// slice of exactly their number (the index keeps it), nil for none.
+func (bl *Builder) views(ns string) []*Pod {
+	n := 0
+	for _, e := range bl.pods[ns] {
+		if e.view != nil {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	list := make([]*Pod, 0, n)
+	for _, e := range bl.pods[ns] {
+		if e.view != nil {
+			list = append(list, e.view)
+		}
+	}
+	return list
 }
 
 // sameLabels reports whether two label maps are equal: at once when they
@@ -791,18 +811,12 @@ func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 	if len(stale) == 0 {
 		return memo.set
 	}
-	var gone, fresh []netip.Addr
+	before, now := make([][]*Pod, 0, len(stale)), make([][]*Pod, 0, len(stale))
 	for _, ns := range stale {
-		gone = append(gone, memo.byNamespace[ns]...)
-		var addrs []netip.Addr
-		for _, p := range ix.podsByNamespace[ns] {
-			if pe.podSel == nil || pe.podSel.Matches(labels.Set(p.Labels)) {
-				addrs = append(addrs, p.IPs...)
-			}
-		}
-		addrs = sortAddrs(addrs)
-		memo.byNamespace[ns] = addrs
-		fresh = append(fresh, addrs...)
+		before = append(before, memo.byNamespace[ns])
+		pods := ix.podsOf(pe, ns)
+		memo.byNamespace[ns] = pods
+		now = append(now, pods)
 	}
 	// What the stale namespaces gave before and give now differ by the
 	// addresses of the pods that changed: the set's new content is the old
@@ -810,7 +824,7 @@ func (ch *buildChanges) updatedPeerSet(ix *index, pe *peer) *AddrSet {
 	// in runs, and the compiler gets the difference itself (Delta).
 	// Namespaces own distinct addresses, so an address is in gone at most
 	// once and the old set holds no address of fresh but those of gone.
-	gone, fresh = sortAddrs(gone), sortAddrs(fresh)
+	gone, fresh := podAddrs(before...), podAddrs(now...)
 	removed, added := addrsMinus(gone, fresh), addrsMinus(fresh, gone)
 	if len(removed) == 0 && len(added) == 0 {
 		return memo.set // same content, same Version: the compiler skips it
@@ -936,8 +950,8 @@ func (ch *buildChanges) rememberIngressPortSet(id string, selected []*Pod, set *
 }
 
 // remember keeps the set of a selector peer for the next build, with the
-// addresses each namespace gave it.
-func (ch *buildChanges) remember(pe *peer, set *AddrSet, byNamespace map[string][]netip.Addr) {
+// pods each namespace gave it.
+func (ch *buildChanges) remember(pe *peer, set *AddrSet, byNamespace map[string][]*Pod) {
 	if ch == nil {
 		return
 	}

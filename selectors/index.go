@@ -224,22 +224,72 @@ func (p *policy) selectsPod(pod *Pod) bool {
 // peerPods calls fn for every endpoint pod a selector peer matches, and
 // covers for every namespace it takes pods from, whether it has any.
 func (ix *index) peerPods(pe *peer, policyNamespace string, covers func(ns string), fn func(*Pod)) {
-	matchPods := func(ns string) {
+	ix.peerNamespaces(pe, policyNamespace, func(ns string) {
 		covers(ns)
 		for _, pod := range ix.podsByNamespace[ns] {
 			if pe.podSel == nil || pe.podSel.Matches(labels.Set(pod.Labels)) {
 				fn(pod)
 			}
 		}
-	}
+	})
+}
+
+// peerNamespaces calls fn for every namespace a selector peer takes pods
+// from.
+func (ix *index) peerNamespaces(pe *peer, policyNamespace string, fn func(ns string)) {
 	switch pe.kind {
 	case peerPods:
-		matchPods(policyNamespace)
+		fn(policyNamespace)
 	case peerNsPods:
 		for _, ns := range ix.namespaceNames {
 			if pe.nsSel.Matches(ix.namespaceLabels[ns]) {
-				matchPods(ns)
+				fn(ns)
 			}
 		}
 	}
+}
+
+// podsOf returns the endpoint pods of ns that a selector peer's pod
+// selector matches, nil for none. A peer with no pod selector gets the
+// index's own slice, shared and never changed (a change of the namespace
+// brings a new slice), so keeping it costs nothing.
+func (ix *index) podsOf(pe *peer, ns string) []*Pod {
+	all := ix.podsByNamespace[ns]
+	if pe.podSel == nil {
+		return all
+	}
+	var out []*Pod
+	for _, pod := range all {
+		if pe.podSel.Matches(labels.Set(pod.Labels)) {
+			out = append(out, pod)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	if cap(out) > len(out) {
+		out = slices.Clone(out) // kept with the set: no room to spare
+	}
+	return out
+}
+
+// podAddrs returns the addresses of the pods of every list, ascending, in
+// a slice of exactly their number (a set lives as long as the model).
+func podAddrs(lists ...[]*Pod) []netip.Addr {
+	n := 0
+	for _, pods := range lists {
+		for _, p := range pods {
+			n += len(p.IPs)
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]netip.Addr, 0, n)
+	for _, pods := range lists {
+		for _, p := range pods {
+			out = append(out, p.IPs...)
+		}
+	}
+	return sortAddrs(out)
 }
