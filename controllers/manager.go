@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -284,6 +285,10 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		Problems:       problems,
 		VerifyInterval: opts.VerifyInterval,
 		Log:            opts.Log.WithName("sync"),
+		repair:         make(chan event.GenericEvent, 1),
+	}
+	if err := mgr.Add(manager.RunnableFunc(syncer.verifyLoop)); err != nil {
+		return nil, nil, fmt.Errorf("adding the table verification: %w", err)
 	}
 
 	if syncer.latency, err = newLatencyTracker(reg); err != nil {
@@ -329,6 +334,8 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		WatchesRawSource(source.Channel(cached.policySync, changed(ChangeNetworkPolicy))).
 		// The ClusterNetworkPolicy watch records its changes itself.
 		WatchesRawSource(source.Channel(cnpWatch.sync, toNodeSync)).
+		// A table someone changed is replaced in the sync verifyLoop asks for.
+		WatchesRawSource(source.Channel(syncer.repair, toNodeSync)).
 		WithOptions(controller.Options{
 			// One key, one worker: syncs never run concurrently.
 			MaxConcurrentReconciles: 1,

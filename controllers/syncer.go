@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
@@ -73,11 +74,13 @@ type Syncer struct {
 	// the connections the committed rules deny.
 	flows *FlowCutter
 
+	// repair asks for a sync after verifyLoop found the table changed
+	// behind our back.
+	repair chan event.GenericEvent
+
 	// mu serializes syncs (controller-runtime runs one at a time already;
 	// this keeps it true for direct calls). The probes never take it.
-	mu         sync.Mutex
-	synced     bool
-	lastVerify time.Time
+	mu sync.Mutex
 }
 
 // Reconcile runs one sync of the node. Errors make controller-runtime retry
@@ -93,15 +96,6 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	s.health.begin()
 	defer func() { s.recordOutcome(err) }()
 	log := s.Log
-
-	if s.synced && s.VerifyInterval > 0 && time.Since(s.lastVerify) >= s.VerifyInterval {
-		s.lastVerify = time.Now()
-		if err := s.Enforcer.Verify(); err != nil {
-			// Someone changed our table: replace it whole in this sync.
-			log.Info("table differs from what was committed; replacing it", "reason", err.Error())
-			s.Enforcer.Invalidate()
-		}
-	}
 
 	// Every change received until now is in the cache this sync reads.
 	s.latency.take()
@@ -135,13 +129,42 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	if s.keepLookup {
 		s.lookup.Store(newPodLookup(s.cached.ownerName, model))
 	}
-	if !s.synced {
-		s.lastVerify = time.Now()
-	}
-	s.synced = true
 	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies), "clusterPolicies", len(model.ClusterPolicies),
 		"compute", compute, "stats", stats)
 	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
+}
+
+// verifyLoop reads the table back every VerifyInterval once a sync has
+// succeeded, and compares it with what was committed. It runs beside the
+// sync loop, not in it: reading a table of 100k elements takes seconds,
+// which a change must not wait for (nft.Enforcer.Verify concludes
+// nothing from a read a commit overlapped). When someone changed the
+// table, the next commit replaces it whole, and that sync is asked for
+// now.
+func (s *Syncer) verifyLoop(ctx context.Context) error {
+	if s.VerifyInterval <= 0 {
+		return nil
+	}
+	tick := time.NewTicker(s.VerifyInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		if !s.Synced() {
+			continue
+		}
+		if err := s.Enforcer.Verify(); err != nil {
+			s.Log.Info("table differs from what was committed; replacing it", "reason", err.Error())
+			s.Enforcer.Invalidate()
+			select {
+			case s.repair <- event.GenericEvent{Object: &corev1.Node{}}:
+			default: // a repair sync is asked for already
+			}
+		}
+	}
 }
 
 // reportFlowCut logs and counts one sweep of the conntrack table, which

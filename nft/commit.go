@@ -44,6 +44,10 @@ type Enforcer struct {
 	// batches is the socket transactions are sent on, kept from one
 	// commit to the next (batch.go); nil until the next commit dials it.
 	batches *netlink.Conn
+	// writes counts the transactions sent (applied or not) and table
+	// deletions: a verification that reads the table while it changes
+	// sees it move and draws no conclusion (Verify).
+	writes uint64
 }
 
 // NewEnforcer opens the network namespace (if any). It does not touch the
@@ -153,6 +157,7 @@ func (e *Enforcer) Commit(desired *Ruleset) (CommitStats, error) {
 		e.committed = nil
 		return stats, fmt.Errorf("preparing the transaction: %w", err)
 	}
+	e.writes++
 	if err := e.sendBatch(msgs); err != nil {
 		// The transaction is atomic: the kernel kept the previous table.
 		// What that is exactly we no longer assume.
@@ -187,6 +192,7 @@ func (e *Enforcer) DeleteTable() error {
 	}
 	for _, t := range tables {
 		if t.Name == e.cfg.Table {
+			e.writes++
 			c.DelTable(e.table)
 			if err := c.Flush(); err != nil {
 				return fmt.Errorf("deleting table inet %s: %w", e.cfg.Table, err)

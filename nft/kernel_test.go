@@ -235,6 +235,44 @@ func TestIncrementalSyncAndDrift(t *testing.T) {
 	}
 }
 
+// TestVerifyDuringACommitConcludesNothing: a verification reads the table
+// without holding up commits, so a commit may land while it reads. What
+// it read then is not the committed table it compares with, and it must
+// not call that drift (which would replace the table for nothing); a
+// foreign change while no commit lands still is drift.
+func TestVerifyDuringACommitConcludesNothing(t *testing.T) {
+	ns := testNetns(t)
+	e := newTestEnforcer(t, ns, DenyDrop)
+	m := sampleModel()
+	if _, err := e.Sync(m); err != nil {
+		t.Fatal(err)
+	}
+	// A pod joins a peer set while the table is being read.
+	commitWhileReading := func() (*Ruleset, error) {
+		next := sampleModel()
+		next.AddrSets[1].Addrs = append(next.AddrSets[1].Addrs, netip.MustParseAddr("10.0.1.3"))
+		if _, err := e.Sync(next); err != nil {
+			return nil, err
+		}
+		return e.ReadTable()
+	}
+	if err := e.verify(commitWhileReading); err != nil {
+		t.Fatalf("verify with a commit during its read: %v, want no conclusion (nil)", err)
+	}
+	if err := e.Verify(); err != nil {
+		t.Fatalf("verify after that commit: %v", err)
+	}
+	// A third party adds an element while the table is being read, and no
+	// commit lands: drift.
+	foreignWhileReading := func() (*Ruleset, error) {
+		nftIn(t, ns, "add", "element", "inet", "nftpol", addrSetName("pods-b", 4), "{ 192.0.2.1 }")
+		return e.ReadTable()
+	}
+	if err := e.verify(foreignWhileReading); !errors.Is(err, ErrDrift) {
+		t.Fatalf("verify with a foreign element added during its read: %v, want ErrDrift", err)
+	}
+}
+
 func TestForeignTableIsNeverTouched(t *testing.T) {
 	ns := testNetns(t)
 	nftIn(t, ns, "add", "table", "inet", "foreign")

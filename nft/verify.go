@@ -401,21 +401,38 @@ func annotateClusterChain(c *chainSpec) {
 // every chain with its hook, priority, type, policy and rules, every set
 // with its kind, comment and elements. Nothing committed yet verifies
 // trivially.
+//
+// It holds no lock while it reads, so commits go on meanwhile (reading a
+// table of 100k elements takes seconds, which a sync must not wait for).
+// A commit during the read makes what was read neither the old table nor
+// the new one for sure: then Verify concludes nothing and returns nil,
+// and the next verification reads again.
 func (e *Enforcer) Verify() error {
+	return e.verify(e.ReadTable)
+}
+
+// verify is Verify with the table read by read.
+func (e *Enforcer) verify(read func() (*Ruleset, error)) error {
 	e.mu.Lock()
-	want := e.committed
+	want, writes := e.committed, e.writes
 	e.mu.Unlock()
 	if want == nil {
 		return nil
 	}
-	got, err := e.ReadTable()
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrDrift, err)
+	got, err := read()
+	if err == nil {
+		err = compareRulesets(want, got)
 	}
-	if err := compareRulesets(want, got); err != nil {
-		return fmt.Errorf("%w: %w", ErrDrift, err)
+	if err == nil {
+		return nil
 	}
-	return nil
+	e.mu.Lock()
+	moved := e.writes != writes
+	e.mu.Unlock()
+	if moved {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrDrift, err)
 }
 
 // compareRulesets returns the first difference of got from want.
