@@ -66,8 +66,11 @@ func checkAgents(ctx context.Context, t *testing.T, c *cluster.Cluster) []corev1
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := fmt.Sprintf("%s 536870912 %s 443\n%s\n-----BEGIN CERTIFICATE-----\nCapEff:\t0000000000001000\nCapBnd:\t0000000000001000\ntouch: cannot touch '/nftpol-write-test': Read-only file system\n",
-			n.Name, svc.Spec.ClusterIP, cluster.AgentNamespace)
+		// NFTPOL_MEMORY_LIMIT is the container's memory limit in bytes
+		// (downward API).
+		limit := p.Spec.Containers[0].Resources.Limits.Memory().Value()
+		want := fmt.Sprintf("%s %d %s 443\n%s\n-----BEGIN CERTIFICATE-----\nCapEff:\t0000000000001000\nCapBnd:\t0000000000001000\ntouch: cannot touch '/nftpol-write-test': Read-only file system\n",
+			n.Name, limit, svc.Spec.ClusterIP, cluster.AgentNamespace)
 		if env != want {
 			t.Errorf("agent pod %s: environment, token volume and privileges:\n%s\nwant:\n%s", p.Name, env, want)
 		}

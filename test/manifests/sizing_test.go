@@ -27,24 +27,34 @@ const rssHeadroom = 1.3
 
 const mib = 1 << 20
 
-// measuredRSS reads BENCHMARKS.md's "agent RSS ..., <N>k pods | <X> MiB"
-// rows and returns the largest RSS per cluster size (pods).
+// measuredRSS reads BENCHMARKS.md's "| agent RSS ..., <N>k pods | <X> MiB
+// | ..." rows and returns the largest RSS per cluster size (pods). The two
+// cells after the name are read (a table may give an earlier run's figure
+// beside this run's); a cell holding a target ("< 200 MiB") is not a
+// measurement.
 func measuredRSS(t *testing.T) map[int]float64 {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "..", "BENCHMARKS.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	row := regexp.MustCompile(`(?m)^\| agent RSS[^|]*?, (\d+)k pods \| ([\d.]+) MiB`)
+	row := regexp.MustCompile(`(?m)^\| agent RSS[^|]*?, (\d+)k pods \|([^|]*)\|([^|]*)\|`)
+	figure := regexp.MustCompile(`^\s*([\d.]+) MiB\s*$`)
 	out := map[int]float64{}
 	for _, m := range row.FindAllStringSubmatch(string(b), -1) {
 		k, _ := strconv.Atoi(m[1])
-		v, err := strconv.ParseFloat(m[2], 64)
-		if err != nil {
-			t.Fatalf("BENCHMARKS.md row %q: %v", m[0], err)
-		}
-		if v > out[k*1000] {
-			out[k*1000] = v
+		for _, cell := range m[2:] {
+			f := figure.FindStringSubmatch(cell)
+			if f == nil {
+				continue // empty, or a target
+			}
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				t.Fatalf("BENCHMARKS.md row %q: %v", m[0], err)
+			}
+			if v > out[k*1000] {
+				out[k*1000] = v
+			}
 		}
 	}
 	if out[10_000] == 0 || out[100_000] == 0 {
