@@ -98,8 +98,14 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 	if _, err := testbed.AgentBinary(); err != nil {
 		b.Fatal(err)
 	}
+	// NFTPOL_SCALE_PROFILE=file saves a 10 s CPU profile of the agent's
+	// start (file.start), a heap profile of the warm agent (file.heap) and
+	// a 20 s CPU profile taken while the measurements below run (and one,
+	// file.cnp, while those with ClusterNetworkPolicies run).
+	profile := os.Getenv("NFTPOL_SCALE_PROFILE")
 	start = time.Now()
-	agent := testbed.StartAgentT(b, cp, bed.Nodes[0], "--deny-action", "reject", "--profiling")
+	agent, startProfiled := startScaleAgent(b, cp, bed.Nodes[0], profile)
+	defer startProfiled()
 	ready := time.Since(start)
 	time.Sleep(3 * time.Second) // let the first syncs and the GC settle
 	metricsURL := "http://" + agent.MetricsAddr + "/metrics"
@@ -112,11 +118,6 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 	b.ReportMetric(warm["go_memstats_heap_inuse_bytes"]/(1<<20), "agent-heap-MiB")
 	b.ReportMetric(ready.Seconds(), "start-to-ready-s")
 
-	// NFTPOL_SCALE_PROFILE=file saves a heap profile of the warm agent
-	// (file.heap) and a 20 s CPU profile taken while the measurements
-	// below run (and one, file.cnp, while those with ClusterNetworkPolicies
-	// run).
-	profile := os.Getenv("NFTPOL_SCALE_PROFILE")
 	if profile != "" {
 		if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/heap", profile+".heap"); err != nil {
 			b.Errorf("heap profile: %v", err)
@@ -379,6 +380,49 @@ func waitProbe(client, server *testbed.Pod, wantConnect bool) error {
 
 // cpuProfile starts a 20 s CPU profile of the agent at agentAddr, saved to
 // path, unless path is ""; the function it returns waits for the profile.
+// startScaleAgent starts the agent of the scale run on node and waits
+// for it to be ready. With a profile path it also takes a 10 s CPU
+// profile of its start (path.start), asked for as soon as its metrics
+// server answers, which it starts before listing anything; wait returns
+// when that profile is saved.
+func startScaleAgent(b *testing.B, cp *testbed.ControlPlane, node *testbed.Node, profile string) (agent *testbed.Agent, wait func()) {
+	b.Helper()
+	args := []string{"--deny-action", "reject", "--profiling"}
+	if profile == "" {
+		return testbed.StartAgentT(b, cp, node, args...), func() {}
+	}
+	a, err := testbed.StartAgent(cp, node, b.TempDir(), args...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = a.Kill()
+		if b.Failed() {
+			b.Logf("agent log of %s:\n%s", node.Name, a.Log())
+		}
+	})
+	saved := make(chan error, 1)
+	go func() {
+		url := "http://" + a.MetricsAddr + "/debug/pprof/profile?seconds=10"
+		var err error
+		for attempt := 0; attempt < 250; attempt++ { // 5 s at most
+			if err = saveProfile(url, profile+".start"); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		saved <- err
+	}()
+	if err := a.WaitReady(context.Background(), 30*time.Second); err != nil {
+		b.Fatal(err)
+	}
+	return a, func() {
+		if err := <-saved; err != nil {
+			b.Errorf("profile of the agent's start: %v", err)
+		}
+	}
+}
+
 func cpuProfile(b *testing.B, agentAddr, path string) (wait func()) {
 	done := make(chan struct{})
 	if path == "" {
