@@ -25,7 +25,7 @@ func TestChurn(t *testing.T) {
 	cs := m.cp.Clientset
 	before := map[string]runtimeFigures{}
 	for name, a := range m.agents {
-		before[name] = readRuntimeFigures(t, a)
+		before[name] = settledRuntimeFigures(t, a)
 	}
 
 	stop := make(chan struct{})
@@ -112,6 +112,25 @@ func TestChurn(t *testing.T) {
 		}
 	}
 	t.Logf("%d pod writes and %d policy writes in %s while %d probes ran", churnPods*4, policyWrites, churnTime.Round(time.Millisecond), probes)
+}
+
+// settledRuntimeFigures reads an agent's figures once the agent stopped
+// starting things: ready comes with the first commit, and the
+// ClusterNetworkPolicy watch (its informers, some goroutines each) starts
+// when discovery finds the API, which may be later. Bounded: at most 40
+// readings, 250 ms apart.
+func settledRuntimeFigures(t *testing.T, a *testbed.Agent) runtimeFigures {
+	t.Helper()
+	last := readRuntimeFigures(t, a)
+	for attempt := 0; attempt < 40; attempt++ {
+		time.Sleep(250 * time.Millisecond)
+		now := readRuntimeFigures(t, a)
+		if strings.Contains(a.Log(), "ClusterNetworkPolicy API found") && now.goroutines == last.goroutines {
+			return now
+		}
+		last = now
+	}
+	return last
 }
 
 // goroutineSlack is how many more goroutines than before a churn may leave
