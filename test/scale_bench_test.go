@@ -391,16 +391,7 @@ func startScaleAgent(b *testing.B, cp *testbed.ControlPlane, node *testbed.Node,
 	if profile == "" {
 		return testbed.StartAgentT(b, cp, node, args...), func() {}
 	}
-	a, err := testbed.StartAgent(cp, node, b.TempDir(), args...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		_ = a.Kill()
-		if b.Failed() {
-			b.Logf("agent log of %s:\n%s", node.Name, a.Log())
-		}
-	})
+	a := testbed.StartAgentUnreadyT(b, cp, node, args...)
 	saved := make(chan error, 1)
 	go func() {
 		url := "http://" + a.MetricsAddr + "/debug/pprof/profile?seconds=10"

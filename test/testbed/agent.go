@@ -271,6 +271,17 @@ func (a *Agent) Log() string {
 // it at the end and prints its log if the test failed.
 func StartAgentT(t testing.TB, cp *ControlPlane, node *Node, extra ...string) *Agent {
 	t.Helper()
+	a := StartAgentUnreadyT(t, cp, node, extra...)
+	if err := a.WaitReady(context.Background(), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// StartAgentUnreadyT is StartAgentT without the wait for readiness, for
+// a test that watches the agent start.
+func StartAgentUnreadyT(t testing.TB, cp *ControlPlane, node *Node, extra ...string) *Agent {
+	t.Helper()
 	a, err := StartAgent(cp, node, t.TempDir(), extra...)
 	if err != nil {
 		t.Fatal(err)
@@ -281,9 +292,6 @@ func StartAgentT(t testing.TB, cp *ControlPlane, node *Node, extra ...string) *A
 			t.Logf("agent log of %s:\n%s", node.Name, a.Log())
 		}
 	})
-	if err := a.WaitReady(context.Background(), 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	return a
 }
 
