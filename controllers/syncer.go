@@ -131,6 +131,9 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	}
 	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies), "clusterPolicies", len(model.ClusterPolicies),
 		"compute", compute, "stats", stats)
+	// A sync at least every VerifyInterval, changes or not: answers read in
+	// the background (the Node's pod CIDRs) are taken up by the next sync.
+	// The read-back itself runs in verifyLoop.
 	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
 }
 
