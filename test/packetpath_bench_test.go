@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -129,12 +130,21 @@ func BenchmarkPacketPath(b *testing.B) {
 			pb.enter(phase)
 			for _, fam := range families {
 				to := pb.server.Addr(fam)
+				var agents []*testbed.Agent
+				if pb.agentsUp {
+					agents = pb.agents
+				}
+				watch := pb.watchWindow(agents)
 				conns, err := testbed.ConnectRate(ctx, pb.client, to, 80, pathWorkers, pathWindow)
 				if err != nil {
 					b.Fatalf("round %d, %s, IPv%d: connect rate (%d connections): %v", round+1, phase, fam, conns, err)
 				}
 				r := results[fam]
-				r.connRate[phase] = append(r.connRate[phase], float64(conns)/pathWindow.Seconds())
+				rate := float64(conns) / pathWindow.Seconds()
+				r.connRate[phase] = append(r.connRate[phase], rate)
+				// Printed as it happens, not in the benchmark's log: a
+				// long run shows its progress, and the log keeps ten lines.
+				fmt.Fprintln(os.Stderr, watch.end(pb, agents, fmt.Sprintf("round %d, IPv%d, %s", round+1, fam, phase), rate))
 				if phase == phaseAll || phase == phaseConntrack || phase == phaseBlocks || phase == phaseTiers {
 					// An established flow never reaches the policy
 					// chains; B already measures the table's cost on it.
