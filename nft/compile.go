@@ -373,6 +373,12 @@ func (cc *compiledChain) reuse(u *peerUnions, p *selectors.PolicyRules, dir sele
 			u.merged[id] = true
 		}
 	}
+	// The sets of the rules' single ports, as ruleMatches adds them.
+	for i := range rules {
+		if len(rules[i].Peers.Sets) > 0 || rules[i].Peers.All {
+			u.serviceSet(rules[i].Ports.Ranges)
+		}
+	}
 	return cc
 }
 
@@ -618,19 +624,31 @@ func ruleMatches(u *peerUnions, dir selectors.Direction, pm selectors.PeerMatch,
 			peers = append(peers, peerPart{4, names[0]}, peerPart{6, names[1]})
 		}
 	}
+	if len(peers) == 0 {
+		return nil
+	}
 
 	type portPart struct {
 		proto       selectors.Protocol
 		first, last uint16
 		named       string
+		services    string
 		family      int
 	}
 	var parts []portPart
 	if ports.All {
 		parts = []portPart{{}}
 	} else {
+		// The rule's single ports, when it has several, are one lookup
+		// (sets.go, kindServices), ahead of its port ranges.
+		services := u.serviceSet(ports.Ranges)
+		if services != "" {
+			parts = append(parts, portPart{services: services})
+		}
 		for _, pr := range ports.Ranges {
-			parts = append(parts, portPart{proto: pr.Protocol, first: pr.First, last: pr.Last})
+			if services == "" || !singlePort(pr) {
+				parts = append(parts, portPart{proto: pr.Protocol, first: pr.First, last: pr.Last})
+			}
 		}
 		if ports.Named != "" {
 			parts = append(parts, portPart{named: portSetName(ports.Named, 4), family: 4}, portPart{named: portSetName(ports.Named, 6), family: 6})
@@ -653,6 +671,8 @@ func ruleMatches(u *peerUnions, dir selectors.Direction, pm selectors.PeerMatch,
 			}
 			if po.named != "" {
 				rs.portSet = po.named
+			} else if po.services != "" {
+				rs.serviceSet = po.services
 			} else if po.proto != 0 {
 				rs.l4proto = po.proto
 				if !(po.first == 0 && po.last == 65535) {

@@ -67,6 +67,8 @@ func keyLen(k setKind) int {
 		return 12
 	case kindPorts6, kindPortsVmap6:
 		return 24
+	case kindServices:
+		return 8
 	}
 	return 0
 }

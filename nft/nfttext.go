@@ -147,12 +147,16 @@ func elementText(kind setKind, key, value string) string {
 		// Spaces around the dash: IPv6 addresses end in ':' ("fd00::"),
 		// which must not run into the range operator.
 		return addr(first) + " - " + addr(last)
-	case kind.ports():
-		// portKey: address, protocol and port each padded to 4 bytes. The
-		// protocol goes by number, which nft's inet_proto type accepts for
-		// any protocol, named or not.
+	case kind.ports() || kind == kindServices:
+		// portKey: address, protocol and port each padded to 4 bytes;
+		// serviceKey: the same without the address. The protocol goes by
+		// number, which nft's inet_proto type accepts for any protocol,
+		// named or not.
 		proto := key[addrLen]
 		port := uint16(key[addrLen+4])<<8 | uint16(key[addrLen+5])
+		if kind == kindServices {
+			return fmt.Sprintf("%d . %d", proto, port)
+		}
 		return fmt.Sprintf("%s . %d . %d", addr(key[:addrLen]), proto, port)
 	}
 	return addr(key)

@@ -15,7 +15,9 @@ import (
 
 // everyKindModel is sampleModel plus what it lacks: intervals reaching the
 // top of both address spaces (/0), single addresses in an interval set, an
-// IPv6 range that is no prefix, and named ports of several protocols.
+// IPv6 range that is no prefix, named ports of several protocols, and
+// rules of several single ports (a set of services) with and without
+// port ranges beside them, in both kinds of policy.
 func everyKindModel() *selectors.Model {
 	m := sampleModel()
 	m.AddrSets = append(m.AddrSets,
@@ -35,7 +37,11 @@ func everyKindModel() *selectors.Model {
 	// "mixed" holds pod addresses too and keeps its own set.
 	m.Policies = append(m.Policies, selectors.PolicyRules{Key: "x/p3", HasEgress: true, Egress: []selectors.Rule{{
 		Peers: selectors.PeerMatch{Sets: []string{"cidr", "everything", "mixed"}},
-		Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 443, Last: 443}}}}}})
+		Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 443, Last: 443}}}}, {
+		Peers: selectors.PeerMatch{Sets: []string{"pods-b"}},
+		Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolUDP, First: 53, Last: 53},
+			{Protocol: selectors.ProtocolTCP, First: 8000, Last: 8100}, {Protocol: selectors.ProtocolTCP, First: 53, Last: 53},
+			{Protocol: selectors.ProtocolSCTP, First: 65535, Last: 65535}}}}}})
 	m.Pods = append(m.Pods, selectors.PodRules{Key: "x/e", IPs: mustAddrs("10.0.0.5", "fd00::5"), Egress: []string{"x/p3"}})
 	addClusterPolicies(m)
 	return m
@@ -53,6 +59,8 @@ func addClusterPolicies(m *selectors.Model) {
 				{Name: "no-cidr", Action: selectors.ActionDeny, Peers: selectors.PeerMatch{Sets: []string{"cidr"}}, Ports: selectors.PortMatch{All: true}},
 				{Index: 1, Action: selectors.ActionPass, Peers: selectors.PeerMatch{Sets: []string{"pods-b"}}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolTCP, First: 80, Last: 80}}}},
 				{Index: 2, Action: selectors.ActionAccept, Peers: all, Ports: selectors.PortMatch{Named: "named"}},
+				{Index: 3, Action: selectors.ActionDeny, Peers: selectors.PeerMatch{Sets: []string{"pods-b"}}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{
+					{Protocol: selectors.ProtocolTCP, First: 22, Last: 22}, {Protocol: selectors.ProtocolUDP, First: 22, Last: 22}, {Protocol: selectors.ProtocolTCP, First: 23, Last: 23}}}},
 			},
 			Egress: []selectors.ClusterRule{
 				{Action: selectors.ActionDeny, Peers: selectors.PeerMatch{Sets: []string{"pods-b"}}, Ports: selectors.PortMatch{Ranges: []selectors.PortRange{{Protocol: selectors.ProtocolUDP, First: 1000, Last: 2000}}}},

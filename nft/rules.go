@@ -54,6 +54,9 @@ type ruleSpec struct {
 	notLocal addrField
 	// portFirst..portLast on th dport, when portLast > 0.
 	portFirst, portLast uint16
+	// serviceSet: (l4proto . th dport) lookup, the single ports of a
+	// rule that has several (a set of kindServices).
+	serviceSet string
 	// portSet: (daddr . l4proto . th dport) lookup.
 	portSet string
 	vmapOn  addrField
@@ -174,6 +177,12 @@ func (r *ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
 				&expr.Cmp{Op: expr.CmpOpLte, Register: reg1, Data: be16(r.portLast)})
 		}
 	}
+	if r.serviceSet != "" {
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(0)},
+			&expr.Payload{DestRegister: reg32(1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: reg1, SetName: r.serviceSet, SetID: setIDs[r.serviceSet]})
+	}
 	if r.portSet != "" {
 		e = append(loadAddrPort(e, r.family, fieldDaddr),
 			&expr.Lookup{SourceRegister: reg1, SetName: r.portSet, SetID: setIDs[r.portSet]})
@@ -283,6 +292,9 @@ func (r *ruleSpec) String() string {
 	case r.l4proto != 0:
 		parts = append(parts, "meta l4proto "+proto)
 	}
+	if r.serviceSet != "" {
+		parts = append(parts, "meta l4proto . th dport @"+r.serviceSet)
+	}
 	if r.portSet != "" {
 		parts = append(parts, fmt.Sprintf("%s daddr . meta l4proto . th dport @%s", ipKw(), r.portSet))
 	}
@@ -385,6 +397,15 @@ func recognizeRule(exprs []expr.Any) (ruleSpec, bool) {
 	for i := 0; i < len(exprs); i++ {
 		switch x := exprs[i].(type) {
 		case *expr.Meta:
+			if l, ok := at(i + 2).(*expr.Lookup); ok && x.Key == expr.MetaKeyL4PROTO {
+				// l4proto . dport
+				if _, ok := at(i + 1).(*expr.Payload); !ok {
+					return r, false
+				}
+				r.serviceSet = l.SetName
+				i += 2
+				continue
+			}
 			v, ok := cmpByte(i + 1)
 			if !ok {
 				return r, false

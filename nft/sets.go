@@ -40,11 +40,14 @@ const (
 	kindPortsVmap6    // ipv6_addr . inet_proto . inet_service : verdict
 	kindIntervalVmap4 // ipv4_addr : verdict, flags interval
 	kindIntervalVmap6 // ipv6_addr : verdict, flags interval
+	// The single ports of one rule (compile.go, serviceSet), of either
+	// family: a rule of n ports is one lookup, not n rules.
+	kindServices // inet_proto . inet_service
 )
 
 // setKinds lists the kinds nftpol writes.
 var setKinds = [...]setKind{kindAddr4, kindAddr6, kindInterval4, kindInterval6, kindPorts4, kindPorts6, kindVmap4, kindVmap6,
-	kindPortsVmap4, kindPortsVmap6, kindIntervalVmap4, kindIntervalVmap6}
+	kindPortsVmap4, kindPortsVmap6, kindIntervalVmap4, kindIntervalVmap6, kindServices}
 
 func vmapKind(family int) setKind {
 	if family == 6 {
@@ -74,8 +77,12 @@ func (k setKind) ports() bool {
 	return k == kindPorts4 || k == kindPorts6 || k == kindPortsVmap4 || k == kindPortsVmap6
 }
 
-// addrLen is the length of the kind's address, the first field of its key.
+// addrLen is the length of the kind's address, the first field of its key
+// (none in a set of services).
 func (k setKind) addrLen() int {
+	if k == kindServices {
+		return 0
+	}
 	if k.family() == 6 {
 		return 16
 	}
@@ -89,6 +96,8 @@ func (k setKind) keyLen() int {
 		return 2 * k.addrLen()
 	case k.ports():
 		return k.addrLen() + 8
+	case k == kindServices:
+		return 8
 	}
 	return k.addrLen()
 }
@@ -108,6 +117,9 @@ func (k setKind) apply(s *nftables.Set) {
 		// for interval concatenations, so that a table loaded with
 		// `nft -f` (NftText) is the same table.
 		s.KeyType = nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService)
+	}
+	if k == kindServices {
+		s.KeyType = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
 	}
 	if k.vmap() {
 		s.IsMap, s.DataType = true, nftables.TypeVerdict
@@ -244,6 +256,8 @@ func (k setKind) String() string {
 		return "type ipv4_addr : verdict; flags interval;"
 	case kindIntervalVmap6:
 		return "type ipv6_addr : verdict; flags interval;"
+	case kindServices:
+		return "type inet_proto . inet_service;"
 	}
 	return "# a set of a type nftpol does not write"
 }
@@ -416,9 +430,17 @@ func rangeKey(first, last netip.Addr) string {
 func portKey(a netip.Addr, proto selectors.Protocol, port uint16) string {
 	key := make([]byte, 0, 24)
 	key = append(key, a.AsSlice()...)
-	key = append(key, byte(proto), 0, 0, 0)
-	key = append(key, byte(port>>8), byte(port), 0, 0)
-	return string(key)
+	return string(appendService(key, proto, port))
+}
+
+// serviceKey is the key of a (protocol . port) element: portKey without
+// the address.
+func serviceKey(proto selectors.Protocol, port uint16) string {
+	return string(appendService(make([]byte, 0, 8), proto, port))
+}
+
+func appendService(key []byte, proto selectors.Protocol, port uint16) []byte {
+	return append(key, byte(proto), 0, 0, 0, byte(port>>8), byte(port), 0, 0)
 }
 
 // kernelElements turns one element key into kernel elements: an interval

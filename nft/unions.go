@@ -178,3 +178,43 @@ func touches(a, b selectors.AddrRange) bool {
 func unionSetName(ids []string, family int) string {
 	return fmt.Sprintf("u-%s-v%d", shortHash(strings.Join(ids, "\n")), family)
 }
+
+// singlePort reports whether a port range is one port (a range of every
+// port of a protocol is a protocol match, no port).
+func singlePort(pr selectors.PortRange) bool {
+	return pr.First == pr.Last && pr.First != 0
+}
+
+// serviceSet returns the name of the set of the single ports among ranges
+// when there are two or more, adding it to the ruleset on first use, else
+// "" (one port is one comparison, cheaper than a lookup). Its name is a
+// hash of its elements, so the rules with the same ports share it. A nil
+// u makes no set: each port is a rule of its own.
+func (u *peerUnions) serviceSet(ranges []selectors.PortRange) string {
+	if u == nil {
+		return ""
+	}
+	var keys []string
+	for _, pr := range ranges {
+		if singlePort(pr) {
+			keys = append(keys, serviceKey(pr.Protocol, pr.First))
+		}
+	}
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	if len(keys) < 2 {
+		return ""
+	}
+	name := "s-" + shortHash(strings.Join(keys, ""))
+	if u.rs.sets[name] == nil {
+		spec := &setSpec{name: name, kind: kindServices}
+		var text []string
+		for _, k := range keys {
+			spec.elems.put(k, "")
+			text = append(text, elementText(kindServices, k, ""))
+		}
+		spec.comment = truncateComment("ports (protocol . port) " + strings.Join(text, ", "))
+		u.rs.sets[name] = spec
+	}
+	return name
+}
