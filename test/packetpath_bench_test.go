@@ -85,7 +85,10 @@ const conntrackTable = `table inet nftpol-bench-conntrack {
 // pathResults are one family's windows, per phase in round order.
 type pathResults struct {
 	connRate [pathPhases][]float64 // connections per second
-	mbps     [pathPhases][]float64 // MB/s (10^6 bytes), A and B only
+	// cpuPerConn is the CPU of a connection, µs (windowWatch): the
+	// machine's load moves it less than the rate.
+	cpuPerConn [pathPhases][]float64
+	mbps       [pathPhases][]float64 // MB/s (10^6 bytes), A and B only
 }
 
 type pathBench struct {
@@ -140,11 +143,12 @@ func BenchmarkPacketPath(b *testing.B) {
 					b.Fatalf("round %d, %s, IPv%d: connect rate (%d connections): %v", round+1, phase, fam, conns, err)
 				}
 				r := results[fam]
-				rate := float64(conns) / pathWindow.Seconds()
-				r.connRate[phase] = append(r.connRate[phase], rate)
+				r.connRate[phase] = append(r.connRate[phase], float64(conns)/pathWindow.Seconds())
+				line, perConn := watch.end(pb, agents, fmt.Sprintf("round %d, IPv%d, %s", round+1, fam, phase), conns)
+				r.cpuPerConn[phase] = append(r.cpuPerConn[phase], perConn)
 				// Printed as it happens, not in the benchmark's log: a
 				// long run shows its progress, and the log keeps ten lines.
-				fmt.Fprintln(os.Stderr, watch.end(pb, agents, fmt.Sprintf("round %d, IPv%d, %s", round+1, fam, phase), rate))
+				fmt.Fprintln(os.Stderr, line)
 				if phase == phaseAll || phase == phaseConntrack || phase == phaseBlocks || phase == phaseTiers {
 					// An established flow never reaches the policy
 					// chains; B already measures the table's cost on it.
@@ -157,6 +161,9 @@ func BenchmarkPacketPath(b *testing.B) {
 				r.mbps[phase] = append(r.mbps[phase], bps/1e6)
 			}
 		}
+	}
+	for _, fam := range families {
+		fmt.Fprint(os.Stderr, results[fam].cpuTable(fam))
 	}
 	for _, fam := range families {
 		r := results[fam]
@@ -189,6 +196,13 @@ func BenchmarkPacketPath(b *testing.B) {
 			b.ReportMetric(tiers, "T-conn/s")
 			b.ReportMetric(tiers/a, "T/A-conn")
 			b.ReportMetric(tiers/ten, "T/B-conn")
+			// The same ratios from the CPU a connection costs: A's over
+			// the phase's, the rate the phase would reach on a CPU
+			// nothing else uses.
+			cpuA := median(r.cpuPerConn[phaseNoTable])
+			for _, p := range []pathPhase{phaseTen, phaseAll, phaseBlocks, phaseConntrack, phaseTiers} {
+				b.ReportMetric(cpuA/median(r.cpuPerConn[p]), p.letter()+"/A-cpu")
+			}
 			// How long entering a phase waited for the agents' sweeps
 			// (waitSweeps): C's, and the longest of any phase.
 			b.ReportMetric(slices.Max(append(pb.sweepWaits[phaseAll], 0)).Seconds(), "C-sweep-wait-s")
@@ -585,6 +599,30 @@ func median(xs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// letter is the phase's letter, as the ratios name it.
+func (p pathPhase) letter() string { return p.String()[:1] }
+
+// cpuTable is a family's CPU per connection: every round and the median,
+// and A's median over each phase's (the connection rate the phase would
+// reach against A's on a CPU nothing else uses).
+func (r *pathResults) cpuTable(family int) string {
+	var sb strings.Builder
+	a := median(r.cpuPerConn[phaseNoTable])
+	fmt.Fprintf(&sb, "IPv%d, CPU per connection (this process + softirq), µs; rate implied vs A:", family)
+	for _, p := range []pathPhase{phaseTen, phaseAll, phaseBlocks, phaseConntrack, phaseTiers} {
+		fmt.Fprintf(&sb, " %s/A %.3f", p.letter(), a/median(r.cpuPerConn[p]))
+	}
+	fmt.Fprintf(&sb, " B/K %.3f\n", median(r.cpuPerConn[phaseConntrack])/median(r.cpuPerConn[phaseTen]))
+	for p := range pathPhases {
+		fmt.Fprintf(&sb, "  %-42s", p.String()+" µs/conn")
+		for _, x := range r.cpuPerConn[p] {
+			fmt.Fprintf(&sb, " %9.1f", x)
+		}
+		fmt.Fprintf(&sb, "   median %9.1f\n", median(r.cpuPerConn[p]))
+	}
+	return sb.String()
 }
 
 // table is a family's figures for the log: every round and the median.
