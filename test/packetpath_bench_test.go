@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -121,12 +122,28 @@ func BenchmarkPacketPath(b *testing.B) {
 	ctx := context.Background()
 	families := []int{4, 6}
 	results := map[int]*pathResults{4: {}, 6: {}}
-	// The rounds interleave the phases (ABC CBA ABC) so a drift of the
-	// machine over the run weighs on every phase alike.
-	orders := [][]pathPhase{
-		{phaseNoTable, phaseConntrack, phaseTen, phaseTiers, phaseAll, phaseBlocks},
-		{phaseBlocks, phaseAll, phaseTiers, phaseTen, phaseConntrack, phaseNoTable},
-		{phaseNoTable, phaseConntrack, phaseTen, phaseTiers, phaseAll, phaseBlocks},
+	// The rounds interleave the phases (ABC CBA ABC ...) so a drift of
+	// the machine over the run weighs on every phase alike. The VM's CPU
+	// slows down by a third for tens of seconds at a time, A and K (no
+	// agent) alike, with its CPUs not saturated (BENCHMARKS.md, round
+	// five): such a stretch spans several windows, and with three rounds
+	// it can take two of a phase's three. NFTPOL_PATH_ROUNDS runs more.
+	rounds := 3
+	if env := os.Getenv("NFTPOL_PATH_ROUNDS"); env != "" {
+		n, err := strconv.Atoi(env)
+		if err != nil || n < 1 {
+			b.Fatalf("NFTPOL_PATH_ROUNDS=%q: want a number of rounds, 1 or more", env)
+		}
+		rounds = n
+	}
+	forward := []pathPhase{phaseNoTable, phaseConntrack, phaseTen, phaseTiers, phaseAll, phaseBlocks}
+	var orders [][]pathPhase
+	for r := range rounds {
+		order := slices.Clone(forward)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		orders = append(orders, order)
 	}
 	for round, order := range orders {
 		for _, phase := range order {
