@@ -19,7 +19,8 @@
 //	            Diff then takes as it is instead of comparing elements)
 //	elements.go the elements of a set: a spec made by a delta shares the
 //	            map of the one it came from, with a small overlay
-//	unions.go   the ipBlocks of one rule merged into one interval set
+//	unions.go   the ipBlocks of one rule merged into one interval set,
+//	            and its single ports, when several, into one set
 //	lookup.go   the one-lookup layout of an isolation chain: policies
 //	            whose rules fit become verdict-map lookups jumping to the
 //	            first allowing policy's chain

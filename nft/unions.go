@@ -23,6 +23,10 @@ import (
 // is a function of their IDs (the CIDRs and excepts), so a union never
 // changes on a pod change, and a pod joining a selector still changes one
 // element of one set. Pod selector peers keep their shared sets.
+//
+// The ports of a rule are a union too: its single ports, when it has two
+// or more, go into one set of (protocol . port), so a rule is one rule per
+// peer family whatever its number of ports (serviceSet).
 
 // peerUnions resolves the peer sets of the rules of one compile, adding
 // the union sets it makes to the ruleset.
