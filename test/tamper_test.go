@@ -149,12 +149,13 @@ func tamperings() []tampering {
 		{
 			name: "sport-for-dport",
 			apply: func(t *testing.T, tb *tamperBed) {
-				tb.replaceRule(t, tb.polBlock, "ip saddr @"+tb.block4+" tcp dport "+strconv.Itoa(unservedPort), func(r string) string {
-					return strings.Replace(r, "tcp dport", "tcp sport", 1)
+				// The rule's two ports are one set of (protocol . port).
+				tb.replaceRule(t, tb.polBlock, "ip saddr @"+tb.block4+" meta l4proto . th dport @", func(r string) string {
+					return strings.Replace(r, "th dport", "th sport", 1)
 				})
 			},
-			// z/b may reach x/a on 8080 only; with sport it reaches any
-			// port of x/a from source port 8080.
+			// z/b may reach x/a on 81 and 8080 only; with sport it
+			// reaches any port of x/a from source port 8080.
 			holes: []hole{{from: "z/b", to: "x/a", family: 4, proto: testbed.TCP, port: 80, srcPort: unservedPort}},
 		},
 		{
