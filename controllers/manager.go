@@ -291,6 +291,10 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 	if err := mgr.Add(manager.RunnableFunc(syncer.verifyLoop)); err != nil {
 		return nil, nil, fmt.Errorf("adding the table verification: %w", err)
 	}
+	syncer.trim = newMemoryTrim(opts.Log.WithName("memory"))
+	if err := mgr.Add(manager.RunnableFunc(syncer.trim.run)); err != nil {
+		return nil, nil, fmt.Errorf("adding the memory trim: %w", err)
+	}
 
 	if syncer.latency, err = newLatencyTracker(reg); err != nil {
 		return nil, nil, err

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"runtime"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +81,9 @@ type Syncer struct {
 	// started is when the agent was made, for the log of its first
 	// commit.
 	started time.Time
+	// trim returns the free heap to the system after large commits;
+	// nil does nothing.
+	trim *memoryTrim
 
 	// mu serializes syncs (controller-runtime runs one at a time already;
 	// this keeps it true for direct calls). The probes never take it.
@@ -139,6 +140,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	if first {
 		s.firstCommitted(start, compute, model, stats)
 	}
+	s.trim.committed(stats, first)
 	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies), "clusterPolicies", len(model.ClusterPolicies),
 		"compute", compute, "stats", stats)
 	// A sync at least every VerifyInterval, changes or not: answers read in
@@ -149,26 +151,12 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 
 // firstCommitted logs where the agent's start went, once, after its first
 // commit: waiting for the informers' initial lists (the first sync starts
-// when they are complete), computing the table and committing it. Then it
-// returns the memory of the initial lists to the system, beside the sync
-// loop so that readiness does not wait for it: decoding every pod of the
-// cluster leaves the heap several times the size of what the agent keeps
-// (BENCHMARKS.md, start and memory at 100k pods), and the runtime would
-// hand it back only slowly.
+// when they are complete), computing the table and committing it.
 func (s *Syncer) firstCommitted(syncStart time.Time, compute time.Duration, model *selectors.Model, stats nft.CommitStats) {
 	s.Log.Info("first table committed", "sinceStart", time.Since(s.started).Round(time.Millisecond),
 		"initialLists", syncStart.Sub(s.started).Round(time.Millisecond),
 		"compute", compute.Round(time.Millisecond), "commit", stats.Duration.Round(time.Millisecond),
 		"pods", len(model.Pods), "policies", len(model.Policies), "elements", stats.Elements)
-	go func() {
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		start := time.Now()
-		debug.FreeOSMemory()
-		runtime.ReadMemStats(&after)
-		s.Log.V(1).Info("returned the memory of the initial lists", "MiB", (int64(after.HeapReleased)-int64(before.HeapReleased))>>20,
-			"heapInUseMiB", after.HeapInuse>>20, "duration", time.Since(start).Round(time.Millisecond))
-	}()
 }
 
 // verifyLoop reads the table back every VerifyInterval once a sync has
