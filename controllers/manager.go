@@ -286,9 +286,14 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, *Syncer, error
 		VerifyInterval: opts.VerifyInterval,
 		Log:            opts.Log.WithName("sync"),
 		repair:         make(chan event.GenericEvent, 1),
+		started:        time.Now(),
 	}
 	if err := mgr.Add(manager.RunnableFunc(syncer.verifyLoop)); err != nil {
 		return nil, nil, fmt.Errorf("adding the table verification: %w", err)
+	}
+	syncer.trim = newMemoryTrim(opts.Log.WithName("memory"))
+	if err := mgr.Add(manager.RunnableFunc(syncer.trim.run)); err != nil {
+		return nil, nil, fmt.Errorf("adding the memory trim: %w", err)
 	}
 
 	if syncer.latency, err = newLatencyTracker(reg); err != nil {

@@ -78,6 +78,13 @@ type Syncer struct {
 	// behind our back.
 	repair chan event.GenericEvent
 
+	// started is when the agent was made, for the log of its first
+	// commit.
+	started time.Time
+	// trim returns the free heap to the system after large commits;
+	// nil does nothing.
+	trim *memoryTrim
+
 	// mu serializes syncs (controller-runtime runs one at a time already;
 	// this keeps it true for direct calls). The probes never take it.
 	mu sync.Mutex
@@ -100,6 +107,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	// Every change received until now is in the cache this sync reads.
 	s.latency.take()
 	start := time.Now()
+	first := !s.health.synced()
 	state, err := s.cached.Read(ctx)
 	if err != nil {
 		s.metrics.observe(start, 0, nil, nft.CommitStats{}, err)
@@ -129,12 +137,26 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcil
 	if s.keepLookup {
 		s.lookup.Store(newPodLookup(s.cached.ownerName, model))
 	}
+	if first {
+		s.firstCommitted(start, compute, model, stats)
+	}
+	s.trim.committed(stats, first)
 	log.V(1).Info("synced", "pods", len(model.Pods), "policies", len(model.Policies), "clusterPolicies", len(model.ClusterPolicies),
 		"compute", compute, "stats", stats)
 	// A sync at least every VerifyInterval, changes or not: answers read in
 	// the background (the Node's pod CIDRs) are taken up by the next sync.
 	// The read-back itself runs in verifyLoop.
 	return reconcile.Result{RequeueAfter: s.VerifyInterval}, nil
+}
+
+// firstCommitted logs where the agent's start went, once, after its first
+// commit: waiting for the informers' initial lists (the first sync starts
+// when they are complete), computing the table and committing it.
+func (s *Syncer) firstCommitted(syncStart time.Time, compute time.Duration, model *selectors.Model, stats nft.CommitStats) {
+	s.Log.Info("first table committed", "sinceStart", time.Since(s.started).Round(time.Millisecond),
+		"initialLists", syncStart.Sub(s.started).Round(time.Millisecond),
+		"compute", compute.Round(time.Millisecond), "commit", stats.Duration.Round(time.Millisecond),
+		"pods", len(model.Pods), "policies", len(model.Policies), "elements", stats.Elements)
 }
 
 // verifyLoop reads the table back every VerifyInterval once a sync has

@@ -331,20 +331,14 @@ func toKernelChain(table *nftables.Table, spec *chainSpec) *nftables.Chain {
 // queueElements queues element adds or deletes, as many messages as it
 // takes to keep each element list within one netlink attribute.
 func queueElements(c *nftables.Conn, ks *nftables.Set, spec *setSpec, keys []string, add bool) error {
-	elems := make([]nftables.SetElement, 0, len(keys))
-	for _, k := range keys {
-		elems = append(elems, spec.kernelElements(k)...)
-	}
-	for _, chunk := range chunkElements(elems, elemListMax) {
-		var err error
+	err := elementLists(spec, keys, elemListMax, func(list []nftables.SetElement) error {
 		if add {
-			err = c.SetAddElements(ks, chunk)
-		} else {
-			err = c.SetDeleteElements(ks, chunk)
+			return c.SetAddElements(ks, list)
 		}
-		if err != nil {
-			return fmt.Errorf("queuing elements of set %s: %w", spec.name, err)
-		}
+		return c.SetDeleteElements(ks, list)
+	})
+	if err != nil {
+		return fmt.Errorf("queuing elements of set %s: %w", spec.name, err)
 	}
 	return nil
 }

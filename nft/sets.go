@@ -448,22 +448,29 @@ func appendService(key []byte, proto selectors.Protocol, port uint16) []byte {
 // when last is the top of the address space); a verdict map element jumps
 // to its chain.
 func (s *setSpec) kernelElements(key string) []nftables.SetElement {
+	return s.appendKernelElements(nil, key)
+}
+
+// appendKernelElements is kernelElements appending to dst, so that a long
+// list of elements is one slice, not one per key.
+func (s *setSpec) appendKernelElements(dst []nftables.SetElement, key string) []nftables.SetElement {
 	switch {
 	case s.kind.interval():
 		n := len(key) / 2
 		first, last := []byte(key[:n]), []byte(key[n:])
-		out := []nftables.SetElement{{Key: first}}
+		start := nftables.SetElement{Key: first}
 		if s.kind.vmap() {
-			out[0].VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems.get(key)}
+			start.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems.get(key)}
 		}
+		dst = append(dst, start)
 		if end, ok := increment(last); ok {
-			out = append(out, nftables.SetElement{Key: end, IntervalEnd: true})
+			dst = append(dst, nftables.SetElement{Key: end, IntervalEnd: true})
 		}
-		return out
+		return dst
 	case s.kind.vmap():
-		return []nftables.SetElement{{Key: []byte(key), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems.get(key)}}}
+		return append(dst, nftables.SetElement{Key: []byte(key), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: s.elems.get(key)}})
 	}
-	return []nftables.SetElement{{Key: []byte(key)}}
+	return append(dst, nftables.SetElement{Key: []byte(key)})
 }
 
 // elemsFromKernel is the inverse of kernelElements over a whole set: the
@@ -636,23 +643,32 @@ func align4(n int) int { return (n + 3) &^ 3 }
 // attribute may carry: AttrLengthMax less its own header.
 const elemListMax = AttrLengthMax - 4
 
-// chunkElements splits elements into lists that each encode within one
-// netlink attribute.
-func chunkElements(elems []nftables.SetElement, limit int) [][]nftables.SetElement {
-	var out [][]nftables.SetElement
-	start, size := 0, 0
-	for i, el := range elems {
-		n := elemAttrSize(el)
-		if size+n > limit && i > start {
-			out = append(out, elems[start:i])
-			start, size = i, 0
+// elementLists passes the kernel elements of keys to emit in lists that
+// each encode within one netlink attribute of limit bytes, making one list
+// at a time: the elements of a set of 100k addresses never exist all at
+// once beside the messages they become (BENCHMARKS.md, memory at 100k
+// pods). emit must not keep the list.
+func elementLists(spec *setSpec, keys []string, limit int, emit func([]nftables.SetElement) error) error {
+	var list, next []nftables.SetElement
+	size := 0
+	for _, k := range keys {
+		next = spec.appendKernelElements(next[:0], k)
+		for _, el := range next {
+			n := elemAttrSize(el)
+			if size+n > limit && len(list) > 0 {
+				if err := emit(list); err != nil {
+					return err
+				}
+				list, size = list[:0], 0
+			}
+			list = append(list, el)
+			size += n
 		}
-		size += n
 	}
-	if start < len(elems) {
-		out = append(out, elems[start:])
+	if len(list) > 0 {
+		return emit(list)
 	}
-	return out
+	return nil
 }
 
 // describeKey renders an element key for an error message.

@@ -38,6 +38,9 @@ import (
 //   - one pod change (a remote pod joining peer sets, relabeled out of
 //     them, deleted): the sync's duration and the elements it changed, from
 //     the agent's own metrics.
+//   - at the end, restarts of the agent (scale_restart_test.go): start to
+//     ready and its parts, as shipped, without gzip and with paginated
+//     lists.
 //
 // Run it with `make bench` or
 //
@@ -196,9 +199,15 @@ func runScale(b *testing.B, nPods, nPolicies int) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(rssEnd)/(1<<20), "agent-RSS-end-MiB")
+	if profile != "" {
+		if err := saveProfile("http://"+agent.MetricsAddr+"/debug/pprof/heap", profile+".heap-end"); err != nil {
+			b.Errorf("heap profile at the end: %v", err)
+		}
+	}
 	b.Logf("table: %v sets, %v elements, %v rules; %v local policies; agent RSS %.1f MiB warm, %.1f MiB at the end; Go heap %.1f MiB warm, %.1f MiB at the end",
 		final["nftpol_sets"], final["nftpol_set_elements"], final["nftpol_rules"], final["nftpol_policies"],
 		float64(rss)/(1<<20), float64(rssEnd)/(1<<20), warm["go_memstats_heap_inuse_bytes"]/(1<<20), final["go_memstats_heap_inuse_bytes"]/(1<<20))
+	measureRestarts(b, cp, bed.Nodes[0], agent, scaleAgentArgs)
 }
 
 // enforcementLatency is one kind of object whose creation isolates the
@@ -385,9 +394,12 @@ func waitProbe(client, server *testbed.Pod, wantConnect bool) error {
 // profile of its start (path.start), asked for as soon as its metrics
 // server answers, which it starts before listing anything; wait returns
 // when that profile is saved.
+// scaleAgentArgs are the flags of the scale benchmark's agent.
+var scaleAgentArgs = []string{"--deny-action", "reject", "--profiling"}
+
 func startScaleAgent(b *testing.B, cp *testbed.ControlPlane, node *testbed.Node, profile string) (agent *testbed.Agent, wait func()) {
 	b.Helper()
-	args := []string{"--deny-action", "reject", "--profiling"}
+	args := scaleAgentArgs
 	if profile == "" {
 		return testbed.StartAgentT(b, cp, node, args...), func() {}
 	}
