@@ -41,6 +41,13 @@ func scrape(t testing.TB, url string) map[string]float64 {
 // follow the probes, and the sync metrics are there.
 func TestMetricsCountAllowedAndDenied(t *testing.T) {
 	m := startModel(t, e2ePrefix+"obs", "--deny-action", "reject")
+	// Each agent says once where its start went (README, "Health,
+	// readiness and the table lock").
+	for node, a := range m.agents {
+		if n := len(firstCommitLog.FindAllString(a.Log(), -1)); n != 1 {
+			t.Errorf("the agent of %s logged its first commit %d times, want once:\n%s", node, n, a.Log())
+		}
+	}
 	server := m.bed.Pod("x/a")
 	metricsURL := "http://" + m.agents[server.Node].MetricsAddr + "/metrics"
 
