@@ -138,15 +138,7 @@ func BenchmarkPacketPath(b *testing.B) {
 		}
 		rounds = n
 	}
-	forward := []pathPhase{phaseNoTable, phaseConntrack, phaseTen, phaseTiers, phaseAll, phaseBlocks}
-	var orders [][]pathPhase
-	for r := range rounds {
-		order := slices.Clone(forward)
-		if r%2 == 1 {
-			slices.Reverse(order)
-		}
-		orders = append(orders, order)
-	}
+	orders := interleaved([]pathPhase{phaseNoTable, phaseConntrack, phaseTen, phaseTiers, phaseAll, phaseBlocks}, rounds)
 	for round, order := range orders {
 		for _, phase := range order {
 			pb.enter(phase)
@@ -606,6 +598,21 @@ func readTableShape(bin, netns string) (tableShape, error) {
 		}
 	}
 	return shape, nil
+}
+
+// interleaved is the order of what a benchmark compares in each of its
+// rounds: forward in even rounds, backward in odd ones, so that a drift
+// of the machine touches every item alike.
+func interleaved[T any](forward []T, rounds int) [][]T {
+	orders := make([][]T, 0, rounds)
+	for r := range rounds {
+		order := slices.Clone(forward)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		orders = append(orders, order)
+	}
+	return orders
 }
 
 func median(xs []float64) float64 {

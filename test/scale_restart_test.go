@@ -6,7 +6,6 @@ import (
 	"os"
 	"regexp"
 	"slices"
-	"sort"
 	"testing"
 	"time"
 
@@ -34,8 +33,8 @@ var startVariants = []startVariant{
 	{name: "gogc400", env: [2]string{"GOGC", "400"}},
 }
 
-// startRounds is how many times each variant is started; the rounds
-// interleave the variants so a drift of the machine touches them all.
+// startRounds is how many times each variant is started, in interleaved
+// rounds.
 const startRounds = 3
 
 // firstCommitLog is the agent's log line of its first commit.
@@ -65,12 +64,9 @@ func measureRestarts(b *testing.B, cp *testbed.ControlPlane, node *testbed.Node,
 		b.Fatal(err)
 	}
 	samples := make(map[string][]startSample)
-	for round := 0; round < startRounds; round++ {
-		order := slicesInRound(len(startVariants), round)
-		for _, i := range order {
-			v := startVariants[i]
-			s := startOnce(b, cp, node, apiPID, v, args)
-			samples[v.name] = append(samples[v.name], s)
+	for _, order := range interleaved(startVariants, startRounds) {
+		for _, v := range order {
+			samples[v.name] = append(samples[v.name], startOnce(b, cp, node, apiPID, v, args))
 		}
 	}
 	// One line: a benchmark's log keeps its first ten.
@@ -82,8 +78,7 @@ func measureRestarts(b *testing.B, cp *testbed.ControlPlane, node *testbed.Node,
 			for i, s := range ss {
 				xs[i] = f(s)
 			}
-			sort.Float64s(xs)
-			return xs[len(xs)/2]
+			return median(xs)
 		}
 		b.ReportMetric(med(func(s startSample) float64 { return s.ready.Seconds() }), "restart-ready-s-"+v.name)
 		b.ReportMetric(med(func(s startSample) float64 { return s.lists.Seconds() }), "restart-lists-s-"+v.name)
@@ -100,19 +95,6 @@ func measureRestarts(b *testing.B, cp *testbed.ControlPlane, node *testbed.Node,
 		line += ";"
 	}
 	b.Log(line)
-}
-
-// slicesInRound is the order of n variants in one round: forward in even
-// rounds, backward in odd ones.
-func slicesInRound(n, round int) []int {
-	order := make([]int, n)
-	for i := range order {
-		order[i] = i
-		if round%2 == 1 {
-			order[i] = n - 1 - i
-		}
-	}
-	return order
 }
 
 func startOnce(b *testing.B, cp *testbed.ControlPlane, node *testbed.Node, apiPID int, v startVariant, args []string) startSample {
